@@ -1,0 +1,76 @@
+"""Options shared by several commands, defined once.
+
+``settings_flags`` turns fields of the settings tree into command-line flags, so the pydantic field
+descriptions are the single source of help text and every field gets ``--name-with-dashes`` (the
+group also accepts ``--name_with_underscores``, see ``app.normalize_args``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+
+from lmkit.settings import SECTIONS
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML settings file (flat keys like d_model, or sections). Flags override it."),
+]
+
+
+def _cli_type(annotation: Any) -> tuple[type, dict[str, Any]]:
+    """The click-friendly type for a settings field, plus extra typer.Option kwargs."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        return str, {"metavar": "[" + "|".join(map(str, choices)) + "]"}
+    if annotation is Path:
+        # Paths travel as strings so an empty value can mean "none"; pydantic converts them.
+        return str, {"metavar": "PATH"}
+    return annotation, {}
+
+
+def settings_flags(*sections: str):
+    """Decorate a command so it accepts every field of the given settings sections as a flag.
+
+    The decorated function receives the flags that were given as ``overrides: dict[str, Any]``
+    (flat names -> values; flags left out are absent), ready for ``resolve_settings``.
+    """
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.name != "overrides"]
+        annotations = {k: v for k, v in typing.get_type_hints(fn, include_extras=True).items() if k != "overrides"}
+        names: list[str] = []
+        for section in sections:
+            for name, field in SECTIONS[section].model_fields.items():
+                typ, extra = _cli_type(field.annotation)
+                dashed = name.replace("_", "-")
+                decl = f"--{dashed}/--no-{dashed}" if typ is bool else f"--{dashed}"
+                help_text = f"{field.description} [default: {field.default}]"
+                option = typer.Option(decl, help=help_text, rich_help_panel=f"{section.title()} settings", show_default=False, **extra)
+                annotations[name] = Annotated[Optional[typ], option]
+                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations[name]))
+                names.append(name)
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            overrides = {n: kwargs.pop(n) for n in names if kwargs.get(n) is not None}
+            for n in names:
+                kwargs.pop(n, None)
+            return fn(**kwargs, overrides=overrides)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = annotations
+        del wrapper.__wrapped__  # typer must see the new signature, not the original
+        return wrapper
+
+    return decorate
