@@ -1,0 +1,185 @@
+"""Building blocks of the transformer: RMSNorm, rotary position embedding, SwiGLU, attention.
+
+Notation used in shape comments:
+    B  batch size
+    T  sequence length of the current call (the whole sequence in training, 1 when decoding)
+    D  d_model, width of the residual stream
+    H  num_heads
+    hd head_dim = D // H
+    F  d_ff, SwiGLU hidden width
+    S  max_len of the KV cache (keys attended to when decoding)
+
+Each layer works alone given its weights (e.g. ``layer.load_state_dict(...)``); the only thing
+the transformer supplies is the RoPE table rows for the current positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkit.model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias, no mean subtraction).
+
+    Matches ``torch.nn.RMSNorm(d, eps)`` numerically; written out because that module only
+    exists from torch 2.4 and does not upcast low-precision inputs.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        """Args:
+        d: size of the last dimension being normalised.
+        eps: added to the mean square so an all-zero vector does not divide by zero.
+        """
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise the last dimension of ``x`` (any leading shape); returns x's dtype."""
+        # In fp32: the mean of squares of bf16 activations loses too much precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+def precompute_rope(
+    head_dim: int,
+    context_length: int,
+    theta: float = 10000.0,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables for rotary position embedding, in fp32.
+
+    Frequency i (of head_dim/2) rotates at ``theta ** (-2i / head_dim)`` radians per position.
+
+    Args:
+        head_dim: width of one attention head (even).
+        context_length: number of positions to tabulate.
+        theta: base period.
+        device: where to build the tables.
+
+    Returns:
+        ``(cos, sin)``, each of shape (context_length, head_dim // 2), dtype float32.
+    """
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    pos = torch.arange(context_length, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)  # (context_length, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate query or key vectors by their positions' angles.
+
+    Pairing convention ("rotate_half", as in Meta's HF Llama export): dimension j is paired
+    with dimension j + hd/2, not with its neighbour j + 1. Weights exported to a HuggingFace
+    ``LlamaForCausalLM`` therefore need no row permutation of q_proj / k_proj, and weights from
+    one load directly. (The original Meta checkpoints pair interleaved neighbours instead.)
+
+    Args:
+        x: (B, H, T, hd) queries or keys.
+        cos: (T, hd/2) table rows for the T positions of ``x`` (``precompute_rope`` output,
+            indexed by position).
+        sin: (T, hd/2), likewise.
+
+    Returns:
+        The rotated tensor, same shape and dtype as ``x``.
+    """
+    # In fp32 so that large angles (late positions) keep their precision under bf16.
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    x1, x2 = xf[..., :half], xf[..., half:]  # (B, H, T, hd/2) each
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, H, T, hd)
+    return out.type_as(x)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        """Args:
+        d_model: input and output width D.
+        d_ff: hidden width F.
+        """
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)  # gate
+        self.w3 = nn.Linear(d_model, d_ff, bias=False)  # value
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)  # back to the residual stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D)."""
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RoPE on queries and keys.
+
+    Separate q/k/v/o projections (bias-free) whose output rows are grouped by head: rows
+    ``h*hd:(h+1)*hd`` of ``q_proj.weight`` belong to head h, the layout HF Llama uses.
+
+    Without a KV cache the call attends within ``x`` only (training, or a plain forward).
+    With ``kv_cache`` set (see ``TransformerLM.setup_cache``) the new keys and values are
+    written at ``input_pos`` and the queries attend over the whole cache through ``mask``.
+    """
+
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        """Args:
+        d_model: width D; must be divisible by num_heads.
+        num_heads: number of heads H.
+        """
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend.
+
+        Args:
+            x: (B, T, D) input.
+            cos: (T, hd/2) RoPE rows for the positions of x.
+            sin: (T, hd/2), likewise.
+            input_pos: (T,) absolute positions of x; needed only with a KV cache.
+            mask: (T, S) bool, True where a query may attend a cache slot; needed only with a
+                KV cache.
+
+        Returns:
+            (B, T, D) output.
+        """
+        B, T, D = x.shape
+        q = apply_rope(self._split_heads(self.q_proj(x)), cos, sin)  # (B, H, T, hd)
+        k = apply_rope(self._split_heads(self.k_proj(x)), cos, sin)  # (B, H, T, hd)
+        v = self._split_heads(self.v_proj(x))  # (B, H, T, hd)
+        if self.kv_cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        else:
+            if input_pos is None or mask is None:
+                raise ValueError("attention with a KV cache needs input_pos and mask")
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, hd) each
+            # The cache may be kept in another dtype than the activations (e.g. under autocast).
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D): heads concatenated again
+        return self.o_proj(y)

@@ -1,0 +1,118 @@
+"""Layers against oracles: torch.nn.RMSNorm, RoPE's relative-position property, hand formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmkit.model import CausalSelfAttention, RMSNorm, SwiGLU, apply_rope, precompute_rope
+
+
+@pytest.mark.parametrize("shape", [(4, 16), (2, 3, 16)])
+def test_rmsnorm_matches_torch(shape: tuple[int, ...]) -> None:
+    if not hasattr(torch.nn, "RMSNorm"):
+        pytest.skip("torch.nn.RMSNorm needs torch >= 2.4")
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(16, eps=1e-5), torch.nn.RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.normal_()
+    ref.load_state_dict(ours.state_dict())  # the same name, `weight`
+    x = torch.randn(shape) * 3
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-6, rtol=1e-6)
+
+
+def test_rmsnorm_keeps_low_precision_dtype() -> None:
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    assert RMSNorm(8)(x).dtype == torch.bfloat16
+
+
+def test_rope_tables_shape_and_dtype() -> None:
+    cos, sin = precompute_rope(head_dim=8, context_length=5, theta=10000.0)
+    assert cos.shape == sin.shape == (5, 4)
+    assert cos.dtype == torch.float32
+    torch.testing.assert_close(cos[0], torch.ones(4))  # position 0 is not rotated
+    torch.testing.assert_close(cos**2 + sin**2, torch.ones(5, 4))
+
+
+def test_rope_rejects_odd_head_dim() -> None:
+    with pytest.raises(ValueError):
+        precompute_rope(head_dim=7, context_length=4)
+
+
+def test_rope_preserves_norm() -> None:
+    cos, sin = precompute_rope(8, 6)
+    x = torch.randn(1, 2, 6, 8)
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+
+
+def test_rope_pairs_halves_like_hf_rotate_half() -> None:
+    """Dimension j pairs with j + hd/2 (HF Llama), written here in HF's own formulation."""
+    hd, T = 8, 5
+    cos, sin = precompute_rope(hd, T)
+    x = torch.randn(1, 1, T, hd)
+    cos_full, sin_full = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)  # (T, hd)
+    rotate_half = torch.cat((-x[..., hd // 2 :], x[..., : hd // 2]), dim=-1)
+    torch.testing.assert_close(apply_rope(x, cos, sin), x * cos_full + rotate_half * sin_full)
+
+
+def test_rope_scores_depend_only_on_relative_position() -> None:
+    """q rotated at m dotted with k rotated at n depends only on m - n."""
+    torch.manual_seed(0)
+    hd, T = 16, 32
+    cos, sin = precompute_rope(hd, T)
+    q, k = torch.randn(hd), torch.randn(hd)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        qm = apply_rope(q.view(1, 1, 1, hd), cos[m : m + 1], sin[m : m + 1])
+        kn = apply_rope(k.view(1, 1, 1, hd), cos[n : n + 1], sin[n : n + 1])
+        return (qm * kn).sum()
+
+    for offset in (0, 1, 5):
+        ref = score(offset, 0)
+        for shift in (3, 10, 20):
+            torch.testing.assert_close(score(offset + shift, shift), ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(score(1, 0), score(2, 0))  # yet it does depend on the offset
+
+
+def test_swiglu_formula() -> None:
+    torch.manual_seed(0)
+    ffn = SwiGLU(8, 12)
+    x = torch.randn(3, 8)
+    expected = (F.silu(x @ ffn.w1.weight.T) * (x @ ffn.w3.weight.T)) @ ffn.w2.weight.T
+    torch.testing.assert_close(ffn(x), expected)
+    assert ffn.w1.bias is None and ffn.w2.weight.shape == (8, 12)
+
+
+def test_attention_matches_hand_written_causal_attention() -> None:
+    torch.manual_seed(0)
+    B, T, D, H = 2, 6, 16, 4
+    hd = D // H
+    attn = CausalSelfAttention(D, H)
+    cos, sin = precompute_rope(hd, T)
+    x = torch.randn(B, T, D)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+
+    q = apply_rope(heads(x @ attn.q_proj.weight.T), cos, sin)
+    k = apply_rope(heads(x @ attn.k_proj.weight.T), cos, sin)
+    v = heads(x @ attn.v_proj.weight.T)
+    scores = q @ k.transpose(-1, -2) / hd**0.5  # (B, H, T, T)
+    scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+    torch.testing.assert_close(attn(x, cos, sin), y @ attn.o_proj.weight.T, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_loads_alone_from_state_dict() -> None:
+    src, dst = CausalSelfAttention(16, 2), CausalSelfAttention(16, 2)
+    dst.load_state_dict(src.state_dict())
+    assert set(src.state_dict()) == {f"{n}_proj.weight" for n in "qkvo"}
+    cos, sin = precompute_rope(8, 4)
+    x = torch.randn(1, 4, 16)
+    torch.testing.assert_close(dst(x, cos, sin), src(x, cos, sin))
+
+
+def test_attention_rejects_indivisible_heads() -> None:
+    with pytest.raises(ValueError):
+        CausalSelfAttention(10, 4)
