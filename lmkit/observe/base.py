@@ -1,0 +1,182 @@
+"""The one interface the trainer talks to: ``Sink``, the ``RunInfo`` it starts with, and ``MultiSink``.
+
+The trainer never knows which sinks exist. It builds a ``MultiSink`` with ``make_sinks`` and calls:
+
+    sinks.start(info)                     once, before the first step
+    sinks.log(step, {"loss": 3.2, ...})   every log_interval and at eval steps (any subset of keys)
+    sinks.event("checkpoint saved: ...", kind="checkpoint")
+    sinks.close("finished")               "finished" | "interrupted" | "failed"
+
+Metric keys (each optional; sinks render what is present): ``loss``, ``val_loss``,
+``best_val_loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu`` (fraction 0-1, CUDA only),
+``step_ms``, ``gpu_mem_gb``, ``tokens_seen``, ``skipped_steps``, ``elapsed_s``.
+
+Observing must never stop training: a sink that raises is reported once on stderr and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from lmkit.settings import LoggingSettings
+
+
+@dataclass
+class RunInfo:
+    """What every sink learns once at the start of a run."""
+
+    run_dir: Path  # checkpoints, metrics.jsonl and wandb/ live here
+    max_iters: int  # last step of the run, for progress and ETA
+    start_iter: int  # first step this process runs (> 0 when resumed)
+    resumed: bool
+    device: str  # e.g. "cuda", "cpu"
+    dtype: str  # autocast dtype, e.g. "bfloat16"
+    num_params: int
+    tokens_per_step: int  # batch_size * context_length, summed over GPUs
+    settings: dict[str, Any] = field(default_factory=dict)  # Settings.flat(), saved as W&B config
+    world_size: int = 1
+    wandb_run_id: str | None = None  # from a checkpoint, so a resumed run continues the same W&B run
+    title: str = "lmkit train"
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Something that shows or stores metrics. Every method is called from the training thread."""
+
+    def start(self, info: RunInfo) -> None:
+        """Called once before the first step."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Called every log_interval and at eval steps with whichever metric keys are known."""
+
+    def event(self, message: str, kind: str = "info") -> None:
+        """A one-line happening; kind is "checkpoint", "eval", "warning", "info" or "resume"."""
+
+    def close(self, status: str = "finished") -> None:
+        """Called once at the end; status is "finished", "interrupted" or "failed"."""
+
+
+def _sink_name(sink: object) -> str:
+    return getattr(sink, "name", type(sink).__name__)
+
+
+class MultiSink:
+    """Fans every call out to many sinks, isolating training from their failures.
+
+    A sink that raises is reported once on stderr and disabled for the rest of the run; the other
+    sinks carry on. Used as a context manager it closes with "finished", "interrupted" (Ctrl-C)
+    or "failed" (any other exception) as the block ends.
+    """
+
+    def __init__(self, sinks: list[Sink] | None = None):
+        self.sinks: list[Sink] = list(sinks or [])
+
+    def __len__(self) -> int:
+        return len(self.sinks)
+
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run id once started (None without a W&B sink); the trainer saves it in checkpoints."""
+        for sink in self.sinks:
+            run_id = getattr(sink, "run_id", None)
+            if run_id is not None:
+                return run_id
+        return None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, method)(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a broken display must not stop training
+                self.sinks.remove(sink)
+                if method != "close":
+                    try:  # let it release what it holds (a live display, a W&B process)
+                        sink.close("failed")
+                    except Exception:  # noqa: BLE001, S110 - already reporting this sink
+                        pass
+                message = f"{type(e).__name__}: {e}".splitlines()[0]
+                print(
+                    f"lmkit: warning: the {_sink_name(sink)} sink failed in {method}() ({message}); "
+                    "it is disabled for the rest of this run",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def start(self, info: RunInfo) -> None:
+        """Start every sink."""
+        self._call("start", info)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Send one step's metrics to every sink."""
+        self._call("log", step, metrics)
+
+    def event(self, message: str, kind: str = "info") -> None:
+        """Send a one-line event to every sink."""
+        self._call("event", message, kind)
+
+    def close(self, status: str = "finished") -> None:
+        """Close every sink (each sink is closed even if an earlier one fails)."""
+        self._call("close", status)
+
+    def __enter__(self) -> MultiSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("failed")
+
+
+def make_sinks(
+    logging_settings: LoggingSettings,
+    run_dir: Path,
+    *,
+    rank0: bool = True,
+    is_tty: bool | None = None,
+) -> MultiSink:
+    """The sinks a training process should feed.
+
+    Args:
+        logging_settings: the ``logging`` section of the settings.
+        run_dir: the run directory (metrics.jsonl and wandb/ go there).
+        rank0: False on the other ranks of a multi-GPU run, which log nothing.
+        is_tty: whether stderr is an interactive terminal (None: ask stderr itself).
+
+    Returns:
+        A ``MultiSink`` of: the live dashboard (``dashboard: rich``, or ``auto`` on a terminal)
+        or plain log lines; always metrics.jsonl; W&B when ``wandb`` is on. Empty off rank 0.
+    """
+    # The sink modules import this one, so they are imported here rather than at the top.
+    from lmkit.observe.console import ConsoleSink
+    from lmkit.observe.dashboard import Dashboard
+    from lmkit.observe.jsonl import JsonlSink
+    from lmkit.observe.wandb_sink import WandbSink
+
+    if not rank0:
+        return MultiSink()
+    if is_tty is None:
+        is_tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    mode = logging_settings.dashboard
+    live = mode == "rich" or (mode == "auto" and is_tty)
+    sinks: list[Sink] = [Dashboard() if live else ConsoleSink(), JsonlSink(run_dir)]
+    if logging_settings.wandb:
+        sinks.append(WandbSink(
+            project=logging_settings.wandb_project,
+            name=logging_settings.wandb_name,
+            entity=logging_settings.wandb_entity,
+        ))
+    return MultiSink(sinks)

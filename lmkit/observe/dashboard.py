@@ -1,0 +1,266 @@
+"""A live terminal dashboard for training, drawn with rich and refreshed four times a second.
+
+    ╭──────────────────────────────── lmkit train ────────────────────────────────╮
+    │ cuda · bfloat16 · 124.4M params · 524.3k tok/step · 5,000 steps             │
+    │ run dir runs/gpt2                                                           │
+    │ step 1,200/5,000 ━━━━━━━━━━━━━╸━━━━━━━━━━━━━━━━━━━━━━━━━━  24.0%  0:10:12 · eta 0:32:01 │
+    │ loss     3.2154  ▇▇▆▆▅▅▄▄▄▃▃▃▂▂▂▂▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁                    │
+    │ val loss 3.3012 (best 3.2990)        lr        3.00e-04                     │
+    │ ...                                                                         │
+    │ checkpoint  runs/gpt2/ckpt_0001000.pt                                       │
+    │ 12:00:01 eval  val loss 3.3012                                              │
+    ╰──────────────────────────────── running ────────────────────────────────────╯
+
+It writes to stderr (stdout stays free for a command's results), so ``lmkit train > out.txt``
+still shows the dashboard, and ``2>&1 | tee log`` is not a terminal and gets plain lines instead
+(``make_sinks`` decides). While it runs, rich redirects other prints above the panel. Every
+width-sensitive piece is a no-wrap, ellipsis-cropped cell of an expanding grid, so the panel fits
+any width from 80 columns up without wrapping.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from lmkit.observe.base import RunInfo
+from lmkit.observe.text import (
+    eta_seconds,
+    fmt_count,
+    fmt_duration,
+    fmt_loss,
+    fmt_lr,
+    fmt_percent,
+    sparkline,
+)
+
+HISTORY = 240  # train-loss points kept for the sparkline (wider than any terminal row needs)
+EVENTS = 4  # recent events shown under the metrics
+_KIND_STYLE = {"checkpoint": "green", "eval": "cyan", "warning": "yellow", "resume": "magenta"}
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red"}
+
+
+class _Sparkline:
+    """The loss history as block characters, as many points as the cell is wide."""
+
+    def __init__(self, values: list[float]):
+        self.values = values
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(sparkline(self.values, options.max_width), style="cyan", no_wrap=True)
+
+
+class _Pairs:
+    """Label/value pairs in a grid, as many pairs per row as fit (two at 80 columns)."""
+
+    PAIR_WIDTH = 38  # 9-cell label + value + padding; enough for "3.3012 (best 3.2990)"
+
+    def __init__(self, pairs: list[tuple[str, str, str]]):
+        self.pairs = pairs  # (label, value, style)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        per_row = max(1, min(4, options.max_width // self.PAIR_WIDTH))
+        grid = Table.grid(expand=True, padding=(0, 1))
+        for _ in range(per_row):
+            grid.add_column(width=9, no_wrap=True)
+            grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        for i in range(0, len(self.pairs), per_row):
+            cells: list[Text] = []
+            for label, value, style in self.pairs[i : i + per_row]:
+                cells += [Text(label, style="dim"), _cell(value, style)]
+            grid.add_row(*cells)
+        yield grid
+
+
+def _cell(text: str, style: str = "") -> Text:
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
+class Dashboard:
+    """A ``Sink`` that shows the run as a live rich panel (see the module docstring)."""
+
+    name = "dashboard"
+
+    def __init__(self, console: Console | None = None, refresh_per_second: float = 4):
+        """Create the dashboard; nothing is drawn until ``start``.
+
+        Args:
+            console: where to draw; None means a console on stderr, created at ``start``.
+            refresh_per_second: redraw rate of the live display.
+        """
+        self.console = console
+        self.refresh_per_second = refresh_per_second
+        self._info: RunInfo | None = None
+        self._live: Live | None = None
+        # The live display redraws from its own thread; this lock keeps it from reading the state
+        # while the training thread updates it.
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._step = 0
+        self._metrics: dict[str, float] = {}
+        self._losses: deque[float] = deque(maxlen=HISTORY)
+        self._events: deque[tuple[str, str, str]] = deque(maxlen=EVENTS)  # (clock, kind, message)
+        self._last_checkpoint: str | None = None
+        self._status = "running"
+
+    # -- Sink interface -----------------------------------------------------------------------
+
+    def start(self, info: RunInfo) -> None:
+        """Start drawing the live panel."""
+        if self.console is None:
+            # Bind the real stderr now: the live display swaps sys.stderr for a proxy while it runs.
+            self.console = Console(file=sys.stderr)
+        with self._lock:
+            self._info, self._t0, self._step = info, time.monotonic(), info.start_iter
+        if info.resumed:
+            self.event(f"resumed at step {info.start_iter}", "resume")
+        self._live = Live(
+            console=self.console,
+            get_renderable=self.render,
+            refresh_per_second=self.refresh_per_second,
+            transient=False,
+        )
+        self._live.start()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Take the newest value of every metric; train losses feed the sparkline."""
+        with self._lock:
+            self._step = step
+            self._metrics.update(metrics)
+            if "loss" in metrics:
+                self._losses.append(metrics["loss"])
+
+    def event(self, message: str, kind: str = "info") -> None:
+        """Remember the event (and the last checkpoint) for the events area."""
+        with self._lock:
+            self._events.append((time.strftime("%H:%M:%S"), kind, message))
+            if kind == "checkpoint":
+                self._last_checkpoint = message.split(": ", 1)[-1]
+
+    def close(self, status: str = "finished") -> None:
+        """Draw the final panel, give the terminal back and print a one-line summary."""
+        with self._lock:
+            self._status = status
+        if self._live is not None:
+            live, self._live = self._live, None
+            live.refresh()
+            live.stop()
+            if self.console is not None:
+                style = _STATUS_STYLE.get(status, "")
+                self.console.print(Text(self.summary(), style=style), soft_wrap=True)
+
+    # -- drawing ------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """``finished at step 5,000/5,000 in 1:02:03 · best val loss 3.2990 · runs/x``."""
+        info = self._info
+        max_iters = info.max_iters if info else self._step
+        parts = [f"{self._status} at step {self._step:,}/{max_iters:,} in "
+                 f"{fmt_duration(time.monotonic() - self._t0)}"]
+        best = self._metrics.get("best_val_loss", self._metrics.get("val_loss"))
+        if best is not None:
+            parts.append(f"best val loss {fmt_loss(best)}")
+        if info is not None:
+            parts.append(str(info.run_dir))
+        return " · ".join(parts)
+
+    def render(self) -> RenderableType:
+        """The whole panel as it looks now (the live display calls this on every refresh)."""
+        with self._lock:
+            rows = list(self._header()) + [self._progress()] + list(self._stats())
+            rows += list(self._event_rows())
+            status = self._status
+        title = self._info.title if self._info else "lmkit"
+        return Panel(
+            Group(*rows),
+            title=f"[bold]{title}[/]",
+            subtitle=f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
+            border_style="blue",
+            expand=True,
+        )
+
+    def _header(self) -> Iterator[RenderableType]:
+        info = self._info
+        if info is None:
+            yield _cell("starting...", "dim")
+            return
+        device = f"{info.device} x{info.world_size}" if info.world_size > 1 else info.device
+        yield _cell(
+            f"{device} · {info.dtype} · {fmt_count(info.num_params)} params · "
+            f"{fmt_count(info.tokens_per_step)} tok/step · {info.max_iters:,} steps",
+            "bold",
+        )
+        yield _cell(f"run dir {info.run_dir}", "dim")
+
+    def _progress(self) -> Table:
+        info = self._info
+        max_iters = info.max_iters if info else 0
+        start = info.start_iter if info else 0
+        elapsed = time.monotonic() - self._t0
+        eta = eta_seconds(self._step, start, max_iters, elapsed)
+        fraction = self._step / max_iters if max_iters else 0.0
+        grid = Table.grid(expand=True, padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(ratio=1)
+        grid.add_column(no_wrap=True, justify="right")
+        grid.add_row(
+            Text(f"step {self._step:,}/{max_iters:,}", style="bold"),
+            ProgressBar(total=max(max_iters, 1), completed=self._step),
+            Text(f"{fmt_percent(fraction):>6}  {fmt_duration(elapsed)} · eta {fmt_duration(eta)}"),
+        )
+        return grid
+
+    def _stats(self) -> Iterator[RenderableType]:
+        m = self._metrics
+        loss_row = Table.grid(expand=True, padding=(0, 1))
+        loss_row.add_column(width=9, no_wrap=True)
+        loss_row.add_column(width=8, no_wrap=True)
+        loss_row.add_column(ratio=1)
+        loss = fmt_loss(m["loss"]) if "loss" in m else "-"
+        loss_row.add_row(Text("loss", style="dim"), Text(loss, style="bold"), _Sparkline(list(self._losses)))
+        yield loss_row
+
+        pairs: list[tuple[str, str, str]] = []  # (label, value, style)
+        if "val_loss" in m:
+            best = f" (best {fmt_loss(m['best_val_loss'])})" if "best_val_loss" in m else ""
+            pairs.append(("val loss", fmt_loss(m["val_loss"]) + best, "bold"))
+        else:
+            pairs.append(("val loss", "-", "dim"))
+        if "lr" in m:
+            pairs.append(("lr", fmt_lr(m["lr"]), ""))
+        if "tokens_per_s" in m:
+            pairs.append(("tokens/s", fmt_count(m["tokens_per_s"]), ""))
+        if "mfu" in m:
+            pairs.append(("mfu", fmt_percent(m["mfu"]), ""))
+        if "grad_norm" in m:
+            pairs.append(("grad norm", f"{m['grad_norm']:.3f}", ""))
+        if "step_ms" in m:
+            pairs.append(("step time", f"{m['step_ms']:.1f} ms", ""))
+        if "gpu_mem_gb" in m:
+            pairs.append(("gpu mem", f"{m['gpu_mem_gb']:.1f} GB", ""))
+        if "tokens_seen" in m:
+            pairs.append(("tokens", fmt_count(m["tokens_seen"]), ""))
+        if m.get("skipped_steps", 0) > 0:
+            pairs.append(("skipped", f"{int(m['skipped_steps'])} steps", "yellow"))
+
+        yield _Pairs(pairs)
+
+    def _event_rows(self) -> Iterator[RenderableType]:
+        if self._last_checkpoint is not None:
+            yield _cell(f"last checkpoint {self._last_checkpoint}", "green")
+        for clock, kind, message in self._events:
+            line = Text(no_wrap=True, overflow="ellipsis")
+            line.append(f"{clock} ", style="dim")
+            line.append(f"{kind:<10} ", style=_KIND_STYLE.get(kind, "dim"))
+            line.append(message)
+            yield line
