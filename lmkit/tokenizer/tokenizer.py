@@ -1,0 +1,280 @@
+"""The byte-level BPE ``Tokenizer``: text -> ids -> text, GPT-2 compatible.
+
+Encoding: split the text around special tokens (longest first), cut the rest into pretokens
+with GPT-2's pattern, and turn each pretoken's bytes into ids by applying merges, always the
+lowest-ranked (earliest learned) adjacent pair first. A pretoken's ids never depend on its
+neighbours, so they are cached: real text repeats a small set of words.
+
+Ids are whatever the vocabulary says; lmkit-trained vocabularies number the 256 bytes 0..255,
+then merges in order, then special tokens, while GPT-2 files keep GPT-2's own ids.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from lmkit.errors import TokenizerError
+from lmkit.tokenizer import files
+from lmkit.tokenizer.pretokenize import PRETOKEN_RE, safe_cut, special_splitter
+
+# Cached pretokens before the cache is emptied: bounds memory on endless streams of new words.
+CACHE_LIMIT = 1 << 20
+# encode_iterable buffers about this much text before looking for a safe place to cut it.
+STREAM_BUFFER = 1 << 16
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer.
+
+    Args:
+        vocab: id -> token bytes. Must hold all 256 single bytes and every merge result.
+        merges: ``(left, right)`` byte pairs in rank order (the order they were learned).
+        special_tokens: Strings encoded as one id each wherever they occur in text; each must
+            be in ``vocab``. ``None`` treats as special every vocabulary entry that is neither a
+            single byte nor a merge result (for GPT-2's files: ``<|endoftext|>``).
+        merge_location: Describes merge ``i`` in error messages (file readers pass ``file:line``).
+
+    Raises:
+        TokenizerError: a merge whose parts or result are not in the vocabulary, a missing
+            byte, duplicate token bytes, or a special token the vocabulary lacks.
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: Sequence[str] | None = None,
+        *,
+        merge_location: Callable[[int], str] | None = None,
+    ):
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        where = merge_location or (lambda i: f"merge {i + 1}")
+        self._id_of: dict[bytes, int] = {}
+        for idx, token in self.vocab.items():
+            if token in self._id_of:
+                raise TokenizerError(f"vocabulary holds {token!r} twice (ids {self._id_of[token]} and {idx})")
+            self._id_of[token] = idx
+        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
+        if missing:
+            raise TokenizerError(f"vocabulary lacks {len(missing)} of the 256 single bytes (first: {missing[0]:#04x})")
+        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+        # (left id, right id) -> (rank, merged id): what the encoder looks up for every pair.
+        self._pair_rank: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, (left, right) in enumerate(self.merges):
+            for part in (left, right):
+                if part not in self._id_of:
+                    raise TokenizerError(f"{where(rank)}: {files.token_to_str(part)!r} is not in the vocabulary")
+            merged = self._id_of.get(left + right)
+            if merged is None:
+                raise TokenizerError(
+                    f"{where(rank)}: the result {files.token_to_str(left + right)!r} is not in the vocabulary"
+                )
+            self._pair_rank.setdefault((self._id_of[left], self._id_of[right]), (rank, merged))
+
+        reachable = {bytes([b]) for b in range(256)} | {a + b for a, b in self.merges}
+        self.vocab_specials = sorted(t.decode("utf-8", "replace") for t in self.vocab.values() if t not in reachable)
+        if special_tokens is None:
+            special_tokens = self.vocab_specials
+        self.special_tokens: list[str] = list(dict.fromkeys(special_tokens))
+        self._special_ids: dict[str, int] = {}
+        for s in self.special_tokens:
+            if not s or s.encode("utf-8") not in self._id_of:
+                raise TokenizerError(f"special token {s!r} is not in the vocabulary (known: {', '.join(self.vocab_specials) or 'none'})")
+            self._special_ids[s] = self._id_of[s.encode("utf-8")]
+        self._splitter = special_splitter(self.special_tokens)
+        self._special_bytes = [s.encode("utf-8") for s in self.special_tokens]
+        self._cache: dict[str, list[int]] = {}
+
+    # --- loading and saving -----------------------------------------------------------------
+
+    @classmethod
+    def from_files(
+        cls, vocab_path: Path, merges_path: Path, special_tokens: Sequence[str] | None = None
+    ) -> Tokenizer:
+        """Load GPT-2 style ``vocab.json`` + ``merges.txt`` (GPT-2's own, or lmkit's).
+
+        Args:
+            vocab_path: Mapped token string -> id.
+            merges_path: One merge per line, optional ``#version`` header.
+            special_tokens: As in the constructor (``None``: detect them).
+
+        Raises:
+            TokenizerError: malformed files; errors name the file and line.
+        """
+        vocab = files.read_vocab(vocab_path)
+        merges, lines = files.read_merges(merges_path)
+        return cls(vocab, merges, special_tokens, merge_location=lambda i: f"{merges_path}:{lines[i]}")
+
+    @classmethod
+    def from_dir(cls, directory: Path, special_tokens: Sequence[str] | None = None) -> Tokenizer:
+        """Load a tokenizer directory (``vocab.json``, ``merges.txt``, optional ``tokenizer.json``).
+
+        Args:
+            directory: As written by ``save`` or ``lmkit tokenize train``.
+            special_tokens: The specials to recognise in text; default: those recorded in
+                ``tokenizer.json``, or detected from the vocabulary when it is absent.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise TokenizerError(f"{directory}: tokenizer directory not found")
+        meta_path = directory / files.META_FILE
+        if special_tokens is None and meta_path.is_file():
+            special_tokens = files.read_meta(meta_path)["special_tokens"]
+        return cls.from_files(directory / files.VOCAB_FILE, directory / files.MERGES_FILE, special_tokens)
+
+    def save(self, directory: Path) -> None:
+        """Write ``vocab.json``, ``merges.txt`` (GPT-2 format) and ``tokenizer.json``."""
+        meta = {"special_tokens": self.special_tokens, "vocab_size": self.vocab_size, "hash": self.hash}
+        files.write_files(Path(directory), self.vocab, self.merges, meta)
+
+    # --- properties ---------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest id: the embedding rows a model needs."""
+        return max(self.vocab) + 1
+
+    @property
+    def hash(self) -> str:
+        """A stable content hash of vocab, merges and special tokens, recorded in token files.
+
+        The specials part is every special the vocabulary holds, so choosing which of them to
+        recognise in text (``special_tokens=[...]``) does not change the hash.
+        """
+        specials = sorted(set(self.special_tokens) | set(self.vocab_specials))
+        content = {
+            "vocab": [[i, self.vocab[i].hex()] for i in sorted(self.vocab)],
+            "merges": [[a.hex(), b.hex()] for a, b in self.merges],
+            "special_tokens": specials,
+        }
+        digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+        return f"sha256:{digest[:16]}"
+
+    def token_id(self, special: str) -> int:
+        """The id of a registered special token, e.g. ``token_id("<|endoftext|>")``."""
+        if special not in self._special_ids:
+            raise TokenizerError(f"{special!r} is not a registered special token")
+        return self._special_ids[special]
+
+    # --- encoding ------------------------------------------------------------------------------
+
+    def _merge_bytes(self, piece: bytes) -> list[int]:
+        """Apply merges to one pretoken: repeatedly merge the lowest-ranked adjacent pair."""
+        ids = [self._byte_ids[b] for b in piece]
+        ranks = self._pair_rank
+        while len(ids) > 1:
+            best = None
+            for i in range(len(ids) - 1):
+                found = ranks.get((ids[i], ids[i + 1]))
+                if found is not None and (best is None or found[0] < best[0]):
+                    best = found
+                    left, right = ids[i], ids[i + 1]
+            if best is None:
+                break
+            merged, out, i = best[1], [], 0
+            # Every occurrence of the pair, left to right (so "aaa" -> "aa a", not "a aa").
+            while i < len(ids):
+                if i + 1 < len(ids) and ids[i] == left and ids[i + 1] == right:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return ids
+
+    def _encode_plain(self, text: str, out: list[int]) -> None:
+        # Text with no special tokens in it: pretokens, each looked up in the cache first.
+        cache = self._cache
+        if len(cache) > CACHE_LIMIT:
+            cache.clear()
+        for piece in PRETOKEN_RE.findall(text):
+            ids = cache.get(piece)
+            if ids is None:
+                ids = cache[piece] = self._merge_bytes(piece.encode("utf-8"))
+            out.extend(ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Encode text to ids; registered special tokens in the text become their own ids.
+
+        Example: with GPT-2's files, ``encode("Hello world<|endoftext|>")`` -> ``[15496, 995, 50256]``.
+        """
+        out: list[int] = []
+        if self._splitter is None:
+            self._encode_plain(text, out)
+            return out
+        for n, part in enumerate(self._splitter.split(text)):
+            if n % 2:
+                out.append(self._special_ids[part])
+            elif part:
+                self._encode_plain(part, out)
+        return out
+
+    def safe_cut(self, text: str) -> int:
+        """Where ``text`` can be cut so both halves encode as the whole would (0: nowhere)."""
+        # Cut points are ASCII characters, so a position found in the ASCII-safe bytes view is
+        # found at the same character index after mapping back; work on bytes for the search.
+        raw = text.encode("utf-8")
+        cut = safe_cut(raw, self._special_bytes)
+        return len(raw[:cut].decode("utf-8")) if cut else 0
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Encode a stream of strings (e.g. a file's lines) lazily, in memory independent of its size.
+
+        Text is buffered until it can be cut where no pretoken or special token spans the cut,
+        so the ids equal ``encode("".join(iterable))``.
+
+        Args:
+            iterable: Strings, e.g. an open text file.
+
+        Yields:
+            Token ids.
+        """
+        buffer: list[str] = []
+        size = 0
+        for text in iterable:
+            buffer.append(text)
+            size += len(text)
+            if size < STREAM_BUFFER:
+                continue
+            joined = "".join(buffer)
+            cut = self.safe_cut(joined)
+            if cut:
+                yield from self.encode(joined[:cut])
+                joined = joined[cut:]
+            buffer, size = [joined], len(joined)
+        yield from self.encode("".join(buffer))
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes the ids stand for.
+
+        Raises:
+            TokenizerError: an id outside the vocabulary.
+        """
+        vocab = self.vocab
+        try:
+            return b"".join([vocab[i] for i in ids])
+        except KeyError as e:
+            raise TokenizerError(f"token id {e.args[0]} is not in the vocabulary (size {self.vocab_size})") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Decode ids to text; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_chunks(self, id_chunks: Iterable[Iterable[int]]) -> Iterator[str]:
+        """Decode a stream of id chunks to text pieces, in memory independent of stream length.
+
+        A character split between chunks is decoded whole (an incremental UTF-8 decoder holds
+        the partial bytes), so ``"".join(decode_chunks(c))`` equals ``decode(all ids)``.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in id_chunks:
+            yield decoder.decode(self.decode_bytes(chunk))
+        yield decoder.decode(b"", final=True)
