@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import pytest
+from rich.cells import cell_len
+from rich.console import Console
+
+from lmkit.observe.dashboard import Dashboard
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+WIDTHS = (80, 200)
+
+
+def snapshot(dash: Dashboard, width: int) -> list[str]:
+    """The panel as a terminal of ``width`` columns shows it, colour codes removed."""
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True, color_system="truecolor").print(dash.render())
+    return ANSI.sub("", out.getvalue()).splitlines()
+
+
+def assert_fits(lines: list[str], width: int) -> None:
+    assert lines[0].startswith("╭") and lines[-1].startswith("╰")
+    for line in lines:
+        assert cell_len(line) <= width, f"overflows {width} columns: {line!r}"
+        assert line[0] in "╭│╰" and line[-1] in "╮│╯", f"not a panel row: {line!r}"
+
+
+@pytest.fixture
+def dashboard():
+    """A dashboard drawing into a string, stopped at the end of the test."""
+    console = Console(file=io.StringIO(), width=100, force_terminal=True)
+    dash = Dashboard(console=console, refresh_per_second=20)
+    yield dash
+    dash.close("finished")
+
+
+def moments(dash: Dashboard, info, train_metrics, eval_metrics):
+    """Drive the dashboard through a run, yielding the name of each moment worth a snapshot."""
+    dash.start(info)
+    yield "start"
+    for step in range(0, 1210, 10):
+        dash.log(step, {**train_metrics, "loss": 3 + 4 * math.exp(-step / 300)})
+    yield "mid-run"
+    dash.log(1200, eval_metrics)
+    dash.event("val loss 3.3012 (best 3.2990)", "eval")
+    yield "after eval"
+    dash.event("checkpoint saved: runs/gpt2/ckpt_0001200.pt", "checkpoint")
+    dash.event("a warning that goes on and on " * 12, "warning")
+    yield "after checkpoint"
+    dash.close("finished")
+    yield "finished"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_moment_fits(dashboard, make_info, train_metrics, eval_metrics, width):
+    long_dir = "runs/" + "a-very-long-run-directory-name/" * 6
+    info = make_info(run_dir=make_info().run_dir / long_dir)
+    for moment in moments(dashboard, info, train_metrics, eval_metrics):
+        lines = snapshot(dashboard, width)
+        assert_fits(lines, width)
+        text = "\n".join(lines)
+        assert "lmkit train" in text, moment
+        assert "step " in text and "eta" in text, moment
+
+
+def test_renders_every_field(dashboard, make_info, train_metrics, eval_metrics):
+    steps = list(moments(dashboard, make_info(world_size=2), {**train_metrics, "skipped_steps": 2},
+                         eval_metrics))
+    assert steps[-1] == "finished"
+    text = "\n".join(snapshot(dashboard, 200))
+    for expected in (
+        "cuda x2 · bfloat16 · 124.4M params · 524.3k tok/step · 5,000 steps",  # header
+        "run dir ",
+        "step 1,200/5,000",  # progress
+        "24.0%",
+        "loss      3.0733",  # last train loss
+        "val loss  3.3012 (best 3.2990)",
+        "3.00e-04",  # lr
+        "12.3k",  # tokens/s
+        "41.2%",  # mfu
+        "0.840",  # grad norm
+        "10.2 GB",  # gpu memory
+        "45.1 ms",  # time per step
+        "2 steps",  # skipped
+        "last checkpoint runs/gpt2/ckpt_0001200.pt",
+        "checkpoint saved: runs/gpt2/ckpt_0001200.pt",  # events
+        "finished",  # status in the border
+    ):
+        assert expected in text, expected
+    assert re.search("[▁▂▃▄▅▆▇█]{20,}", text), "no loss sparkline"
+
+
+def test_optional_fields_are_left_out(dashboard, make_info):
+    dashboard.start(make_info(device="cpu", dtype="float32"))
+    dashboard.log(10, {"loss": 3.0, "lr": 1e-3, "skipped_steps": 0})
+    text = "\n".join(snapshot(dashboard, 80))
+    for absent in ("mfu", "gpu mem", "skipped", "last checkpoint"):
+        assert absent not in text
+
+
+def test_close_restores_terminal_and_prints_summary(make_info, eval_metrics):
+    out = io.StringIO()
+    dash = Dashboard(console=Console(file=out, width=80, force_terminal=True), refresh_per_second=20)
+    dash.start(make_info(start_iter=100, resumed=True))
+    dash.log(150, {"loss": 3.1, **eval_metrics})
+    dash.close("interrupted")
+    dash.close("interrupted")  # a second close is harmless
+    text = out.getvalue()
+    assert text.rindex("\x1b[?25h") > text.index("\x1b[?25l")  # cursor hidden, then shown again
+    summary = ANSI.sub("", text).splitlines()[-1]
+    assert summary.startswith("interrupted at step 150/5,000 in 0:00:0")
+    assert "best val loss 3.2990" in summary
+    assert "resumed at step 100" in ANSI.sub("", text)
