@@ -207,7 +207,7 @@ def nest(flat_or_nested: Mapping[str, Any], source: str) -> dict[str, dict[str, 
         elif key in FIELD_SECTION:
             tree.setdefault(FIELD_SECTION[key], {})[key] = value
         else:
-            problems.append(f"{source}: unknown setting '{key}'{_did_you_mean(key)}")
+            problems.append(f"{source}: unknown setting {key!r}{_did_you_mean(key)}")
     if problems:
         raise ConfigError(problems)
     return tree

@@ -15,3 +15,38 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA} (tests that use real text need ../shared)")
     return SHARED_DATA
+
+
+TINY_MODEL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+
+
+def write_token_data(path: Path, num_tokens: int = 20000, vocab_size: int = 64, seed: int = 0) -> Path:
+    """A learnable token stream (a noisy repeating pattern) as an lmkit .bin + .json."""
+    import numpy as np
+
+    from lmkit.data.tokens import TokenFileMeta, write_tokens
+
+    rng = np.random.default_rng(seed)
+    ids = (np.arange(num_tokens) * 7 % 61).astype(np.uint16)
+    noise = rng.random(num_tokens) < 0.05
+    ids[noise] = rng.integers(0, vocab_size, noise.sum())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tokens(path, ids, TokenFileMeta(dtype="uint16", num_tokens=0, vocab_size=vocab_size, source_bytes=num_tokens * 3))
+    return path
+
+
+@pytest.fixture
+def token_data(tmp_path: Path) -> tuple[Path, Path]:
+    """(train.bin, val.bin) of a tiny learnable stream, vocab 64."""
+    return write_token_data(tmp_path / "data" / "train.bin"), write_token_data(tmp_path / "data" / "val.bin", 4000, seed=1)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path, token_data) -> dict:
+    """Flat settings for a seconds-long CPU run of a tiny model."""
+    train, val = token_data
+    return dict(
+        TINY_MODEL, batch_size=8, max_iters=20, learning_rate=3e-3, min_lr=3e-4, warmup_iters=4, lr_decay_iters=20,
+        eval_interval=10, eval_iters=2, log_interval=5, checkpoint_interval=10, train_data_path=str(train),
+        val_data_path=str(val), checkpoint_dir=str(tmp_path / "run"), wandb=False, device="cpu", seed=1,
+    )

@@ -56,6 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

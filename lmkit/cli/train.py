@@ -1,0 +1,85 @@
+"""``lmkit train``: build settings, call ``api.train``, say where the result is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lmkit.cli.app import app
+from lmkit.cli.options import ConfigOpt, settings_flags
+from lmkit.errors import ConfigError
+
+TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "runtime")
+
+
+@app.command(
+    "train",
+    epilog=(
+        "Examples:  lmkit train --demo  |  lmkit train --config examples/configs/small_model.yaml --max-iters 5000  |  "
+        "lmkit train --d_model 512 --num_layers 6 --train-data-path data/train.bin --no-wandb  |  "
+        "lmkit train --nproc-per-node 8 --config cfg.yaml. Flags accept --d-model and --d_model spellings; "
+        "precedence: defaults < --config YAML < LMKIT_* environment < flags."
+    ),
+)
+@settings_flags(*TRAIN_SECTIONS)
+def train_cmd(
+    config: ConfigOpt = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Train a tiny model on built-in English text (no download); ~2 min on 2 CPU cores.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the fully resolved settings as YAML and exit.")] = False,
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", min=1, help="Launch this many processes (GPUs) through torchrun, e.g. 8.")] = None,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Train a decoder-only transformer on token files (.bin from `lmkit tokenize encode`).
+
+    Resumes automatically from CHECKPOINT_DIR/latest.pt; shows a live dashboard on a terminal and
+    plain log lines otherwise; writes metrics.jsonl, settings.yaml and checkpoints to CHECKPOINT_DIR.
+    """
+    from lmkit.settings import resolve_settings, settings_to_yaml
+
+    if nproc_per_node and nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc_per_node))
+    base = None
+    if demo:
+        from lmkit.demo import demo_preset
+
+        base = demo_preset()
+    settings = resolve_settings(config, overrides, base=base)
+    if print_config:
+        typer.echo(settings_to_yaml(settings), nl=False)
+        return
+    if demo:
+        from lmkit.demo import prepare_demo_data
+
+        settings = prepare_demo_data(settings, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
+
+    from lmkit.api import train
+
+    result = train(settings, console_sinks=True)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    ckpt = result.last_checkpoint or (result.run_dir / "latest.pt")
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else "no new steps (already at max_iters; raise --max-iters to continue)"
+    typer.echo(f"done: step {result.step}, {loss}{val}")
+    typer.echo(f"checkpoint: {ckpt}")
+    typer.echo(f"sample from it:  lmkit generate --checkpoint {ckpt} --prompt \"The\"")
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun (the way `tune run` wraps it)."""
+    args = [a for a in sys.argv[1:]]
+    try:
+        i = args.index("--nproc-per-node")
+        del args[i : i + 2]
+    except ValueError:
+        args = [a for a in args if not a.startswith("--nproc-per-node=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "lmkit", *args]
+    try:
+        return subprocess.call(cmd)
+    except FileNotFoundError as e:  # pragma: no cover - python itself missing
+        raise ConfigError(f"cannot launch torchrun: {e}") from None

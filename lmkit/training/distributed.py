@@ -1,0 +1,123 @@
+"""torch.distributed seams: one object the trainer calls whether it runs on 1 process or N.
+
+With a single process every method is a cheap no-op, so the trainer has no ``if distributed``
+branches of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lmkit.errors import ConfigError
+from lmkit.training.runtime import Runtime
+
+
+@dataclass
+class Distributed:
+    """The process group (if any) and how the model is wrapped."""
+
+    world_size: int = 1
+    rank: int = 0
+    strategy: str = "none"  # none | ddp | fsdp
+
+    @classmethod
+    def setup(cls, rt: Runtime) -> Distributed:
+        """Join the process group torchrun described in the environment (no-op for 1 process)."""
+        if rt.world_size <= 1 or "MASTER_ADDR" not in os.environ:
+            return cls()
+        if not dist.is_initialized():
+            backend = "nccl" if rt.device.type == "cuda" else "gloo"
+            if backend == "nccl" and not dist.is_nccl_available():
+                raise ConfigError("NCCL is not available in this torch build; run on CPU (gloo) or install a CUDA build of torch")
+            kwargs = {"device_id": rt.device} if rt.device.type == "cuda" else {}
+            dist.init_process_group(backend=backend, **kwargs)
+        return cls(world_size=dist.get_world_size(), rank=dist.get_rank())
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: nn.Module, parallel: str) -> nn.Module:
+        """DDP (replicate) or FSDP2 (shard) the model; unchanged for one process."""
+        if not self.active:
+            return model
+        if parallel == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.blocks:
+                fully_shard(block)
+            fully_shard(model)
+            self.strategy = "fsdp"
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.strategy = "ddp"
+        dev = next(model.parameters()).device
+        return DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def no_sync(self, wrapped: nn.Module, last: bool):
+        """Skip the gradient all-reduce on micro-steps that are not the last of a step."""
+        if last or not self.active:
+            return contextlib.nullcontext()
+        if self.strategy == "ddp":
+            return wrapped.no_sync()
+        if self.strategy == "fsdp":
+            wrapped.set_requires_gradient_sync(False)
+            return _ResyncOnExit(wrapped)
+        return contextlib.nullcontext()
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over ranks (stays on device, no host sync)."""
+        if not self.active:
+            return t
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t / self.world_size
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Unsharded CPU weights (a collective under FSDP: every rank must call it)."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Optimizer state in the plain (unsharded) layout, loadable on any number of ranks."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Load a plain optimizer state (as ``optimizer_state_dict`` saves it) on any number of ranks."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state)
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _ResyncOnExit(contextlib.AbstractContextManager):
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __exit__(self, *exc):
+        self.module.set_requires_gradient_sync(True)
+        return False

@@ -1,0 +1,78 @@
+"""Deciding what to resume from, and what a resumed run may change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lmkit.errors import CheckpointError, ConfigError
+from lmkit.settings import Settings, validate_tree
+from lmkit.training.checkpoint import LATEST
+
+# Sections whose change makes the checkpoint's weights meaningless for the new run.
+_ARCHITECTURE = ("model",)
+# Fields that are allowed to differ, and are applied, when resuming (schedule, intervals, sinks).
+_SAFE_SECTIONS = ("optim", "checkpoint", "logging", "generate")
+_SAFE_FIELDS = {
+    "max_iters", "eval_interval", "eval_iters", "log_interval", "on_nan", "parallel", "grad_accum_steps",
+    "device", "dtype", "compile", "val_data_path", "train_data_path", "tokenizer_dir",
+}
+
+
+def find_resume_checkpoint(resume: str, checkpoint_dir: Path, notice: Callable[[str], None]) -> Path | None:
+    """The checkpoint to continue from: ``auto`` -> ``checkpoint_dir/latest.pt`` if present;
+    ``never`` -> none; anything else is a path that must exist."""
+    if resume == "never":
+        if (Path(checkpoint_dir) / LATEST).exists():
+            notice(f"--resume never: starting fresh; checkpoints in {checkpoint_dir} will be overwritten as steps are reached")
+        return None
+    if resume == "auto":
+        latest = Path(checkpoint_dir) / LATEST
+        return latest if latest.exists() else None
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"{path}: --resume checkpoint not found (use auto, never or an existing file)")
+    return path
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    out = []
+    for section, values in new.items():
+        for key, value in values.items():
+            before = old.get(section, {}).get(key, value)
+            if before != value:
+                out.append((section, key, before, value))
+    return out
+
+
+def reconcile_settings(settings: Settings, state: dict[str, Any], path: Path, notice: Callable[[str], None]) -> Settings:
+    """Check the new settings against the checkpoint's and say what changes.
+
+    Architecture changes are refused (listing every differing field); changes to the schedule,
+    intervals, logging and runtime are applied and listed. Changing ``batch_size``, ``seed`` or
+    the data would silently make a different run, so those are refused too.
+
+    Raises:
+        ConfigError: one line per field that cannot change on resume.
+    """
+    saved = state.get("settings")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: checkpoint has no settings; cannot resume from it")
+    old = validate_tree(saved, f"{path} (saved settings)").model_dump(mode="json")
+    new = settings.model_dump(mode="json")
+    refused, applied = [], []
+    for section, key, before, after in _diff(old, new):
+        line = f"{key}: {before} -> {after}"
+        if section in _SAFE_SECTIONS or key in _SAFE_FIELDS:
+            applied.append(line)
+        elif section in _ARCHITECTURE:
+            refused.append(f"model.{key} differs from the checkpoint ({before} there, {after} now): the weights do not fit")
+        else:
+            refused.append(f"{section}.{key} differs from the checkpoint ({before} there, {after} now): resuming would not continue the same run")
+    if refused:
+        refused.append(f"(resuming from {path}; use --resume never or a new --checkpoint-dir to start a different run)")
+        raise ConfigError(refused)
+    step = state.get("iter", 0)
+    notice(f"resuming from {path} at step {step}" + (f"; changed: {', '.join(applied)}" if applied else ""))
+    return settings

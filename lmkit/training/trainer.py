@@ -1,0 +1,322 @@
+"""The training loop: one ``Trainer`` owning model, optimizer, data and checkpoints.
+
+The hot loop never reads a value back from the GPU on ordinary steps: losses, gradient norms and
+the count of non-finite steps accumulate on the device and are read at ``log_interval``. (The one
+exception is ``on_nan=skip``, which must decide before every optimizer step; documented there.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmkit.data.loader import BatchLoader, TokenDataset, eval_batches
+from lmkit.data.tokens import atomic_write_bytes
+from lmkit.errors import TrainingError
+from lmkit.model import ModelConfig, TransformerLM
+from lmkit.observe.base import MultiSink, RunInfo
+from lmkit.settings import Settings, settings_to_yaml
+from lmkit.training import checkpoint as ckpt
+from lmkit.training.distributed import Distributed
+from lmkit.training.loss import lm_loss
+from lmkit.training.optim import build_optimizer
+from lmkit.training.resume import find_resume_checkpoint, reconcile_settings
+from lmkit.training.runtime import Runtime, resolve_runtime
+from lmkit.training.schedule import get_lr
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_dir: Path
+    status: str  # "finished" | "interrupted"
+    step: int  # optimizer steps completed
+    tokens_seen: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    elapsed_s: float
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C / SIGTERM: a checkpoint was written; exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+
+class Trainer:
+    """Train ``TransformerLM`` as ``settings`` describe, reporting to ``sinks``.
+
+    Args:
+        settings: the resolved settings tree.
+        sinks: metric sinks (dashboard, logs, JSONL, W&B); none by default.
+        notice: where one-line notices go before sinks exist (default: print to stderr).
+    """
+
+    def __init__(self, settings: Settings, sinks: MultiSink | None = None, notice=None):
+        self.settings = settings
+        self.sinks = sinks or MultiSink([])
+        self.notice = notice or (lambda msg: print(f"lmkit: {msg}", file=__import__("sys").stderr, flush=True))
+        self.rt: Runtime = resolve_runtime(settings.runtime.device, settings.runtime.dtype, settings.runtime.compile)
+        self.dist = Distributed.setup(self.rt)
+        self.run_dir = Path(settings.checkpoint.checkpoint_dir)
+        self.step = 0
+        self.best_val_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.last_train_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+        self.elapsed_before = 0.0
+        self.skipped_steps = 0
+        self.wandb_run_id: str | None = None
+        self._stop_signal: int | None = None
+        self._build()
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        s, rt = self.settings, self.rt
+        resume_path = find_resume_checkpoint(s.checkpoint.resume, self.run_dir, self.notice)
+        state = None
+        if resume_path is not None:
+            state = ckpt.load_checkpoint(resume_path)
+            self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
+            self.resume_path = resume_path
+        torch.manual_seed(s.runtime.seed)
+        self.train_data = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train")
+        self.val_data = None
+        if s.data.val_data_path is not None:
+            self.val_data = TokenDataset(s.data.val_data_path, s.model.context_length, s.model.vocab_size, "validation")
+        self.config = ModelConfig.from_settings(s.model)
+        model = TransformerLM(self.config)
+        if state is not None:
+            model.load_state_dict(state["model"])
+        self.model = model.to(rt.device)
+        # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
+        self.wrapped = self.dist.wrap(self.model, s.train.parallel)
+        self.optimizer = build_optimizer(
+            self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
+        )
+        if state is not None:
+            self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+            self._restore_counters(state)
+        loss_fn = partial(lm_loss, self.wrapped)
+        self.loss_fn = torch.compile(loss_fn) if rt.compile else loss_fn
+        self.loader = BatchLoader(
+            self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
+        )
+        self.tokens_per_step = s.train.batch_size * s.model.context_length
+
+    def _restore_counters(self, state: dict[str, Any]) -> None:
+        self.step = int(state["iter"])
+        self.best_val_loss = state.get("best_val_loss")
+        self.last_val_loss = state.get("val_loss")
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.wandb_run_id = state.get("wandb_run_id")
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.rt.device.type == "cuda" and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # ------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (plus what ``ckpt inspect`` shows)."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        tok_meta = self.train_data.meta
+        return {
+            "model": self.dist.full_state_dict(self.model),
+            "optimizer": self.dist.optimizer_state_dict(self.model, self.optimizer),
+            "iter": self.step,
+            "tokens_seen": self.step * self.tokens_per_step,
+            "best_val_loss": self.best_val_loss,
+            "val_loss": self.last_val_loss,
+            "train_loss": self.last_train_loss,
+            "skipped_steps": self.skipped_steps,
+            "elapsed_s": self.elapsed_before + (time.time() - self._t_start),
+            "rng": rng,
+            "sampler": self.loader.state_dict(),
+            "settings": self.settings.model_dump(mode="json"),
+            "model_config": asdict(self.config),
+            "wandb_run_id": self.wandb_run_id,
+            "world_size": self.rt.world_size,
+            "tokenizer": {"dir": tok_meta.tokenizer_dir, "hash": tok_meta.tokenizer_hash, "vocab_size": tok_meta.vocab_size},
+        }
+
+    def save(self) -> Path | None:
+        """Write ``ckpt_{step}.pt`` and point ``latest.pt`` at it (rank 0 writes; all ranks gather)."""
+        state = self.state_dict()  # collective under FSDP: every rank must call it
+        if not self.rt.is_main:
+            self.dist.barrier()
+            return None
+        path = ckpt.save_checkpoint(state, self.run_dir / ckpt.checkpoint_name(self.step))
+        ckpt.link_latest(path)
+        ckpt.prune_checkpoints(self.run_dir, self.settings.checkpoint.keep_last)
+        self.last_checkpoint = path
+        self.sinks.event(f"checkpoint saved: {path}", "checkpoint")
+        self.dist.barrier()
+        return path
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean loss on the fixed validation batches (averaged over ranks)."""
+        if self.val_data is None:
+            return None
+        s = self.settings
+        self.wrapped.eval()
+        total = torch.zeros((), device=self.rt.device)
+        micro = max(1, s.train.batch_size // (s.train.grad_accum_steps * self.rt.world_size))
+        seed = s.runtime.seed + self.rt.rank
+        for x, y in eval_batches(self.val_data, micro, s.train.eval_iters, self.rt.device, seed):
+            with self.rt.autocast():
+                total += self.loss_fn(x, y).float()
+        self.wrapped.train()
+        total = self.dist.all_reduce_mean(total / s.train.eval_iters)
+        return float(total)
+
+    # ------------------------------------------------------------------ loop
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: abort now
+            self._stop_signal = signum
+            self.sinks.event("stop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)", "warning")
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return old
+
+    def _nonfinite_stop(self, step: int, loss: float, grad_norm: float) -> None:
+        report = {"step": step, "loss": loss, "grad_norm": grad_norm, "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}
+        if self.rt.is_main:
+            (self.run_dir / "nan_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        raise TrainingError(
+            f"non-finite loss/gradient at or before step {step} (loss {loss}, grad norm {grad_norm}); "
+            f"stopped without saving. Last good checkpoint: {self.last_checkpoint or 'none'}. "
+            "Lower --learning-rate, raise --warmup-iters or use --on-nan skip"
+        )
+
+    def run(self) -> TrainResult:
+        """Train from ``self.step`` to ``max_iters``, checkpointing along the way."""
+        s, rt = self.settings, self.rt
+        self._t_start = time.time()
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.run_dir / "settings.yaml", settings_to_yaml(s).encode())
+        info = RunInfo(
+            run_dir=self.run_dir, max_iters=s.train.max_iters, start_iter=self.step, resumed=self.step > 0,
+            device=str(rt.device), dtype=rt.dtype_name, num_params=self.model.num_params(),
+            tokens_per_step=self.tokens_per_step, settings=s.flat(), world_size=rt.world_size,
+            wandb_run_id=self.wandb_run_id,
+        )
+        self.sinks.start(info)
+        self.wandb_run_id = self.sinks.run_id or self.wandb_run_id
+        old_handlers = self._install_signals()
+        status = "failed"
+        try:
+            self._loop()
+            status = "interrupted" if self._stop_signal is not None else "finished"
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            self.loader.close()
+            self.sinks.close(status)
+        result = TrainResult(
+            self.run_dir, status, self.step, self.step * self.tokens_per_step, self.last_train_loss,
+            self.last_val_loss, self.best_val_loss, self.last_checkpoint, self.elapsed_before + time.time() - self._t_start,
+        )
+        if status == "interrupted":
+            code = 130 if self._stop_signal == signal.SIGINT else 143
+            raise TrainingInterrupted(
+                f"interrupted at step {self.step}; checkpoint saved to {self.last_checkpoint}. "
+                "Run the same command again to resume", exit_code=code,
+            )
+        return result
+
+    def _loop(self) -> None:
+        s, rt = self.settings, self.rt
+        accum = s.train.grad_accum_steps
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flops_per_token = self.model.flops_per_token()
+        peak = rt.peak_flops()
+        dev = rt.device
+        loss_acc = torch.zeros((), device=dev)
+        bad_acc = torch.zeros((), device=dev)
+        grad_norm = torch.zeros((), device=dev)
+        steps_in_window = 0
+        t_window = time.time()
+        while self.step < s.train.max_iters and self._stop_signal is None:
+            step = self.step
+            lr = get_lr(step, s.optim.learning_rate, s.optim.min_lr, s.optim.warmup_iters, s.optim.lr_decay_iters)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=dev)
+            for micro, (x, y) in enumerate(self.loader.step_batches(step)):
+                with self.dist.no_sync(self.wrapped, last=micro == accum - 1), rt.autocast():
+                    loss = self.loss_fn(x, y) / accum
+                loss.backward()
+                step_loss += loss.detach()
+            step_loss = self.dist.all_reduce_mean(step_loss)
+            if s.optim.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, s.optim.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf)  # the norm, scaled by 1
+            bad = ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
+            if s.train.on_nan == "skip" and bool(bad):  # the documented per-step sync of skip mode
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                self.sinks.event(f"step {step}: non-finite loss or gradient; step skipped", "warning")
+            else:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_acc += torch.nan_to_num(step_loss, nan=0.0, posinf=0.0, neginf=0.0)
+            bad_acc += bad.float() if s.train.on_nan == "stop" else 0.0
+            steps_in_window += 1
+            self.step = step + 1
+
+            last = self.step == s.train.max_iters or self._stop_signal is not None
+            if self.step % s.train.log_interval == 0 or last:
+                if float(bad_acc) > 0:  # one read per log interval, not per step
+                    self._nonfinite_stop(self.step, float(step_loss), float(grad_norm))
+                dt = time.time() - t_window
+                self.last_train_loss = float(loss_acc) / steps_in_window
+                tok_s = steps_in_window * self.tokens_per_step / max(dt, 1e-9)
+                metrics = {
+                    "loss": self.last_train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
+                    "step_ms": 1000 * dt / steps_in_window, "tokens_seen": self.step * self.tokens_per_step,
+                    "elapsed_s": self.elapsed_before + time.time() - self._t_start, "skipped_steps": self.skipped_steps,
+                }
+                if peak:
+                    metrics["mfu"] = flops_per_token * tok_s / (peak * rt.world_size)
+                if dev.type == "cuda":
+                    metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+                self.sinks.log(self.step, metrics)
+                loss_acc.zero_()
+                steps_in_window = 0
+                t_window = time.time()
+            if self.step % s.train.eval_interval == 0 or last:
+                val = self.evaluate()
+                if val is not None:
+                    self.last_val_loss = val
+                    if math.isfinite(val) and (self.best_val_loss is None or val < self.best_val_loss):
+                        self.best_val_loss = val
+                    self.sinks.log(self.step, {"val_loss": val, "best_val_loss": self.best_val_loss})
+                t_window = time.time()  # keep eval time out of tokens/s
+            if self.step % s.checkpoint.checkpoint_interval == 0 or last:
+                if float(bad_acc) > 0:
+                    self._nonfinite_stop(self.step, float(step_loss), float(grad_norm))
+                self.save()
+                t_window = time.time()
