@@ -1,4 +1,4 @@
-"""The one interface the trainer talks to: ``Sink``, the ``RunInfo`` it starts with, and ``MultiSink``.
+"""The interface the trainer talks to: ``Sink``, the ``RunInfo`` it starts with, ``MultiSink``.
 
 The trainer never knows which sinks exist. It builds a ``MultiSink`` with ``make_sinks`` and calls:
 
@@ -41,7 +41,7 @@ class RunInfo:
     tokens_per_step: int  # batch_size * context_length, summed over GPUs
     settings: dict[str, Any] = field(default_factory=dict)  # Settings.flat(), saved as W&B config
     world_size: int = 1
-    wandb_run_id: str | None = None  # from a checkpoint, so a resumed run continues the same W&B run
+    wandb_run_id: str | None = None  # from a checkpoint: a resumed run continues its W&B run
     title: str = "lmkit train"
 
 
@@ -82,7 +82,7 @@ class MultiSink:
 
     @property
     def run_id(self) -> str | None:
-        """The W&B run id once started (None without a W&B sink); the trainer saves it in checkpoints."""
+        """The W&B run id once started (None without W&B); the trainer saves it in checkpoints."""
         for sink in self.sinks:
             run_id = getattr(sink, "run_id", None)
             if run_id is not None:
@@ -102,8 +102,8 @@ class MultiSink:
                         pass
                 message = f"{type(e).__name__}: {e}".splitlines()[0]
                 print(
-                    f"lmkit: warning: the {_sink_name(sink)} sink failed in {method}() ({message}); "
-                    "it is disabled for the rest of this run",
+                    f"lmkit: warning: the {_sink_name(sink)} sink failed in {method}() "
+                    f"({message}); it is disabled for the rest of this run",
                     file=sys.stderr,
                     flush=True,
                 )

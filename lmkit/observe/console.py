@@ -17,6 +17,7 @@ from typing import TextIO
 
 from lmkit.observe.base import RunInfo
 from lmkit.observe.text import (
+    best_of,
     eta_seconds,
     fmt_count,
     fmt_duration,
@@ -65,9 +66,7 @@ class ConsoleSink:
     name = "console"
 
     def __init__(self, file: TextIO | None = None):
-        """Args:
-        file: where lines go; None means ``sys.stderr`` as it is at write time.
-        """
+        """Create the sink; ``file`` is where lines go (None: ``sys.stderr`` at write time)."""
         self._file = file
         self._info: RunInfo | None = None
         self._t0 = time.monotonic()
@@ -85,7 +84,8 @@ class ConsoleSink:
         gpus = f" x{info.world_size}" if info.world_size > 1 else ""
         self._write(
             f"{info.title} | {info.device}{gpus} {info.dtype} | {fmt_count(info.num_params)} params"
-            f" | {fmt_count(info.tokens_per_step)} tok/step | {info.max_iters} steps | {info.run_dir}"
+            f" | {fmt_count(info.tokens_per_step)} tok/step | {info.max_iters} steps"
+            f" | {info.run_dir}"
         )
         if info.resumed:
             self._write(f"[resume] resumed at step {info.start_iter}")
@@ -98,10 +98,11 @@ class ConsoleSink:
             line = format_train_line(step, max_iters, metrics)
             if self._info is not None:
                 elapsed = time.monotonic() - self._t0
-                line += f" | eta {fmt_duration(eta_seconds(step, self._info.start_iter, max_iters, elapsed))}"
+                eta = eta_seconds(step, self._info.start_iter, max_iters, elapsed)
+                line += f" | eta {fmt_duration(eta)}"
             self._write(line)
         if "val_loss" in metrics:
-            self._best_val = metrics.get("best_val_loss", self._best_val)
+            self._best_val = best_of(self._best_val, metrics)
             self._write(format_eval_line(step, max_iters, metrics))
 
     def event(self, message: str, kind: str = "info") -> None:
@@ -111,7 +112,8 @@ class ConsoleSink:
     def close(self, status: str = "finished") -> None:
         """A closing summary line."""
         max_iters = self._info.max_iters if self._info else self._step
-        line = f"{status} at step {self._step}/{max_iters} in {fmt_duration(time.monotonic() - self._t0)}"
+        elapsed = fmt_duration(time.monotonic() - self._t0)
+        line = f"{status} at step {self._step}/{max_iters} in {elapsed}"
         if self._best_val is not None:
             line += f" | best val loss {fmt_loss(self._best_val)}"
         self._write(line)

@@ -1,15 +1,18 @@
 """A live terminal dashboard for training, drawn with rich and refreshed four times a second.
 
-    ╭──────────────────────────────── lmkit train ────────────────────────────────╮
-    │ cuda · bfloat16 · 124.4M params · 524.3k tok/step · 5,000 steps             │
-    │ run dir runs/gpt2                                                           │
-    │ step 1,200/5,000 ━━━━━━━━━━━━━╸━━━━━━━━━━━━━━━━━━━━━━━━━━  24.0%  0:10:12 · eta 0:32:01 │
-    │ loss     3.2154  ▇▇▆▆▅▅▄▄▄▃▃▃▂▂▂▂▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁                    │
-    │ val loss 3.3012 (best 3.2990)        lr        3.00e-04                     │
-    │ ...                                                                         │
-    │ checkpoint  runs/gpt2/ckpt_0001000.pt                                       │
-    │ 12:00:01 eval  val loss 3.3012                                              │
-    ╰──────────────────────────────── running ────────────────────────────────────╯
+    ╭──────────────────────────────── lmkit train ─────────────────────────────────╮
+    │ cuda · bfloat16 · 124.4M params · 524.3k tok/step · 5,000 steps              │
+    │ run dir runs/gpt2                                                            │
+    │ step 1,200/5,000 ━━━━━━╸                        24.0%  0:10:12 · eta 0:32:18 │
+    │ loss      3.0733   ██▇▇▇▇▆▆▆▆▆▅▅▅▅▅▅▄▄▄▄▄▄▄▃▃▃▃▃▃▃▃▃▂▂▂▂▂▂▂▂▂▂▂▂▂▂▁▁▁▁▁▁▁▁▁▁ │
+    │ val loss  3.3012 (best 3.2990)        lr        3.00e-04                     │
+    │ tokens/s  12.3k                       mfu       41.2%                        │
+    │ grad norm 0.840                       step time 45.1 ms                      │
+    │ gpu mem   10.2 GB                                                            │
+    │ last checkpoint runs/gpt2/ckpt_0001000.pt                                    │
+    │ 05:13:54 eval       val loss 3.3012 (best 3.2990)                            │
+    │ 05:13:54 checkpoint checkpoint saved: runs/gpt2/ckpt_0001000.pt              │
+    ╰────────────────────────────────── running ───────────────────────────────────╯
 
 It writes to stderr (stdout stays free for a command's results), so ``lmkit train > out.txt``
 still shows the dashboard, and ``2>&1 | tee log`` is not a terminal and gets plain lines instead
@@ -35,6 +38,7 @@ from rich.text import Text
 
 from lmkit.observe.base import RunInfo
 from lmkit.observe.text import (
+    best_of,
     eta_seconds,
     fmt_count,
     fmt_duration,
@@ -63,7 +67,7 @@ class _Sparkline:
 class _Pairs:
     """Label/value pairs in a grid, as many pairs per row as fit (two at 80 columns)."""
 
-    PAIR_WIDTH = 38  # 9-cell label + value + padding; enough for "3.3012 (best 3.2990)"
+    PAIR_WIDTH = 36  # 9-cell label, padding and a value as long as "3.3012 (best 3.2990)"
 
     def __init__(self, pairs: list[tuple[str, str, str]]):
         self.pairs = pairs  # (label, value, style)
@@ -111,6 +115,7 @@ class Dashboard:
         self._losses: deque[float] = deque(maxlen=HISTORY)
         self._events: deque[tuple[str, str, str]] = deque(maxlen=EVENTS)  # (clock, kind, message)
         self._last_checkpoint: str | None = None
+        self._best_val: float | None = None
         self._status = "running"
 
     # -- Sink interface -----------------------------------------------------------------------
@@ -129,6 +134,9 @@ class Dashboard:
             get_renderable=self.render,
             refresh_per_second=self.refresh_per_second,
             transient=False,
+            # Prints to stdout are moved above the panel only when stdout is this same terminal;
+            # a redirected stdout (`> out.txt`) keeps its output.
+            redirect_stdout=sys.stdout.isatty(),
         )
         self._live.start()
 
@@ -139,6 +147,8 @@ class Dashboard:
             self._metrics.update(metrics)
             if "loss" in metrics:
                 self._losses.append(metrics["loss"])
+            if "val_loss" in metrics:
+                self._best_val = best_of(self._best_val, metrics)
 
     def event(self, message: str, kind: str = "info") -> None:
         """Remember the event (and the last checkpoint) for the events area."""
@@ -167,9 +177,8 @@ class Dashboard:
         max_iters = info.max_iters if info else self._step
         parts = [f"{self._status} at step {self._step:,}/{max_iters:,} in "
                  f"{fmt_duration(time.monotonic() - self._t0)}"]
-        best = self._metrics.get("best_val_loss", self._metrics.get("val_loss"))
-        if best is not None:
-            parts.append(f"best val loss {fmt_loss(best)}")
+        if self._best_val is not None:
+            parts.append(f"best val loss {fmt_loss(self._best_val)}")
         if info is not None:
             parts.append(str(info.run_dir))
         return " · ".join(parts)
@@ -227,7 +236,8 @@ class Dashboard:
         loss_row.add_column(width=8, no_wrap=True)
         loss_row.add_column(ratio=1)
         loss = fmt_loss(m["loss"]) if "loss" in m else "-"
-        loss_row.add_row(Text("loss", style="dim"), Text(loss, style="bold"), _Sparkline(list(self._losses)))
+        history = _Sparkline(list(self._losses))
+        loss_row.add_row(Text("loss", style="dim"), Text(loss, style="bold"), history)
         yield loss_row
 
         pairs: list[tuple[str, str, str]] = []  # (label, value, style)

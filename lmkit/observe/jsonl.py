@@ -3,7 +3,7 @@
 Lines look like
 
     {"step": 100, "loss": 3.2154, "lr": 0.0003, "time": 1718000000.1}
-    {"event": "checkpoint saved: runs/x/ckpt_0000100.pt", "kind": "checkpoint", "step": 100, "time": ...}
+    {"event": "checkpoint saved: runs/x/ckpt_0000100.pt", "kind": "checkpoint", "step": 100, ...}
 
 The file is only ever appended to, so a resumed run adds to the same file. A run resumed from an
 earlier checkpoint logs some steps again; readers take the last value per step (``read_metrics``
@@ -35,9 +35,7 @@ class JsonlSink:
     name = "jsonl"
 
     def __init__(self, run_dir: Path):
-        """Args:
-        run_dir: the run directory; created if missing.
-        """
+        """Create the sink; ``run_dir`` (created at ``start`` if missing) holds metrics.jsonl."""
         self.path = Path(run_dir) / FILENAME
         self._file: IO[str] | None = None
         self._step = 0
@@ -54,8 +52,8 @@ class JsonlSink:
         self._file = self.path.open("a", encoding="utf-8")
         self._step = info.start_iter
         kind, verb = ("resume", "resumed") if info.resumed else ("info", "started")
-        self._write({"event": f"run {verb} at step {info.start_iter}", "kind": kind,
-                     "step": info.start_iter, "time": time.time()})
+        message = f"run {verb} at step {info.start_iter}"
+        self._write({"event": message, "kind": kind, "step": info.start_iter, "time": time.time()})
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """``{"step": step, **metrics, "time": unix seconds}``."""

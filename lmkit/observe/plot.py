@@ -1,4 +1,4 @@
-"""Charts of a finished (or running) run from its metrics.jsonl: loss (train and val) and LR vs step.
+"""Charts of a run from its metrics.jsonl: loss (train and val) and learning rate vs step.
 
 With matplotlib (the optional ``plot`` extra) the charts are a PNG; without it they are unicode
 text for the terminal, so ``lmkit`` works the same with or without the extra.
@@ -37,7 +37,9 @@ def plot_metrics(metrics_jsonl: Path, out: Path | None = None) -> Path | str:
     """
     metrics_jsonl = Path(metrics_jsonl)
     if not metrics_jsonl.is_file():
-        raise DataError(f"{metrics_jsonl}: metrics file not found (training writes it to the run directory)")
+        raise DataError(
+            f"{metrics_jsonl}: metrics file not found (training writes it to the run directory)"
+        )
     rows = read_metrics(metrics_jsonl)
     series = {k: _series(rows, k) for k in ("loss", "val_loss", "lr")}
     if not any(steps for steps, _ in series.values()):
@@ -86,6 +88,7 @@ def text_charts(series: dict[str, tuple[list[int], list[float]]], width: int = T
         bars = bin_series(steps, values, width)
         chart = column_chart(bars, height=height, label=labels.get(key, "{:.4g}"))
         gutter = chart[0].index("┤") if chart else 0
-        title = f"{titles.get(key, key)}, steps {steps[0]}..{steps[-1]} (last {labels.get(key, '{:.4g}').format(values[-1])})"
+        last = labels.get(key, "{:.4g}").format(values[-1])
+        title = f"{titles.get(key, key)}, steps {steps[0]}..{steps[-1]} (last {last})"
         blocks.append("\n".join([title, *chart, " " * gutter + "└" + "─" * len(bars)]))
     return "\n\n".join(blocks)

@@ -53,6 +53,14 @@ def eta_seconds(step: int, start_step: int, max_iters: int, elapsed: float) -> f
     return max(max_iters - step, 0) * elapsed / done
 
 
+def best_of(best: float | None, metrics: dict[str, float]) -> float | None:
+    """The best validation loss so far: ``best_val_loss`` if the trainer sent it, else the min."""
+    if "best_val_loss" in metrics:
+        return metrics["best_val_loss"]
+    candidates = [v for v in (best, metrics.get("val_loss")) if v is not None and math.isfinite(v)]
+    return min(candidates) if candidates else best
+
+
 def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 

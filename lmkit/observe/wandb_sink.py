@@ -40,7 +40,8 @@ def has_credentials(environ: dict[str, str] | None = None) -> bool:
     environ = dict(os.environ) if environ is None else environ
     if environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    url = environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(url).hostname or "api.wandb.ai"
     path = environ.get("NETRC") or str(Path.home() / ".netrc")
     try:
         return netrc.netrc(path).authenticators(host) is not None
@@ -57,11 +58,20 @@ class WandbSink:
 
     name = "wandb"
 
-    def __init__(self, project: str = "lmkit", name: str | None = None, entity: str | None = None,
-                 init_timeout: float = INIT_TIMEOUT_S):
-        """Args:
-        project, name, entity: where the run goes in W&B (name/entity None: W&B's defaults).
-        init_timeout: seconds an online start may take before falling back to offline.
+    def __init__(
+        self,
+        project: str = "lmkit",
+        name: str | None = None,
+        entity: str | None = None,
+        init_timeout: float = INIT_TIMEOUT_S,
+    ):
+        """Create the sink; nothing is imported or started until ``start``.
+
+        Args:
+            project: W&B project.
+            name: run name (None: W&B picks one).
+            entity: user or team (None: the account's default).
+            init_timeout: seconds an online start may take before falling back to offline.
         """
         self.project, self.run_name, self.entity = project, name, entity
         self.init_timeout = init_timeout
@@ -159,7 +169,8 @@ class WandbSink:
 
     def _disable(self, where: str, error: BaseException, run: Any = None) -> None:
         self._run = None
-        _say(f"warning: W&B logging failed in {where} ({_first_line(error)}); continuing without it")
+        _say(f"warning: W&B logging failed in {where} ({_first_line(error)}); "
+             "continuing without it")
         if run is not None:
             try:
                 run.finish(exit_code=1)
