@@ -1,0 +1,223 @@
+"""``lmkit tokenize``: train a BPE tokenizer, encode corpora to token files, import ids, decode.
+
+Each command parses options, calls one function of the Python API and renders the result;
+results go to stdout, progress and diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmkit.cli.app import app
+from lmkit.errors import TokenizerError
+
+tokenize_app = typer.Typer(
+    name="tokenize",
+    help="Byte-level BPE: train a tokenizer, encode text into token files, import ids, decode.\n\n"
+    "Example: lmkit tokenize train --input data/corpus.txt --vocab-size 10000 "
+    "--special-token '<|endoftext|>' --output tok/",
+    no_args_is_help=True,
+)
+app.add_typer(tokenize_app, name="tokenize")
+
+# Options several commands share, defined once.
+InputOpt = Annotated[Path, typer.Option("--input", "-i", help="A text file, or a directory of *.txt/*.text/*.md files. Example: --input data/")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory (created if missing). Example: --output data/tokens/")]
+SpecialOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--special-token", "-s", help="A special token, matched whole in text and never merged; repeat for several. Example: --special-token '<|endoftext|>'"),
+]
+TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer", "-t", help="Tokenizer directory from `lmkit tokenize train`. Example: --tokenizer tok/")]
+VocabOpt = Annotated[Optional[Path], typer.Option("--vocab", help="GPT-2 style vocab.json (use with --merges instead of --tokenizer). Example: --vocab gpt2/vocab.json")]
+MergesOpt = Annotated[Optional[Path], typer.Option("--merges", help="GPT-2 style merges.txt (use with --vocab). Example: --merges gpt2/merges.txt")]
+
+
+class Errors(str, Enum):
+    """How invalid UTF-8 in an input file is handled."""
+
+    strict = "strict"
+    replace = "replace"
+
+
+ErrorsOpt = Annotated[
+    Errors,
+    typer.Option("--errors", help="Invalid UTF-8 in the input: 'strict' stops with the byte offset, 'replace' writes U+FFFD. Example: --errors replace"),
+]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes to use (default: all cores for inputs over 4 MB). Example: --workers 4")]
+
+
+class Progress:
+    """Renders ``progress(stage, done, total)`` calls: rich bars on a terminal, else plain lines.
+
+    Plain lines (for logs and CI) are printed at most every 10% per stage.
+    """
+
+    UNITS = {"pretokenize": "bytes", "encode": "bytes", "import": "bytes", "merge": "merges"}
+
+    def __init__(self) -> None:
+        self.rich = None
+        self.tasks: dict[str, int] = {}
+        self.printed: dict[str, int] = {}
+        self.started = time.monotonic()
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+
+            self.rich = RichProgress(
+                TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            )
+
+    def __enter__(self) -> Progress:
+        if self.rich:
+            self.rich.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.rich:
+            self.rich.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.rich:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.rich.add_task(stage, total=total)
+            self.rich.update(self.tasks[stage], completed=done, total=total)
+            return
+        tenth = 10 * done // max(total, 1)
+        if tenth > self.printed.get(stage, -1) or done == total:
+            if self.printed.get(stage) == 10:
+                return
+            self.printed[stage] = tenth
+            elapsed = time.monotonic() - self.started
+            typer.echo(f"{stage}: {done:,}/{total:,} {self.UNITS.get(stage, '')} ({elapsed:.1f}s)", err=True)
+
+
+def _load_tokenizer(tokenizer: Optional[Path], vocab: Optional[Path], merges: Optional[Path],
+                    special_tokens: Optional[list[str]]):
+    from lmkit.tokenizer import Tokenizer
+
+    specials = special_tokens or None
+    if tokenizer is not None and (vocab or merges):
+        raise TokenizerError("give either --tokenizer DIR or --vocab and --merges, not both")
+    if tokenizer is not None:
+        return Tokenizer.from_dir(tokenizer, specials)
+    if vocab is not None and merges is not None:
+        return Tokenizer.from_files(vocab, merges, specials)
+    raise TokenizerError("no tokenizer given: pass --tokenizer DIR, or --vocab vocab.json --merges merges.txt")
+
+
+@tokenize_app.command("train")
+def train(
+    input: InputOpt,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", help="Total vocabulary: 256 bytes + merges + special tokens. Example: --vocab-size 10000")],
+    output: OutputOpt,
+    special_token: SpecialOpt = None,
+    errors: ErrorsOpt = Errors.strict,
+    workers: WorkersOpt = None,
+) -> None:
+    """Train a byte-level BPE tokenizer; writes vocab.json, merges.txt (GPT-2 format) and tokenizer.json.
+
+    Example: lmkit tokenize train --input data/tinyshakespeare.txt --vocab-size 10000 --special-token '<|endoftext|>' --output tok/
+    """
+    from lmkit.tokenizer import Tokenizer, train_bpe
+
+    specials = special_token or []
+    with Progress() as progress:
+        vocab, merges = train_bpe(input, vocab_size, specials, workers=workers, errors=errors.value, progress=progress)
+    tok = Tokenizer(vocab, merges, specials)
+    tok.save(output)
+    typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(merges)} merges, hash {tok.hash})")
+
+
+@tokenize_app.command("encode")
+def encode(
+    input: InputOpt,
+    output: OutputOpt,
+    tokenizer: TokenizerOpt = None,
+    vocab: VocabOpt = None,
+    merges: MergesOpt = None,
+    special_token: SpecialOpt = None,
+    create_stats: Annotated[bool, typer.Option("--create-stats", help="Record and print token count, bytes/token and the most frequent tokens. Example: --create-stats")] = False,
+    errors: ErrorsOpt = Errors.strict,
+    workers: WorkersOpt = None,
+) -> None:
+    """Encode text into NAME.bin (token ids) + NAME.json (metadata) per input file.
+
+    Example: lmkit tokenize encode --tokenizer tok/ --input data/train.txt --output data/ --create-stats
+    """
+    from lmkit.data.corpus import encode_corpus
+
+    tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
+    tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
+    with Progress() as progress:
+        outputs = encode_corpus(tok, input, output, tokenizer_dir=tok_dir, create_stats=create_stats,
+                                errors=errors.value, workers=workers, progress=progress)
+    _report(outputs, create_stats)
+
+
+def _report(outputs: list[Path], create_stats: bool) -> None:
+    from lmkit.data.tokens import read_meta
+
+    for out in outputs:
+        meta = read_meta(out)
+        typer.echo(f"{out}: {meta.num_tokens:,} tokens ({meta.dtype})")
+        if create_stats and meta.stats:
+            s = meta.stats
+            typer.echo(f"  bytes/token {s['bytes_per_token']}, distinct tokens {s['distinct_tokens']:,}")
+            for t in s["top_tokens"]:
+                typer.echo(f"  {t['id']:>7} {t['count']:>12,}  {t.get('token', '')!r}")
+
+
+@tokenize_app.command("import-ids")
+def import_ids(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Text file of token ids, one per line or space-separated (or a directory of them). Example: --input data/tokens.txt")],
+    output: OutputOpt,
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", min=1, help="Vocabulary size: ids must be below it; picks uint16/uint32. Example: --vocab-size 50257")] = None,
+) -> None:
+    """Convert text files of token ids (the old data-prep format) into NAME.bin + NAME.json.
+
+    Example: lmkit tokenize import-ids --input data/tokens.txt --output data/ --vocab-size 50257
+    """
+    from lmkit.data import corpus
+
+    with Progress() as progress:
+        outputs = corpus.import_ids(input, output, vocab_size=vocab_size, progress=progress)
+    _report(outputs, False)
+
+
+@tokenize_app.command("decode")
+def decode(
+    tokenizer: TokenizerOpt = None,
+    vocab: VocabOpt = None,
+    merges: MergesOpt = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A .bin token file; default: whitespace-separated ids on stdin. Example: --input data/train.bin")] = None,
+) -> None:
+    """Decode token ids back to text on stdout.
+
+    Example: lmkit tokenize decode --tokenizer tok/ --input data/train.bin > train.txt
+    Example: echo 15496 995 | lmkit tokenize decode --vocab vocab.json --merges merges.txt
+    """
+    from lmkit.data.corpus import decode_token_file, parse_ids
+
+    tok = _load_tokenizer(tokenizer, vocab, merges, None)
+    if input is not None:
+        pieces = decode_token_file(tok, input)
+    else:
+        pieces = tok.decode_chunks(parse_ids(sys.stdin, "<stdin>", tok.vocab_size))
+    # Bytes, not text: stdout's encoding may not cover every character (LANG=C).
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    for piece in pieces:
+        if out is not None:
+            out.write(piece.encode("utf-8"))
+        else:
+            sys.stdout.write(piece)
+    if out is not None:
+        out.flush()
+    sys.stdout.flush()

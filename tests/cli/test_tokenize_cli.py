@@ -1,0 +1,157 @@
+"""``lmkit tokenize``: train -> encode -> decode end to end, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmkit.cli.app import app
+
+TEXT = ("It was the best of times, it was the worst of times.<|endoftext|>\n"
+        "Café 👋  double  spaces\n\n\tand tabs<|endoftext|>The end.\n") * 30
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A small tokenizer directory trained through the CLI, and the text it was trained on."""
+    root = tmp_path_factory.mktemp("cli")
+    src = root / "text.txt"
+    src.write_text(TEXT, encoding="utf-8")
+    result = run("tokenize", "train", "--input", str(src), "--vocab_size", "300",
+                 "--special-token", "<|endoftext|>", "--output", str(root / "tok"))
+    assert result.exit_code == 0, result.output
+    return root / "tok", src
+
+
+def test_train_encode_decode_round_trip(trained, tmp_path):
+    tok_dir, src = trained
+    assert sorted(p.name for p in tok_dir.iterdir()) == ["merges.txt", "tokenizer.json", "vocab.json"]
+    result = run("tokenize", "encode", "--tokenizer", str(tok_dir), "--input", str(src),
+                 "--output", str(tmp_path / "data"), "--create-stats")
+    assert result.exit_code == 0, result.output
+    assert "bytes/token" in result.stdout and "text.bin" in result.stdout
+    result = run("tokenize", "decode", "--tokenizer", str(tok_dir), "--input", str(tmp_path / "data" / "text.bin"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes == src.read_bytes()
+
+
+def test_decode_ids_from_stdin(trained):
+    tok_dir, _ = trained
+    ids = " ".join(str(b) for b in b"hi!") + " 299\n"  # bytes are ids 0..255; the special is last
+    result = CliRunner().invoke(app, ["tokenize", "decode", "--tokenizer", str(tok_dir)], input=ids)
+    assert result.exit_code == 0 and result.stdout == "hi!<|endoftext|>"
+
+
+def test_gpt2_files_via_vocab_and_merges(shared_data, tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text("Hello world<|endoftext|>")
+    result = run("tokenize", "encode", "--vocab", str(shared_data / "gpt2_vocab.json"),
+                 "--merges", str(shared_data / "gpt2_merges.txt"), "--input", str(src), "--output", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    from lmkit.data.tokens import open_tokens
+
+    ids, meta = open_tokens(tmp_path / "s.bin")
+    assert ids.tolist() == [15496, 995, 50256] and meta.vocab_size == 50257
+
+
+def test_import_ids(tmp_path):
+    (tmp_path / "ids.txt").write_text("1 2 3\n4\n")
+    result = run("tokenize", "import-ids", "--input", str(tmp_path / "ids.txt"), "--output", str(tmp_path / "o"),
+                 "--vocab-size", "10")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "ids.bin").stat().st_size == 8
+
+
+def test_real_subprocess_round_trip(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT, encoding="utf-8")
+    lmkit = [sys.executable, "-m", "lmkit", "tokenize"]
+    subprocess.run([*lmkit, "train", "-i", str(src), "-v", "280", "-s", "<|endoftext|>", "-o", str(tmp_path / "tok")],
+                   check=True, capture_output=True)
+    subprocess.run([*lmkit, "encode", "-t", str(tmp_path / "tok"), "-i", str(src), "-o", str(tmp_path / "d")],
+                   check=True, capture_output=True)
+    done = subprocess.run([*lmkit, "decode", "-t", str(tmp_path / "tok"), "-i", str(tmp_path / "d" / "in.bin")],
+                          check=True, capture_output=True)
+    assert done.stdout == src.read_bytes()
+    # stderr is not a terminal here, so progress comes as plain lines
+    failed = subprocess.run([*lmkit, "encode", "-t", str(tmp_path / "tok"), "-i", str(tmp_path / "nope.txt"),
+                             "-o", str(tmp_path / "d")], capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.startswith("lmkit: error:") and failed.stdout == ""
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def _broken_tokenizer(tmp: Path, tok_dir: Path, vocab: str | None = None, merges: str | None = None) -> Path:
+    bad = tmp / "badtok"
+    bad.mkdir()
+    _write(bad / "vocab.json", vocab if vocab is not None else (tok_dir / "vocab.json").read_text(encoding="utf-8"))
+    _write(bad / "merges.txt", merges if merges is not None else (tok_dir / "merges.txt").read_text(encoding="utf-8"))
+    return bad
+
+
+# (name, argv builder(tmp, tok_dir, src) -> list, expected message fragment)
+BAD_INPUT = [
+    ("missing-input", lambda t, k, s: ["train", "-i", str(t / "nope.txt"), "-v", "300", "-o", str(t / "out")],
+     "nope.txt: input not found"),
+    ("empty-input", lambda t, k, s: ["encode", "-t", str(k), "-i", str(_write(t / "e.txt", "")), "-o", str(t / "out")],
+     "input is empty"),
+    ("empty-input-train", lambda t, k, s: ["train", "-i", str(_write(t / "e.txt", "")), "-v", "300", "-o", str(t / "out")],
+     "input is empty"),
+    ("dir-without-text", lambda t, k, s: ["encode", "-t", str(k), "-i", str(_write(t / "d" / "x.bin", b"1").parent), "-o", str(t / "out")],
+     "no text files"),
+    ("vocab-too-small", lambda t, k, s: ["train", "-i", str(s), "-v", "256", "-s", "<|endoftext|>", "-o", str(t / "out")],
+     "at least 257"),
+    ("malformed-vocab", lambda t, k, s: ["encode", "-t", str(_broken_tokenizer(t, k, vocab='{"a": 0,\n "b": }')), "-i", str(s), "-o", str(t / "out")],
+     "vocab.json:2: malformed JSON"),
+    ("malformed-merges", lambda t, k, s: ["encode", "-t", str(_broken_tokenizer(t, k, merges="#version: 0.2\nĠ t\nonlyone\n")), "-i", str(s), "-o", str(t / "out")],
+     "merges.txt:3: expected two tokens"),
+    ("merge-unknown-token", lambda t, k, s: ["encode", "-t", str(_broken_tokenizer(t, k, merges="#version: 0.2\nqq zz\n")), "-i", str(s), "-o", str(t / "out")],
+     "merges.txt:2: 'qq' is not in the vocabulary"),
+    ("special-not-in-vocab", lambda t, k, s: ["encode", "-t", str(k), "-s", "<|im_start|>", "-i", str(s), "-o", str(t / "out")],
+     "special token '<|im_start|>' is not in the vocabulary"),
+    ("not-utf8", lambda t, k, s: ["encode", "-t", str(k), "-i", str(_write(t / "b.txt", b"abc \xc3\x28 x")), "-o", str(t / "out")],
+     "byte offset 4 (invalid continuation byte); fix the file or pass --errors replace"),
+    ("unwritable-output", lambda t, k, s: ["encode", "-t", str(k), "-i", str(s), "-o", str(_write(t / "file", "x") / "out")],
+     "output directory cannot be written"),
+    ("unwritable-tokenizer-output", lambda t, k, s: ["train", "-i", str(s), "-v", "260", "-o", str(_write(t / "file", "x") / "out")],
+     "cannot write tokenizer files"),
+    ("ids-non-integer", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1 2\n3 four\n")), "-o", str(t / "out")],
+     "ids.txt:2: 'four' is not a token id"),
+    ("ids-outside-vocab", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1 2\n3 400\n")), "-o", str(t / "out"), "--vocab-size", "300"],
+     "ids.txt:2: token id 400 is outside the vocabulary"),
+    ("no-tokenizer", lambda t, k, s: ["encode", "-i", str(s), "-o", str(t / "out")],
+     "no tokenizer given"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(trained, tmp_path, argv, message):
+    tok_dir, src = trained
+    result = run("tokenize", *argv(tmp_path, tok_dir, src))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(("pretokenize:", "encode:", "merge:", "import:"))]
+    assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), result.stderr
+    assert message in lines[0]
+    out = tmp_path / "out"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_every_command_has_an_example_in_its_help():
+    for command in ("train", "encode", "import-ids", "decode"):
+        result = run("tokenize", command, "--help")
+        assert result.exit_code == 0 and "Example:" in result.stdout
