@@ -25,6 +25,7 @@ from lmkit.tokenizer.pretokenize import PRETOKEN_RE, safe_cut, special_splitter
 CACHE_LIMIT = 1 << 20
 # encode_iterable buffers about this much text before looking for a safe place to cut it.
 STREAM_BUFFER = 1 << 16
+NO_MERGE = 1 << 62  # rank of a pair that has no merge: above every real rank
 
 
 class Tokenizer:
@@ -63,8 +64,9 @@ class Tokenizer:
         if missing:
             raise TokenizerError(f"vocabulary lacks {len(missing)} of the 256 single bytes (first: {missing[0]:#04x})")
         self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
-        # (left id, right id) -> (rank, merged id): what the encoder looks up for every pair.
-        self._pair_rank: dict[tuple[int, int], tuple[int, int]] = {}
+        # (left id, right id) -> rank, and rank -> merged id: what the encoder looks up per pair.
+        self._rank_of: dict[tuple[int, int], int] = {}
+        self._merged: list[int] = []
         for rank, (left, right) in enumerate(self.merges):
             for part in (left, right):
                 if part not in self._id_of:
@@ -74,7 +76,8 @@ class Tokenizer:
                 raise TokenizerError(
                     f"{where(rank)}: the result {files.token_to_str(left + right)!r} is not in the vocabulary"
                 )
-            self._pair_rank.setdefault((self._id_of[left], self._id_of[right]), (rank, merged))
+            self._rank_of.setdefault((self._id_of[left], self._id_of[right]), rank)
+            self._merged.append(merged)
 
         reachable = {bytes([b]) for b in range(256)} | {a + b for a, b in self.merges}
         self.vocab_specials = sorted(t.decode("utf-8", "replace") for t in self.vocab.values() if t not in reachable)
@@ -164,28 +167,31 @@ class Tokenizer:
     # --- encoding ------------------------------------------------------------------------------
 
     def _merge_bytes(self, piece: bytes) -> list[int]:
-        """Apply merges to one pretoken: repeatedly merge the lowest-ranked adjacent pair."""
+        """Apply merges to one pretoken: repeatedly merge the lowest-ranked adjacent pair.
+
+        Only the leftmost occurrence is merged per step; any other occurrence of the same pair
+        still has the lowest rank next step (a merge that uses the new token was learned later),
+        so this equals merging every occurrence left to right ("aaa" -> "aa a").
+        """
         ids = [self._byte_ids[b] for b in piece]
-        ranks = self._pair_rank
-        while len(ids) > 1:
-            best = None
-            for i in range(len(ids) - 1):
-                found = ranks.get((ids[i], ids[i + 1]))
-                if found is not None and (best is None or found[0] < best[0]):
-                    best = found
-                    left, right = ids[i], ids[i + 1]
-            if best is None:
+        get, merged = self._rank_of.get, self._merged
+        # ranks[j] is the rank of the pair (ids[j], ids[j + 1]).
+        ranks = [get(pair, NO_MERGE) for pair in zip(ids, ids[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == NO_MERGE:
                 break
-            merged, out, i = best[1], [], 0
-            # Every occurrence of the pair, left to right (so "aaa" -> "aa a", not "a aa").
-            while i < len(ids):
-                if i + 1 < len(ids) and ids[i] == left and ids[i + 1] == right:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
+            i = ranks.index(best)
+            new = merged[best]
+            ids[i:i + 2] = (new,)
+            # Only the pairs touching the merged token change: the ranks of old pairs i-1, i,
+            # i+1 become those of (ids[i-1], new) and (new, ids[i+1]), where they exist.
+            around = []
+            if i > 0:
+                around.append(get((ids[i - 1], new), NO_MERGE))
+            if i + 1 < len(ids):
+                around.append(get((new, ids[i + 1]), NO_MERGE))
+            ranks[max(i - 1, 0):i + 2] = around
         return ids
 
     def _encode_plain(self, text: str, out: list[int]) -> None:
