@@ -67,7 +67,8 @@ def precompute_rope(
     """
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    even = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)  # (hd/2,)
+    inv_freq = theta ** (-even / head_dim)  # (hd/2,)
     pos = torch.arange(context_length, device=device, dtype=torch.float32)
     angles = torch.outer(pos, inv_freq)  # (context_length, hd/2)
     return angles.cos(), angles.sin()

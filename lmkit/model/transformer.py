@@ -127,7 +127,8 @@ class TransformerLM(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 is_residual = name.endswith(("attn.o_proj", "ffn.w2"))
-                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else INIT_STD)
+                std = residual_std if is_residual else INIT_STD
+                nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
@@ -196,9 +197,8 @@ class TransformerLM(nn.Module):
         """
         max_len = self.config.context_length if max_len is None else max_len
         if not 0 < max_len <= self.config.context_length:
-            raise ValueError(
-                f"max_len must be in 1..context_length ({self.config.context_length}), got {max_len}"
-            )
+            limit = self.config.context_length
+            raise ValueError(f"max_len must be in 1..context_length ({limit}), got {max_len}")
         dtype = self.lm_head.weight.dtype if dtype is None else dtype
         device = self.lm_head.weight.device if device is None else device
         for block in self.blocks:
