@@ -36,11 +36,16 @@ def demo_preset() -> dict:
     }
 
 
-def demo_text() -> str:
-    """The corpus: every pydoc topic, separated by ``<|endoftext|>`` so no token spans two."""
+def demo_documents() -> tuple[list[str], list[str]]:
+    """The corpus as (train, validation) documents: every pydoc topic, every 10th held out.
+
+    Holding out whole topics spread over the alphabet keeps validation text like training text
+    without any window straddling the two.
+    """
     from pydoc_data.topics import topics
 
-    return f"\n{EOT}\n".join(topics[k].strip() for k in sorted(topics))
+    docs = [topics[k].strip() for k in sorted(topics)]
+    return [d for i, d in enumerate(docs) if i % 10], [d for i, d in enumerate(docs) if not i % 10]
 
 
 def cache_dir() -> Path:
@@ -58,28 +63,28 @@ def prepare_demo_data(settings: Settings, notice: Callable[[str], None] = lambda
     from lmkit.data.tokens import TokenFileMeta, dtype_for_vocab, write_tokens
     from lmkit.tokenizer import Tokenizer, train_bpe
 
-    text = demo_text()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    train_docs, val_docs = demo_documents()
+    sep = f"\n{EOT}\n"  # no token spans two documents
+    texts = {"train": sep.join(train_docs), "val": sep.join(val_docs)}
+    digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
     root = cache_dir() / f"{digest}-v{DEMO_VOCAB_SIZE}"
     tok_dir, train_bin, val_bin = root / "tokenizer", root / "train.bin", root / "val.bin"
     if not (val_bin.is_file() and (tok_dir / "tokenizer.json").is_file()):
         root.mkdir(parents=True, exist_ok=True)
-        corpus = root / "corpus.txt"
-        corpus.write_text(text, encoding="utf-8")
-        notice(f"demo: training a {DEMO_VOCAB_SIZE}-token BPE tokenizer on {len(text.encode()) / 1e3:.0f} KB of Python documentation (once; cached in {root})")
+        corpus = root / "train.txt"
+        corpus.write_text(texts["train"], encoding="utf-8")
+        size_kb = len(texts["train"].encode()) / 1e3
+        notice(f"demo: training a {DEMO_VOCAB_SIZE}-token BPE tokenizer on {size_kb:.0f} KB of Python documentation (once; cached in {root})")
         vocab, merges = train_bpe(corpus, DEMO_VOCAB_SIZE, [EOT])
         tok = Tokenizer(vocab, merges, [EOT])
         tok.save(tok_dir)
-        ids = np.asarray(tok.encode(text), dtype=dtype_for_vocab(DEMO_VOCAB_SIZE))
-        # Hold out the last 10% for validation (a contiguous slice: no window straddles the split).
-        cut = int(len(ids) * 0.9)
-        token_bytes = np.array([len(vocab[i]) for i in range(len(vocab))])  # bytes each id stands for
-        for path, part in ((train_bin, ids[:cut]), (val_bin, ids[cut:])):
-            meta = TokenFileMeta(
-                dtype=str(ids.dtype), num_tokens=len(part), vocab_size=len(vocab), tokenizer_hash=tok.hash,
-                tokenizer_dir=str(tok_dir.resolve()), source="pydoc_data.topics", source_bytes=int(token_bytes[part].sum()),
-            )
-            write_tokens(path, part, meta)
         corpus.unlink(missing_ok=True)
+        for path, text in ((train_bin, texts["train"]), (val_bin, texts["val"])):
+            ids = np.asarray(tok.encode(text), dtype=dtype_for_vocab(DEMO_VOCAB_SIZE))
+            meta = TokenFileMeta(
+                dtype=str(ids.dtype), num_tokens=len(ids), vocab_size=len(vocab), tokenizer_hash=tok.hash,
+                tokenizer_dir=str(tok_dir.resolve()), source="pydoc_data.topics", source_bytes=len(text.encode()),
+            )
+            write_tokens(path, ids, meta)
     data = settings.data.model_copy(update={"train_data_path": train_bin, "val_data_path": val_bin, "tokenizer_dir": tok_dir})
     return settings.model_copy(update={"data": data})

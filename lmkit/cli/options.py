@@ -47,15 +47,16 @@ def settings_flags(*sections: str):
 
     def decorate(fn):
         sig = inspect.signature(fn)
-        params = [p for p in sig.parameters.values() if p.name != "overrides"]
         annotations = {k: v for k, v in typing.get_type_hints(fn, include_extras=True).items() if k != "overrides"}
+        # Resolved (not string) annotations, so typer sees each Annotated option declaration.
+        params = [p.replace(annotation=annotations.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != "overrides"]
         names: list[str] = []
         for section in sections:
             for name, field in SECTIONS[section].model_fields.items():
                 typ, extra = _cli_type(field.annotation)
                 dashed = name.replace("_", "-")
                 decl = f"--{dashed}/--no-{dashed}" if typ is bool else f"--{dashed}"
-                help_text = f"{field.description} [default: {field.default}]"
+                help_text = f"{field.description} (default: {field.default})"
                 option = typer.Option(decl, help=help_text, rich_help_panel=f"{section.title()} settings", show_default=False, **extra)
                 annotations[name] = Annotated[Optional[typ], option]
                 params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations[name]))

@@ -36,8 +36,7 @@ def train_cmd(
 ) -> None:
     """Train a decoder-only transformer on token files (.bin from `lmkit tokenize encode`).
 
-    Resumes automatically from CHECKPOINT_DIR/latest.pt; shows a live dashboard on a terminal and
-    plain log lines otherwise; writes metrics.jsonl, settings.yaml and checkpoints to CHECKPOINT_DIR.
+    Resumes automatically from CHECKPOINT_DIR/latest.pt. Shows a live dashboard on a terminal, plain log lines otherwise. Writes checkpoints, metrics.jsonl and settings.yaml to CHECKPOINT_DIR.
     """
     from lmkit.settings import resolve_settings, settings_to_yaml
 

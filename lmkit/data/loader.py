@@ -11,13 +11,14 @@ are a pure function of ``(seed, step)``. That one choice gives three properties 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmkit.data.tokens import TokenFileMeta, open_tokens
+from lmkit.data.tokens import TokenFileMeta, meta_path, open_tokens, read_meta
 from lmkit.errors import DataError
 
 # Mixed into the seed so validation windows never coincide with training ones by construction.
@@ -77,11 +78,33 @@ def get_batch(
     return batch[:, :-1], batch[:, 1:]  # (B, T), (B, T)
 
 
+def resolve_token_file(path: Path, vocab_size: int, notice: Callable[[str], None] = lambda m: None) -> Path:
+    """The ``.bin`` to read for ``path``: itself, or for a text file of token ids (the training
+    guide's format) a ``.bin`` converted once beside it and reused while the text is unchanged."""
+    path = Path(path)
+    if path.suffix == ".bin":
+        return path
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found (expected a .bin from `lmkit tokenize encode` or a text file of token ids)")
+    cached = path.with_suffix(".bin")
+    if cached.is_file() and meta_path(cached).is_file():
+        meta = read_meta(cached)
+        if meta.source == str(path.resolve()) and cached.stat().st_mtime >= path.stat().st_mtime:
+            return cached
+        if meta.source != str(path.resolve()):
+            raise DataError(f"{cached}: exists but was not made from {path}; move it away or pass the .bin directly")
+    from lmkit.data.corpus import import_ids
+
+    notice(f"{path}: text file of token ids; converting once to {cached} (memory-mapped from now on)")
+    import_ids(path, path.parent, vocab_size=vocab_size)
+    return cached
+
+
 class TokenDataset:
     """One token file, checked against the model's context length and vocabulary."""
 
-    def __init__(self, path: Path, context_length: int, vocab_size: int, role: str = "train"):
-        self.path = Path(path)
+    def __init__(self, path: Path, context_length: int, vocab_size: int, role: str = "train", notice: Callable[[str], None] = lambda m: None):
+        self.path = resolve_token_file(Path(path), vocab_size, notice)
         self.data, self.meta = open_tokens(self.path)
         self.context_length = context_length
         if self.meta.num_tokens < context_length + 1:

@@ -90,10 +90,10 @@ class Trainer:
             self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
             self.resume_path = resume_path
         torch.manual_seed(s.runtime.seed)
-        self.train_data = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train")
+        self.train_data = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train", self.notice)
         self.val_data = None
         if s.data.val_data_path is not None:
-            self.val_data = TokenDataset(s.data.val_data_path, s.model.context_length, s.model.vocab_size, "validation")
+            self.val_data = TokenDataset(s.data.val_data_path, s.model.context_length, s.model.vocab_size, "validation", self.notice)
         self.config = ModelConfig.from_settings(s.model)
         model = TransformerLM(self.config)
         if state is not None:

@@ -186,3 +186,20 @@ def test_nan_skip_counts_and_continues(tiny_overrides, monkeypatch):
     skipped = [m["skipped_steps"] for _, m in rec.logs if "skipped_steps" in m]
     assert res.step == 10 and skipped[-1] == 1
     assert torch.isfinite(torch.tensor(rec.losses()[10]))
+
+
+def test_text_file_of_ids_is_converted_once(tiny_overrides, tmp_path):
+    import numpy as np
+
+    ids = (np.arange(3000) * 7 % 61).tolist()
+    txt = tmp_path / "ids" / "train.txt"
+    txt.parent.mkdir()
+    txt.write_text(" ".join(map(str, ids)))  # the training guide's space-separated format
+    notices = []
+    s = resolve_settings(overrides=dict(tiny_overrides, train_data_path=str(txt), max_iters=2), environ={})
+    Trainer(s, notice=notices.append).run()
+    assert any("converting once" in n for n in notices)
+    assert (tmp_path / "ids" / "train.bin").is_file()
+    notices.clear()
+    Trainer(resolve_settings(overrides=dict(tiny_overrides, train_data_path=str(txt), max_iters=2, checkpoint_dir=str(tmp_path / "r2")), environ={}), notice=notices.append)
+    assert not any("converting" in n for n in notices)

@@ -1,0 +1,118 @@
+"""`lmkit train` end to end through the CLI (CliRunner and a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lmkit.cli.app import app
+
+runner = CliRunner()
+
+
+def flags(overrides: dict, underscores: bool = False) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        name = k if underscores else k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(f"--{name}" if v else f"--no-{name}")
+        else:
+            out += [f"--{name}", str(v)]
+    return out
+
+
+def test_print_config_accepts_both_spellings():
+    a = runner.invoke(app, ["train", "--print-config", "--d-model", "256", "--num-heads", "4"])
+    b = runner.invoke(app, ["train", "--print-config", "--d_model", "256", "--num_heads=4"])
+    assert a.exit_code == 0 and a.stdout == b.stdout
+    cfg = yaml.safe_load(a.stdout)
+    assert cfg["model"]["d_model"] == 256 and cfg["model"]["num_heads"] == 4
+
+
+def test_config_file_then_flag_override(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("d_model: 512\nnum_heads: 8\nbatch_size: 4\n")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--batch-size", "8", "--print-config"])
+    out = yaml.safe_load(r.stdout)
+    assert (out["model"]["d_model"], out["train"]["batch_size"]) == (512, 8)
+
+
+def test_shipped_example_configs_load():
+    root = Path(__file__).resolve().parents[2] / "examples" / "configs"
+    configs = sorted(root.glob("*.yaml"))
+    assert {p.name for p in configs} >= {"small_model.yaml", "gpt2_medium.yaml"}
+    for p in configs:
+        r = runner.invoke(app, ["train", "--config", str(p), "--print-config"])
+        assert r.exit_code == 0, (p, r.output)
+    medium = yaml.safe_load(runner.invoke(app, ["train", "-c", str(root / "gpt2_medium.yaml"), "--print-config"]).stdout)
+    m = medium["model"]
+    assert (m["num_layers"], m["d_model"], m["num_heads"], m["d_ff"]) == (24, 1024, 16, 4096)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--num-heads", "7"], "num_heads (7) must divide d_model"),
+        (["--learning-rate", "-1"], "learning_rate"),
+        (["--config", "/nonexistent.yaml"], "config file not found"),
+        (["--bogus-flag", "1"], "No such option"),
+        (["--device", "tpu"], "runtime.device"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(args, fragment):
+    r = runner.invoke(app, ["train", *args, "--print-config"])
+    assert r.exit_code == 2
+    assert fragment in r.stderr and r.stderr.startswith("lmkit: error:")
+    assert "Traceback" not in r.output
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path):
+    r = runner.invoke(app, ["train", "--train-data-path", str(tmp_path / "nope.bin"), "--checkpoint-dir", str(tmp_path / "r"), "--no-wandb", "--device", "cpu"])
+    assert r.exit_code == 2 and "nope" in r.stderr and "Traceback" not in r.output
+
+
+def test_train_end_to_end_plain_logs(tiny_overrides):
+    r = runner.invoke(app, ["train", *flags(tiny_overrides)])
+    assert r.exit_code == 0, r.output
+    run_dir = Path(tiny_overrides["checkpoint_dir"])
+    assert f"checkpoint: {run_dir / 'ckpt_0000020.pt'}" in r.stdout
+    assert "lmkit generate --checkpoint" in r.stdout
+    assert "step 20/20" in r.stderr and "\x1b[" not in r.stderr  # plain lines, no control codes
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("step") == 20 and "loss" in row for row in rows)
+    # Running again resumes, says so, and trains no further.
+    again = runner.invoke(app, ["train", *flags(tiny_overrides)])
+    assert again.exit_code == 0 and "resuming from" in again.stderr and "no new steps" in again.stdout
+
+
+def test_train_subprocess_with_underscore_flags(tiny_overrides):
+    r = subprocess.run([sys.executable, "-m", "lmkit", "train", *flags(tiny_overrides, underscores=True)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "done: step 20" in r.stdout
+
+
+def test_nproc_per_node_launches_torchrun(monkeypatch, tiny_overrides):
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(sys, "argv", ["lmkit", "train", "--nproc-per-node", "2", "--max-iters", "5"])
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    r = runner.invoke(app, ["train", "--nproc-per-node", "2", "--max-iters", "5"])
+    assert r.exit_code == 0
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lmkit", "train", "--max-iters", "5"]]
+
+
+def test_demo_runs_and_learns(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    run_dir = tmp_path / "demo"
+    r = runner.invoke(app, ["train", "--demo", "--max-iters", "40", "--lr-decay-iters", "40", "--log-interval", "20", "--eval-interval", "40", "--checkpoint-dir", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert losses[-1] < losses[0] < 8.0  # ln(2048) = 7.6 at init, and it falls
+    assert (run_dir / "latest.pt").is_file()
