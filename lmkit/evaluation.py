@@ -1,0 +1,161 @@
+"""Deterministic evaluation of a trained model over a whole token file.
+
+Notation used in shape comments:
+    B  windows per batch
+    T  context_length
+    V  vocab_size
+
+Unlike the trainer's validation (a fixed sample of random windows, cheap and comparable over a
+run), this is a full pass: the file is cut into consecutive non-overlapping windows of T inputs,
+window k predicting tokens ``k*T + 1 .. (k+1)*T``, so every token but the first is predicted
+exactly once, each from the context since its window began. A tail shorter than a window is
+left out (at most T - 1 tokens). The same file and checkpoint always give the same numbers.
+
+Bits per byte divides the total surprise by the UTF-8 bytes of text the evaluated tokens cover,
+so it compares models with different tokenizers::
+
+    bpb = total_nats / ln(2) / (source_bytes * tokens_evaluated / num_tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmkit.data.tokens import open_tokens
+from lmkit.errors import ConfigError, DataError
+from lmkit.inference import Trained
+
+# Rows of logits materialised at once: bounds memory at 50k vocabularies ((rows, V) fp32).
+_CE_ROWS = 4096
+# Ids checked per slice when scanning a file for out-of-vocabulary ids.
+_SCAN = 1 << 24
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` measured."""
+
+    loss: float  # mean cross-entropy, nats per token
+    perplexity: float  # exp(loss)
+    bits_per_byte: float | None  # None when the data records no source byte count
+    tokens: int  # tokens evaluated (predicted)
+    windows: int  # windows of context_length tokens
+    total_nats: float  # summed cross-entropy
+    source_bytes: float | None  # source bytes covered by the evaluated tokens
+    context_length: int
+    data: str
+    checkpoint: str
+    device: str
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (what ``lmkit eval --json`` prints)."""
+        return asdict(self)
+
+
+def check_token_ids(data: np.ndarray, vocab_size: int, path: Path) -> None:
+    """Raise ``DataError`` if any id in ``data`` is outside ``0..vocab_size-1``."""
+    for i in range(0, len(data), _SCAN):
+        top = int(data[i : i + _SCAN].max())
+        if top >= vocab_size:
+            raise DataError(
+                f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
+                "encode the data with the model's tokenizer"
+            )
+
+
+def evaluate(
+    trained: Trained,
+    data_path: Path | str,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Loss, perplexity and bits per byte of a model over a token file, in one full pass.
+
+    Args:
+        trained: from ``lmkit.inference.load_trained`` (float32 weights give the most accurate
+            numbers; pass ``autocast_dtype=torch.bfloat16`` for speed on CUDA).
+        data_path: a ``.bin`` token file (with its ``.json`` metadata).
+        batch_size: windows per forward pass.
+        max_tokens: evaluate at most this many tokens (rounded down to whole windows).
+        autocast_dtype: run the forward under autocast in this dtype (None: the weights' dtype).
+        progress: called as ``progress(tokens_done, tokens_total)`` after each batch.
+
+    Returns:
+        ``EvalResult``.
+
+    Raises:
+        DataError: the file is unreadable, shorter than one window, holds ids outside the
+            vocabulary, or was encoded with a different tokenizer than the checkpoint's.
+        ConfigError: batch_size < 1 or max_tokens below one window.
+    """
+    data_path = Path(data_path)
+    T, V = trained.config.context_length, trained.config.vocab_size
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < T:
+        raise ConfigError(f"max_tokens ({max_tokens}) must be at least one window, context_length = {T}")
+    data, meta = open_tokens(data_path)
+    want = (trained.state.get("tokenizer") or {}).get("hash")
+    if want and meta.tokenizer_hash and meta.tokenizer_hash != want:
+        raise DataError(
+            f"{data_path}: encoded with tokenizer {meta.tokenizer_hash}, but {trained.path.name} was trained with {want}; "
+            "re-encode it with the model's tokenizer"
+        )
+    windows = (meta.num_tokens - 1) // T  # each window reads T inputs plus the next token
+    if windows == 0:
+        raise DataError(f"{data_path}: {meta.num_tokens} tokens is shorter than one window of context_length + 1 = {T + 1}")
+    if max_tokens is not None:
+        windows = min(windows, max_tokens // T)
+    used = data[: windows * T + 1]
+    if meta.vocab_size is None or meta.vocab_size > V:
+        check_token_ids(used, V, data_path)
+    total = _sum_nats(trained, used, windows, batch_size, autocast_dtype, progress)
+    tokens = windows * T
+    loss = total / tokens
+    covered = meta.source_bytes * tokens / meta.num_tokens if meta.source_bytes else None
+    return EvalResult(
+        loss=loss, perplexity=math.exp(min(loss, 700.0)), bits_per_byte=total / math.log(2) / covered if covered else None,
+        tokens=tokens, windows=windows, total_nats=total, source_bytes=covered, context_length=T,
+        data=str(data_path), checkpoint=str(trained.path), device=str(trained.runtime.device),
+        dtype=str(autocast_dtype or trained.runtime.dtype).removeprefix("torch."),
+    )
+
+
+@torch.inference_mode()
+def _sum_nats(
+    trained: Trained,
+    used: np.ndarray,
+    windows: int,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None,
+    progress: Callable[[int, int], None] | None,
+) -> float:
+    """Summed next-token cross-entropy over ``windows`` consecutive windows of ``used``."""
+    model, device, T = trained.model, trained.runtime.device, trained.config.context_length
+    autocast = autocast_dtype is not None and autocast_dtype != next(model.parameters()).dtype
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, windows, batch_size):
+        b = min(batch_size, windows - start)
+        chunk = torch.from_numpy(np.asarray(used[start * T : (start + b) * T + 1], dtype=np.int64)).to(device)
+        x = chunk[:-1].view(b, T)  # (B, T): window k is tokens kT .. kT+T-1
+        y = chunk[1:].view(b, T)  # (B, T): each shifted by one, the token to predict
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast):
+            h = model.hidden(x).flatten(0, 1)  # (B*T, D)
+            for r in range(0, h.shape[0], _CE_ROWS):
+                logits = model.lm_head(h[r : r + _CE_ROWS]).float()  # (rows, V), CE in fp32
+                total += F.cross_entropy(logits, y.flatten()[r : r + _CE_ROWS], reduction="sum")
+        if progress is not None:
+            progress((start + b) * T, windows * T)
+    return float(total)  # the one read-back, after the whole pass

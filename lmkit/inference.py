@@ -1,0 +1,330 @@
+"""Using a trained model: load a checkpoint with its tokenizer, and stream text from it.
+
+Example (a notebook)::
+
+    >>> from lmkit.inference import load_trained, stream
+    >>> trained = load_trained("runs/demo/latest.pt")           # doctest: +SKIP
+    >>> for piece in stream(trained, "The list type", max_new_tokens=50):  # doctest: +SKIP
+    ...     print(piece.text, end="", flush=True)
+
+The tokenizer is the one the checkpoint was trained with: its directory and content hash are
+recorded in the checkpoint, so a tokenizer whose hash differs is refused instead of producing
+garbage. Generation stops at ``<|endoftext|>`` (when the tokenizer has it), at a stop string,
+after ``max_new_tokens`` or at the context length: the window does not slide, so at most
+``context_length - prompt_tokens + 1`` tokens follow a prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmkit.errors import CheckpointError, ConfigError, TokenizerError
+from lmkit.generation import Utf8StreamDecoder, check_sampling_args
+from lmkit.generation import generate as generate_ids
+from lmkit.model import ModelConfig, TransformerLM
+from lmkit.settings import Settings, validate_tree
+from lmkit.tokenizer import Tokenizer
+from lmkit.training.checkpoint import load_checkpoint
+from lmkit.training.runtime import Runtime, resolve_runtime
+
+EOT = "<|endoftext|>"
+# Checkpoint entries too large to keep around once the model is built.
+_HEAVY_KEYS = ("model", "optimizer", "rng")
+
+
+@dataclass
+class Trained:
+    """A model ready to use, with everything its checkpoint says about it."""
+
+    model: TransformerLM  # in eval mode, on ``runtime.device``, weights in ``runtime.dtype``
+    config: ModelConfig
+    settings: Settings | None  # the run's settings (None if they no longer validate)
+    tokenizer: Tokenizer | None  # None when none was found and none was required
+    state: dict[str, Any]  # the checkpoint dict without weights, optimizer and RNG states
+    path: Path
+    runtime: Runtime
+
+    @property
+    def eot_id(self) -> int | None:
+        """Id of ``<|endoftext|>`` if the tokenizer registers it."""
+        if self.tokenizer is None or EOT not in self.tokenizer.special_tokens:
+            return None
+        return self.tokenizer.token_id(EOT)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One generated token and the text it completes.
+
+    ``text`` is ``""`` while a character is unfinished or while text that may begin a stop
+    string is held back. A last piece with ``id == -1`` releases what was still held back when
+    generation ended.
+    """
+
+    id: int
+    text: str
+
+
+def model_config_of(state: dict[str, Any], path: Path) -> ModelConfig:
+    """The ``ModelConfig`` a checkpoint records.
+
+    Raises:
+        CheckpointError: the entry is missing or describes an impossible model.
+    """
+    raw = state.get("model_config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: checkpoint has no model_config; it was not written by `lmkit train`")
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model_config ({e})") from None
+
+
+def weight_problems(weights: Any, config: ModelConfig) -> list[str]:
+    """Compare a state_dict with the one ``config`` implies; one line per problem (none: OK)."""
+    if not isinstance(weights, dict):
+        return ["the 'model' entry is not a state_dict"]
+    with torch.device("meta"):  # shapes only: building on the meta device allocates nothing
+        expected = {k: tuple(v.shape) for k, v in TransformerLM(config).state_dict().items()}
+    problems = [f"missing tensor {k} {list(s)}" for k, s in expected.items() if k not in weights]
+    problems += [f"unexpected tensor {k}" for k in weights if k not in expected]
+    for k, shape in expected.items():
+        t = weights.get(k)
+        if isinstance(t, torch.Tensor) and tuple(t.shape) != shape:
+            problems.append(f"{k}: shape {list(t.shape)} but model_config implies {list(shape)}")
+        elif k in weights and not isinstance(t, torch.Tensor):
+            problems.append(f"{k}: not a tensor")
+    return problems
+
+
+def settings_of(state: dict[str, Any]) -> Settings | None:
+    """The run's settings from a checkpoint, or None if absent or no longer valid."""
+    try:
+        return validate_tree(state["settings"], "checkpoint settings")
+    except (KeyError, TypeError, ConfigError):
+        return None
+
+
+def _candidate_dirs(state: dict[str, Any], path: Path) -> list[Path]:
+    # Where a checkpoint's tokenizer may be: the directory recorded from the data's metadata,
+    # the run's tokenizer_dir setting, each also relative to the checkpoint (a copied run
+    # directory), and a tokenizer/ folder beside the checkpoint.
+    recorded = [(state.get("tokenizer") or {}).get("dir"), ((state.get("settings") or {}).get("data") or {}).get("tokenizer_dir")]
+    out: list[Path] = []
+    for d in recorded:
+        if d:
+            out += [Path(d)] if Path(d).is_absolute() else [Path(d), path.parent / d]
+    out.append(path.parent / "tokenizer")
+    return list(dict.fromkeys(out))
+
+
+def find_tokenizer(state: dict[str, Any], path: Path, override: Path | None = None) -> Tokenizer | None:
+    """The tokenizer a checkpoint was trained with, checked against its recorded hash.
+
+    Args:
+        state: the checkpoint dict.
+        path: the checkpoint file (relative tokenizer paths are also tried beside it).
+        override: a tokenizer directory to use instead of the recorded one (``--tokenizer``).
+
+    Returns:
+        The tokenizer, or None when none is recorded or found (and no override was given).
+
+    Raises:
+        TokenizerError: the tokenizer's hash differs from the recorded one, its vocabulary is
+            larger than the model's, or the override cannot be read.
+    """
+    record = state.get("tokenizer") or {}
+    want_hash = record.get("hash")
+    if override is not None:
+        tok, where = Tokenizer.from_dir(override), Path(override)
+    else:
+        where = next((d for d in _candidate_dirs(state, path) if (d / "vocab.json").is_file()), None)
+        if where is None:
+            return None
+        tok = Tokenizer.from_dir(where)
+    if want_hash and tok.hash != want_hash:
+        raise TokenizerError(
+            f"{where}: tokenizer hash {tok.hash} does not match the {want_hash} that {path.name} was trained with; "
+            "its ids would decode to garbage. Pass the training tokenizer with --tokenizer DIR"
+        )
+    vocab = int((state.get("model_config") or {}).get("vocab_size", tok.vocab_size))
+    if tok.vocab_size > vocab:
+        raise TokenizerError(f"{where}: tokenizer has {tok.vocab_size} ids but the model only {vocab}; it is not this model's tokenizer")
+    return tok
+
+
+def load_trained(
+    path: Path | str,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    tokenizer_dir: Path | str | None = None,
+    require_tokenizer: bool = True,
+    compile: bool | None = None,
+) -> Trained:
+    """Load a checkpoint into an eval-mode model (never unpickling code), with its tokenizer.
+
+    Args:
+        path: a checkpoint file, e.g. ``runs/demo/latest.pt``.
+        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
+        dtype: weights dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``bfloat16`` or
+            ``float32``.
+        tokenizer_dir: use this tokenizer directory instead of the recorded one.
+        require_tokenizer: raise if no tokenizer is found (generation needs one; eval does not).
+        compile: compile the decode step (default: on for CUDA); stored in ``runtime.compile``.
+
+    Returns:
+        ``Trained``.
+
+    Raises:
+        CheckpointError: missing, damaged, foreign or newer-format file; weights that do not
+            fit the recorded model_config.
+        TokenizerError: tokenizer missing (when required) or not the one trained with.
+        ConfigError: ``device="cuda"`` without a CUDA device.
+    """
+    path = Path(path)
+    runtime = resolve_runtime(device, dtype, compile)
+    state = load_checkpoint(path)
+    config = model_config_of(state, path)
+    problems = weight_problems(state.get("model"), config)
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path}: weights do not match model_config: {'; '.join(problems[:3])}{more}")
+    tokenizer = find_tokenizer(state, path, Path(tokenizer_dir) if tokenizer_dir else None)
+    if tokenizer is None and require_tokenizer:
+        recorded = (state.get("tokenizer") or {}).get("dir")
+        why = f"its recorded tokenizer {recorded} was not found" if recorded else "it records no tokenizer"
+        raise TokenizerError(f"{path}: {why}; pass the tokenizer it was trained with: --tokenizer DIR")
+    model = TransformerLM(config)
+    model.load_state_dict(state["model"])
+    model = model.to(device=runtime.device, dtype=runtime.dtype).eval().requires_grad_(False)
+    light = {k: v for k, v in state.items() if k not in _HEAVY_KEYS}
+    light["has_optimizer"] = state.get("optimizer") is not None
+    return Trained(model, config, settings_of(state), tokenizer, light, path, runtime)
+
+
+def encode_prompt(trained: Trained, prompt: str) -> list[int]:
+    """Token ids of ``prompt``, checked to be non-empty and to fit the context.
+
+    Raises:
+        ConfigError: an empty prompt or one longer than the model's context length.
+    """
+    if trained.tokenizer is None:
+        raise TokenizerError(f"{trained.path}: no tokenizer loaded; pass --tokenizer DIR")
+    if not prompt:
+        raise ConfigError("the prompt is empty; give some text for the model to continue, e.g. --prompt 'Once upon a time'")
+    ids = trained.tokenizer.encode(prompt)
+    ctx = trained.config.context_length
+    if len(ids) > ctx:
+        raise ConfigError(f"the prompt is {len(ids)} tokens, longer than the model's context_length {ctx}; shorten it")
+    return ids
+
+
+def stream(
+    trained: Trained,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    *,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    stop_at_eot: bool = True,
+) -> Iterator[Piece]:
+    """Generate a continuation of ``prompt``, yielding each token as soon as it is sampled.
+
+    The prompt is prefilled once; then each token is one cached decode step (compiled with CUDA
+    graphs when ``trained.runtime.compile`` is on and the model is on CUDA). Text is decoded
+    incrementally, so a UTF-8 character split over several tokens comes out whole.
+
+    Args:
+        trained: from ``load_trained``.
+        prompt: text to continue (non-empty, at most ``context_length`` tokens).
+        max_new_tokens: upper bound on generated tokens.
+        temperature: 0 is greedy; otherwise the softmax temperature.
+        top_k: sample among the k most likely tokens only.
+        top_p: nucleus sampling mass, in (0, 1].
+        seed: makes sampling reproducible (None: a fresh random seed).
+        stop: strings that end generation; neither they nor anything after is yielded.
+        stop_at_eot: end at ``<|endoftext|>`` (which is not yielded).
+
+    Yields:
+        ``Piece(id, text)`` per token; ``"".join(p.text for p in ...)`` is the continuation.
+
+    Raises:
+        ConfigError: bad sampling parameters, an empty or too long prompt. Raised at the call,
+            before any work.
+    """
+    try:
+        check_sampling_args(temperature, top_k, top_p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if any(not s for s in stop):
+        raise ConfigError("a stop string must not be empty")
+    ids = encode_prompt(trained, prompt)
+    stop_ids = [trained.eot_id] if stop_at_eot and trained.eot_id is not None else []
+    tokens = generate_ids(
+        trained.model, ids, max_new_tokens, temperature, top_k, top_p, stop_ids=stop_ids, seed=seed,
+        compile_decode=trained.runtime.compile,
+    )
+    return _pieces(trained.tokenizer, tokens, set(stop_ids), tuple(stop))
+
+
+def _pieces(tokenizer: Tokenizer, tokens: Iterator[torch.Tensor], stop_ids: set[int], stop: tuple[str, ...]) -> Iterator[Piece]:
+    # stream()'s body once its arguments are checked.
+    decoder = Utf8StreamDecoder()
+    pending = ""  # decoded text not yet released because it may be the start of a stop string
+    try:
+        for t in tokens:
+            token = int(t[0])  # one sequence; streaming needs the id on the host anyway
+            if token in stop_ids:
+                break
+            pending += decoder.decode(tokenizer.vocab.get(token, b""))
+            cut = _first_stop(pending, stop)
+            if cut is not None:
+                yield Piece(token, pending[:cut])
+                return
+            keep = _held_back(pending, stop)
+            yield Piece(token, pending[: len(pending) - keep])
+            pending = pending[len(pending) - keep :]
+        tail = pending + decoder.flush()
+        cut = _first_stop(tail, stop)
+        if tail and cut != 0:
+            yield Piece(-1, tail if cut is None else tail[:cut])
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()  # free the KV cache at once when the caller stops early
+
+
+def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    """Index of the earliest stop string in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that could begin a stop string.
+
+    Example: with stop ``("\\n\\n",)`` the text ``"end.\\n"`` holds back 1 character.
+    """
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-n:]):
+                best = n
+                break
+    return best
+
+
+def generate_text(trained: Trained, prompt: str, **kwargs: Any) -> str:
+    """The whole continuation as one string; ``kwargs`` as for ``stream``."""
+    return "".join(p.text for p in stream(trained, prompt, **kwargs))
