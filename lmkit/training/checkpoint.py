@@ -4,10 +4,13 @@ Layout of ``checkpoint_dir``:
     ckpt_0001000.pt   every ``checkpoint_interval`` steps (pruned by ``keep_last``)
     latest.pt         a hard link to the newest one (a copy where links are unsupported)
 
+    ckpt_0001000.pt.sha256, latest.pt.sha256   manifests: "<sha256> <size>", written last
+
 A checkpoint is ``torch.save`` of a dict holding only tensors and plain Python values, so it
 loads with ``torch.load(weights_only=True)``: a file carrying a pickled object that would run
 code is refused. Each file is written to a temp name, fsynced and renamed, so a crash mid-save
-leaves the previous checkpoint whole.
+leaves the previous checkpoint whole. The manifest, hashed while the bytes are written (no second
+read), lets a later load tell a damaged file (bit rot, a truncated copy) from a good one.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmkit import __version__
+from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import CheckpointError
 
 FORMAT = "lmkit-checkpoint"
@@ -33,6 +37,26 @@ LATEST = "latest.pt"
 def checkpoint_name(step: int) -> str:
     """``ckpt_0001000.pt`` for step 1000 (zero-padded so names sort by step)."""
     return f"ckpt_{step:07d}.pt"
+
+
+class _HashingWriter:
+    """File wrapper that hashes what passes through it, so the digest costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def manifest_path(path: Path) -> Path:
+    """``ckpt_0000100.pt`` -> ``ckpt_0000100.pt.sha256``."""
+    return Path(path).with_name(Path(path).name + ".sha256")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -72,10 +96,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared/read
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            writer = _HashingWriter(f)
+            torch.save(payload, writer)
             f.flush()
             os.fsync(f.fileno())
+        # Drop any manifest of an older file under this name before the new bytes take its place.
+        manifest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
+        atomic_write_bytes(manifest_path(path), f"{writer.sha.hexdigest()} {writer.size}\n".encode())
         _fsync_dir(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -95,16 +123,48 @@ def link_latest(ckpt_path: Path) -> Path:
     try:
         os.link(ckpt_path, tmp)
     except OSError:
-        import shutil
-
         shutil.copyfile(ckpt_path, tmp)
+    manifest_path(latest).unlink(missing_ok=True)
     os.replace(tmp, latest)
+    if manifest_path(ckpt_path).exists():
+        atomic_write_bytes(manifest_path(latest), manifest_path(ckpt_path).read_bytes())
     _fsync_dir(latest.parent)
     return latest
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def verify_checkpoint(path: Path) -> bool | None:
+    """Check a checkpoint against its manifest.
+
+    Returns:
+        True if it matches, None if there is no manifest (older file, or a copy without one).
+
+    Raises:
+        CheckpointError: the size or hash differs from the manifest (the file is damaged).
+    """
+    path = Path(path)
+    man = manifest_path(path)
+    if not man.is_file():
+        return None
+    try:
+        digest, size = man.read_text().split()
+        size = int(size)
+    except ValueError:
+        return None  # an unreadable manifest says nothing about the checkpoint itself
+    actual = path.stat().st_size
+    if actual != size:
+        raise CheckpointError(f"{path}: damaged checkpoint: {actual} bytes, its manifest says {size} (truncated or overwritten)")
+    if file_digest(path) != digest:
+        raise CheckpointError(f"{path}: damaged checkpoint: contents do not match its sha256 manifest")
+    return True
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint dict safely.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded.
+        verify: check the file against its sha256 manifest first (when it has one).
 
     Raises:
         CheckpointError: missing, a directory, truncated, not an lmkit checkpoint, written by a
@@ -115,6 +175,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / LATEST}")
+    if verify:
+        verify_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -122,7 +184,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if "weights_only" in str(e) or "GLOBAL" in str(e) or "Unsupported" in str(e):
             raise CheckpointError(f"{path}: refused: the file holds pickled objects that could run code ({msg[:120]})") from None
         raise CheckpointError(f"{path}: damaged or not a checkpoint ({msg[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # torch.load raises many types on damaged input (KeyError, RuntimeError, EOFError ...)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({first[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -144,7 +206,25 @@ def prune_checkpoints(checkpoint_dir: Path, keep_last: int | None) -> list[Path]
     old = list_checkpoints(checkpoint_dir)[:-keep_last]
     for p in old:
         p.unlink(missing_ok=True)
+        manifest_path(p).unlink(missing_ok=True)
     return old
+
+
+def newest_intact(checkpoint_dir: Path, warn) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``checkpoint_dir`` that loads, trying ``latest.pt`` first.
+
+    Each damaged file is reported through ``warn`` and skipped (``--resume auto``'s fallback).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    candidates = [checkpoint_dir / LATEST] + list_checkpoints(checkpoint_dir)[::-1]
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            warn(f"{e}; trying an older checkpoint")
+    return None
 
 
 def file_digest(path: Path) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.settings import Settings, validate_tree
-from lmkit.training.checkpoint import LATEST
+from lmkit.training.checkpoint import LATEST, list_checkpoints, load_checkpoint, newest_intact
 
 # Sections whose change makes the checkpoint's weights meaningless for the new run.
 _ARCHITECTURE = ("model",)
@@ -20,20 +20,28 @@ _SAFE_FIELDS = {
 }
 
 
-def find_resume_checkpoint(resume: str, checkpoint_dir: Path, notice: Callable[[str], None]) -> Path | None:
-    """The checkpoint to continue from: ``auto`` -> ``checkpoint_dir/latest.pt`` if present;
-    ``never`` -> none; anything else is a path that must exist."""
+def load_resume_state(resume: str, checkpoint_dir: Path, notice: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to continue from, loaded.
+
+    ``auto``: ``checkpoint_dir/latest.pt`` if present; if it is damaged, the newest intact
+    ``ckpt_*.pt`` with a warning. ``never``: none. Anything else: a path that must exist and load.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
     if resume == "never":
-        if (Path(checkpoint_dir) / LATEST).exists():
+        if (checkpoint_dir / LATEST).exists():
             notice(f"--resume never: starting fresh; checkpoints in {checkpoint_dir} will be overwritten as steps are reached")
         return None
     if resume == "auto":
-        latest = Path(checkpoint_dir) / LATEST
-        return latest if latest.exists() else None
+        if not (checkpoint_dir / LATEST).exists() and not list_checkpoints(checkpoint_dir):
+            return None
+        found = newest_intact(checkpoint_dir, lambda m: notice(f"warning: {m}"))
+        if found is None:
+            raise CheckpointError(f"{checkpoint_dir}: every checkpoint there is damaged; use --resume never or a new --checkpoint-dir to start over")
+        return found
     path = Path(resume)
     if not path.exists():
         raise CheckpointError(f"{path}: --resume checkpoint not found (use auto, never or an existing file)")
-    return path
+    return path, load_checkpoint(path)
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:

@@ -29,7 +29,7 @@ from lmkit.training import checkpoint as ckpt
 from lmkit.training.distributed import Distributed
 from lmkit.training.loss import lm_loss
 from lmkit.training.optim import build_optimizer
-from lmkit.training.resume import find_resume_checkpoint, reconcile_settings
+from lmkit.training.resume import load_resume_state, reconcile_settings
 from lmkit.training.runtime import Runtime, resolve_runtime
 from lmkit.training.schedule import get_lr
 
@@ -83,12 +83,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
         s, rt = self.settings, self.rt
-        resume_path = find_resume_checkpoint(s.checkpoint.resume, self.run_dir, self.notice)
+        found = load_resume_state(s.checkpoint.resume, self.run_dir, self.notice)
         state = None
-        if resume_path is not None:
-            state = ckpt.load_checkpoint(resume_path)
+        if found is not None:
+            resume_path, state = found
             self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
-            self.resume_path = resume_path
         torch.manual_seed(s.runtime.seed)
         self.train_data = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train", self.notice)
         self.val_data = None
@@ -209,6 +208,17 @@ class Trainer:
             "Lower --learning-rate, raise --warmup-iters or use --on-nan skip"
         )
 
+    def _oom_error(self) -> TrainingError:
+        s = self.settings
+        micro = s.train.batch_size // (s.train.grad_accum_steps * self.rt.world_size)
+        hint = (
+            f"lower --batch-size ({s.train.batch_size}) or raise --grad-accum-steps ({s.train.grad_accum_steps}; "
+            f"micro-batch is {micro}), or lower --context-length ({s.model.context_length})"
+        )
+        if self.rt.world_size > 1 and s.train.parallel == "ddp":
+            hint += ", or shard the model with --parallel fsdp"
+        return TrainingError(f"out of GPU memory at step {self.step}: {hint}. Last checkpoint: {self.last_checkpoint or 'none'}")
+
     def run(self) -> TrainResult:
         """Train from ``self.step`` to ``max_iters``, checkpointing along the way."""
         s, rt = self.settings, self.rt
@@ -229,6 +239,8 @@ class Trainer:
         try:
             self._loop()
             status = "interrupted" if self._stop_signal is not None else "finished"
+        except torch.cuda.OutOfMemoryError:
+            raise self._oom_error() from None
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
