@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from lmkit.data.tokens import open_tokens
 from lmkit.errors import ConfigError, DataError
-from lmkit.inference import Trained
+from lmkit.inference import Trained, load_trained
 
 # Rows of logits materialised at once: bounds memory at 50k vocabularies ((rows, V) fp32).
 _CE_ROWS = 4096
@@ -159,3 +159,38 @@ def _sum_nats(
         if progress is not None:
             progress((start + b) * T, windows * T)
     return float(total)  # the one read-back, after the whole pass
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    data_path: Path | str,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Load a checkpoint and ``evaluate`` it, as ``lmkit eval`` does.
+
+    The weights stay in float32 and the forward runs under autocast in ``dtype`` (``auto``:
+    bfloat16 on CUDA, float32 on CPU), as in training, so CPU and CUDA agree to bf16 precision.
+    No tokenizer is needed.
+
+    Args:
+        checkpoint: checkpoint file or run directory.
+        data_path: ``.bin`` token file.
+        batch_size: windows per forward pass.
+        max_tokens: evaluate at most this many tokens.
+        device: ``auto``, ``cuda`` or ``cpu``.
+        dtype: ``auto``, ``bfloat16`` or ``float32``.
+        progress: see ``evaluate``.
+
+    Returns:
+        ``EvalResult``.
+    """
+    from lmkit.training.runtime import resolve_runtime
+
+    compute = resolve_runtime(device, dtype, False).dtype
+    trained = load_trained(checkpoint, device, "float32", tokenizer="none")
+    return evaluate(trained, data_path, batch_size, max_tokens, autocast_dtype=compute, progress=progress)

@@ -21,7 +21,7 @@ import torch
 
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import CheckpointError, ConfigError
-from lmkit.inference import EOT, find_tokenizer, model_config_of, weight_problems
+from lmkit.inference import EOT, checkpoint_file, find_tokenizer, model_config_of, weight_problems
 from lmkit.model import ModelConfig
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.files import token_to_str
@@ -165,7 +165,7 @@ def export_checkpoint(
     """
     from safetensors.torch import save
 
-    path, output = Path(path), Path(output)
+    path, output = checkpoint_file(path), Path(output)
     if format not in ("safetensors", "hf"):
         raise ConfigError(f"unknown export format {format!r}; use safetensors or hf")
     state = load_checkpoint(path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,7 +29,7 @@ from lmkit.generation import generate as generate_ids
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.settings import Settings, validate_tree
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import load_checkpoint
+from lmkit.training.checkpoint import LATEST, load_checkpoint
 from lmkit.training.runtime import Runtime, resolve_runtime
 
 EOT = "<|endoftext|>"
@@ -68,6 +68,12 @@ class Piece:
 
     id: int
     text: str
+
+
+def checkpoint_file(path: Path | str) -> Path:
+    """``path`` itself, or ``path/latest.pt`` when ``path`` is a run directory holding one."""
+    path = Path(path)
+    return path / LATEST if path.is_dir() and (path / LATEST).is_file() else path
 
 
 def model_config_of(state: dict[str, Any], path: Path) -> ModelConfig:
@@ -164,18 +170,20 @@ def load_trained(
     dtype: str = "auto",
     *,
     tokenizer_dir: Path | str | None = None,
-    require_tokenizer: bool = True,
+    tokenizer: Literal["required", "optional", "none"] = "required",
     compile: bool | None = None,
 ) -> Trained:
     """Load a checkpoint into an eval-mode model (never unpickling code), with its tokenizer.
 
     Args:
-        path: a checkpoint file, e.g. ``runs/demo/latest.pt``.
+        path: a checkpoint file, e.g. ``runs/demo/latest.pt``, or a run directory (its
+            ``latest.pt`` is used).
         device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
         dtype: weights dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``bfloat16`` or
             ``float32``.
         tokenizer_dir: use this tokenizer directory instead of the recorded one.
-        require_tokenizer: raise if no tokenizer is found (generation needs one; eval does not).
+        tokenizer: ``required`` (generation): raise if none is found; ``optional``: None if
+            none is found; ``none``: do not look (eval needs none).
         compile: compile the decode step (default: on for CUDA); stored in ``runtime.compile``.
 
     Returns:
@@ -187,7 +195,7 @@ def load_trained(
         TokenizerError: tokenizer missing (when required) or not the one trained with.
         ConfigError: ``device="cuda"`` without a CUDA device.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     runtime = resolve_runtime(device, dtype, compile)
     state = load_checkpoint(path)
     config = model_config_of(state, path)
@@ -195,8 +203,10 @@ def load_trained(
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(f"{path}: weights do not match model_config: {'; '.join(problems[:3])}{more}")
-    tokenizer = find_tokenizer(state, path, Path(tokenizer_dir) if tokenizer_dir else None)
-    if tokenizer is None and require_tokenizer:
+    tok = None
+    if tokenizer != "none" or tokenizer_dir:
+        tok = find_tokenizer(state, path, Path(tokenizer_dir) if tokenizer_dir else None)
+    if tok is None and tokenizer == "required":
         recorded = (state.get("tokenizer") or {}).get("dir")
         why = f"its recorded tokenizer {recorded} was not found" if recorded else "it records no tokenizer"
         raise TokenizerError(f"{path}: {why}; pass the tokenizer it was trained with: --tokenizer DIR")
@@ -205,7 +215,7 @@ def load_trained(
     model = model.to(device=runtime.device, dtype=runtime.dtype).eval().requires_grad_(False)
     light = {k: v for k, v in state.items() if k not in _HEAVY_KEYS}
     light["has_optimizer"] = state.get("optimizer") is not None
-    return Trained(model, config, settings_of(state), tokenizer, light, path, runtime)
+    return Trained(model, config, settings_of(state), tok, light, path, runtime)
 
 
 def encode_prompt(trained: Trained, prompt: str) -> list[int]:

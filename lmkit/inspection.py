@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lmkit.errors import CheckpointError, LmkitError
-from lmkit.inference import find_tokenizer, model_config_of, settings_of, weight_problems
+from lmkit.inference import checkpoint_file, find_tokenizer, model_config_of, settings_of, weight_problems
 from lmkit.model import TransformerLM
 from lmkit.training.checkpoint import load_checkpoint
 
@@ -71,7 +71,7 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
     Raises:
         CheckpointError: missing, truncated, foreign or newer-format file.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     state = load_checkpoint(path)
     config = model_config_of(state, path)
     weights = state.get("model")
@@ -139,7 +139,7 @@ def validate_checkpoint(path: Path | str, tokenizer_dir: Path | str | None = Non
     Raises:
         CheckpointError: the path does not exist or is a directory.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     if not path.is_file():
         load_checkpoint(path)  # raises the standard "not found" / "is a directory" error
     report = ValidationReport(str(path))
