@@ -1,0 +1,529 @@
+"""Training throughput: lmkit's TransformerLM vs HuggingFace ``LlamaForCausalLM`` (issue #5).
+
+One process, one table: ms/step, tokens/s, MFU, peak GPU memory and compile time for each
+(shape, variant). Both systems train the same way the lmkit trainer does: bf16 autocast,
+torch.compile, torch's fused AdamW (decay on >= 2-D weights), the LR set every step,
+grad clipping at 1.0, ``zero_grad(set_to_none=True)``. The HF model is configured to the identical
+shape (untied head, no biases, SDPA attention, fp32 parameters) and trained on the same plain
+cross-entropy as lmkit's ``fused=False`` path, so the only differences are the model code and
+lmkit's optional fused LM-head + CE.
+
+Data are random tokens made on the GPU beforehand (a pool of batches, rotated): this is the raw
+step rate, with no loader. ``--loader`` adds rows that feed the same step from lmkit's real
+``BatchLoader`` over a random token file, and time that loader alone.
+
+MFU uses ``lmkit.model.flops_per_token`` (6 x linear weights incl. the LM head + 12 x L x D x T)
+for both systems, against two peaks: an 8192^3 bf16 matmul timed in this run, and the 989 TFLOP/s
+datasheet figure of the H100/H200.
+
+Timing: each variant gets a fresh model and a fresh ``torch._dynamo`` state; the warm-up steps
+(which compile) are timed on the host clock; then ``--steps`` steps are timed one by one with
+CUDA events and the median is reported. Peak memory is ``max_memory_allocated`` over the timed
+steps (reset after warm-up). A failing variant prints its error and the rest still run.
+
+Imports only torch-level lmkit modules (model, training.loss/optim/schedule; data.loader needs
+numpy), so it runs on a bare PyTorch image without pydantic, typer, rich or wandb.
+
+Usage:
+    PYTHONPATH=. python3 benchmarks/train_throughput.py --json train_throughput.json   # H100
+    uv run python benchmarks/train_throughput.py --device cpu --tiny --quick            # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkit.model import ModelConfig, TransformerLM, flops_per_token
+from lmkit.training.loss import cross_entropy_loss, lm_loss
+from lmkit.training.optim import build_optimizer, param_groups
+from lmkit.training.schedule import get_lr
+
+DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
+# Trainer-like optimizer settings (GPT-2 style).
+LR, MIN_LR, WARMUP, DECAY_ITERS = 6e-4, 6e-5, 100, 10_000
+WEIGHT_DECAY, BETAS, ADAM_EPS, GRAD_CLIP = 0.1, (0.9, 0.95), 1e-8, 1.0
+
+GPT2_SMALL = dict(num_layers=12, d_model=768, num_heads=12, d_ff=2048, context_length=1024, vocab_size=50304)
+GPT2_MEDIUM = dict(num_layers=24, d_model=1024, num_heads=16, d_ff=2816, context_length=1024, vocab_size=50304)
+TINY = dict(num_layers=2, d_model=64, num_heads=4, d_ff=128, context_length=64, vocab_size=512)
+# name -> (model shape, batch size)
+SHAPES: dict[str, tuple[dict, int]] = {
+    "small16": (GPT2_SMALL, 16),
+    "small32": (GPT2_SMALL, 32),
+    "medium16": (GPT2_MEDIUM, 16),
+    "tiny4": (TINY, 4),
+    "tiny8": (TINY, 8),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the training step."""
+
+    system: str = "lmkit"  # "lmkit" | "hf"
+    fused: bool = True  # lmkit: fused chunked LM-head + CE (lm_loss fused=True); hf: always plain
+    chunk_rows: int = 8192
+    compile_mode: str | None = "default"  # None: eager; else torch.compile's mode
+    whole_step: bool = False  # compile forward+backward+clip+optimizer as one function
+    sdpa: str | None = None  # force an SDPA backend: "flash" | "cudnn"
+    loader: bool = False  # feed batches from lmkit's BatchLoader instead of the GPU pool
+    help: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    "plain": Variant(fused=False, help="compile lm_loss, plain CE over full (N, V) logits"),
+    "fused8k": Variant(chunk_rows=8192, help="compile lm_loss, fused chunked CE, 8192 rows (trainer default)"),
+    "fused32k": Variant(chunk_rows=32768, help="as fused8k with 32768-row chunks"),
+    "step": Variant(whole_step=True, help="torch.compile of the whole train step (fused8k loss)"),
+    "flash": Variant(sdpa="flash", help="fused8k, SDPA forced to FlashAttention"),
+    "cudnn": Variant(sdpa="cudnn", help="fused8k, SDPA forced to cuDNN attention"),
+    "autotune": Variant(compile_mode="max-autotune-no-cudagraphs", help="fused8k, max-autotune-no-cudagraphs"),
+    "eager": Variant(compile_mode=None, help="fused8k without torch.compile"),
+    "hf": Variant(system="hf", fused=False, help="HF LlamaForCausalLM, compiled, plain CE"),
+    "hf-eager": Variant(system="hf", fused=False, compile_mode=None, help="HF, no compile"),
+    "hf-fused8k": Variant(system="hf", help="HF body + lmkit fused CE on its lm_head"),
+    "fused8k+loader": Variant(loader=True, help="fused8k fed by lmkit BatchLoader"),
+}
+CORE = "plain,fused8k,hf"  # run on every shape
+LEVERS = "fused32k,step,flash,cudnn"  # run on the first shape only
+
+
+# ---------------------------------------------------------------------------- models and loss
+
+
+def hf_llama(cfg: ModelConfig) -> nn.Module:
+    """``LlamaForCausalLM`` with lmkit's shape: untied head, no biases, SDPA, fp32 parameters."""
+    import transformers
+
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.context_length,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        attn_implementation="sdpa", use_cache=False,
+    )
+    return transformers.LlamaForCausalLM(hf_cfg).float()
+
+
+def _hf_plain_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # Same loss as lmkit's fused=False path; y is already shifted, so no labels= (HF would shift).
+    return cross_entropy_loss(model(input_ids=x, use_cache=False).logits, y)
+
+
+def _hf_fused_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    from lmkit.training.loss import fused_linear_cross_entropy
+
+    h = model.model(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D), final-normed
+    return fused_linear_cross_entropy(h, model.lm_head.weight, y, chunk_rows)
+
+
+def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.Module, Callable]:
+    """A fresh model (seed 0) on ``device`` and its un-compiled loss function ``(x, y) -> loss``."""
+    torch.manual_seed(0)
+    if v.system == "hf":
+        model = hf_llama(cfg).to(device).train()
+        loss = partial(_hf_fused_loss, model, chunk_rows=v.chunk_rows) if v.fused else partial(_hf_plain_loss, model)
+        return model, loss
+    model = TransformerLM(cfg).to(device).train()
+    return model, partial(lm_loss, model, fused=v.fused, chunk_rows=v.chunk_rows)
+
+
+# ---------------------------------------------------------------------------- the step
+
+
+def make_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, device: torch.device) -> Callable:
+    """The trainer's inner step (one micro-batch): loss, backward, clip, optimizer step, zero_grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast:
+            loss = loss_fn(x, y)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad_norm
+
+    return step
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Per-step LR as the trainer sets it; a tensor LR (compiled whole step) is filled in place."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def sdpa_context(backend: str | None):
+    """Force one SDPA backend for tracing and running, or leave torch's choice."""
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend])
+
+
+def reset_dynamo_counts() -> None:
+    """Zero dynamo's counters (``torch._dynamo.reset`` leaves them)."""
+    with contextlib.suppress(Exception):  # private API; the counts are a diagnostic only
+        from torch._dynamo.utils import counters
+
+        counters.clear()
+
+
+def dynamo_counts() -> tuple[int, int]:
+    """(unique graphs, graph breaks) compiled so far in this dynamo state."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+    except Exception:  # private API; the counts are a diagnostic only
+        return -1, -1
+
+
+def cleanup() -> None:
+    """Forget compiled code and free memory so the next variant starts from scratch."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_batches(cfg: ModelConfig, batch: int, device: torch.device, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` random-token batches made on the device, sliced like the loader's (x, y) views."""
+    g = torch.Generator(device=device).manual_seed(1234)
+    out = []
+    for _ in range(count):
+        w = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device, generator=g)  # (B, T+1)
+        out.append((w[:, :-1], w[:, 1:]))  # (B, T) each
+    return out
+
+
+def time_steps(run_one: Callable[[int], Any], steps: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``steps`` calls: CUDA events on GPU (no host sync in the loop)."""
+    if device.type != "cuda":
+        times = []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            run_one(i)
+            times.append(1000 * (time.perf_counter() - t0))
+        return times
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for i, (start, end) in enumerate(events):
+        start.record()
+        run_one(i)
+        end.record()
+    torch.cuda.synchronize(device)
+    return [s.elapsed_time(e) for s, e in events]
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float | None:
+    """Achieved bf16 TFLOP/s of an n^3 matmul on random data (median of ``reps``, events)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    out = torch.empty(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    ms = statistics.median(time_steps(lambda i: torch.mm(a, b, out=out), reps, device))
+    del a, b, out
+    torch.cuda.empty_cache()
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def loader_source(cfg: ModelConfig, batch: int, device: torch.device, tmp: Path):
+    """A BatchLoader over a random uint16 token file (page-cache resident, ~64 MB)."""
+    import numpy as np
+
+    from lmkit.data.loader import BatchLoader, TokenDataset
+    from lmkit.data.tokens import TokenFileMeta, write_tokens
+
+    path = tmp / "train.bin"
+    if not path.exists():
+        n = max(1 << 25, 4 * batch * (cfg.context_length + 1)) if device.type == "cuda" else 1 << 16
+        ids = np.random.default_rng(0).integers(0, cfg.vocab_size, n, dtype=np.uint16)
+        write_tokens(path, ids, TokenFileMeta(dtype="uint16", num_tokens=0, vocab_size=cfg.vocab_size))
+    return BatchLoader(TokenDataset(path, cfg.context_length, cfg.vocab_size), batch, 1, device, seed=0)
+
+
+def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: torch.device, args, tmp: Path) -> dict:
+    """Build, warm up (compile) and time one variant; returns its result row."""
+    row: dict[str, Any] = {"variant": name}
+    reset_dynamo_counts()
+    model, loss_fn = build_model(v, cfg, device)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    if v.whole_step:
+        # A float LR would be a compile-time constant (a recompile every step); fused AdamW
+        # accepts a 0-d tensor LR that set_lr fills in place.
+        optimizer = torch.optim.AdamW(
+            param_groups(model, WEIGHT_DECAY), lr=torch.tensor(LR, device=device), betas=BETAS, eps=ADAM_EPS, fused=True
+        )
+    else:
+        optimizer = build_optimizer(model, LR, WEIGHT_DECAY, BETAS, ADAM_EPS, device.type)
+        if v.compile_mode is not None:
+            loss_fn = torch.compile(loss_fn, mode=None if v.compile_mode == "default" else v.compile_mode)
+    step = make_step(model, loss_fn, optimizer, device)
+    if v.whole_step:
+        step = torch.compile(step, mode=None if v.compile_mode == "default" else v.compile_mode)
+    loader = loader_source(cfg, batch, device, tmp) if v.loader else None
+    pool = None if loader else random_batches(cfg, batch, device)
+    losses: list[torch.Tensor] = []
+
+    def one(i: int) -> None:
+        set_lr(optimizer, get_lr(i, LR, MIN_LR, WARMUP, DECAY_ITERS))
+        x, y = loader.step_batches(i)[0] if loader else pool[i % len(pool)]
+        loss, _ = step(x, y)
+        losses.append(loss)
+
+    try:
+        with sdpa_context(v.sdpa):
+            sync(device)
+            t0 = time.perf_counter()
+            one(0)
+            sync(device)
+            row["first_step_s"] = time.perf_counter() - t0
+            for i in range(1, args.warmup):
+                one(i)
+            sync(device)
+            row["compile_s"] = time.perf_counter() - t0  # all warm-up steps (compile dominates)
+            graphs0, breaks0 = dynamo_counts()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t1 = time.perf_counter()
+            ms = time_steps(lambda i: one(args.warmup + i), args.steps, device)
+            wall = time.perf_counter() - t1
+            graphs1, breaks1 = dynamo_counts()
+    finally:
+        if loader is not None:
+            loader.close()
+    ms_sorted = sorted(ms)
+    med = statistics.median(ms)
+    tokens = batch * cfg.context_length
+    row.update(
+        ms_step=med, ms_min=ms_sorted[0], ms_mean_wall=1000 * wall / args.steps,
+        spread=(ms_sorted[int(0.9 * (len(ms) - 1))] - ms_sorted[int(0.1 * (len(ms) - 1))]) / med,
+        tokens_per_s=tokens / (med / 1000), loss_first=float(losses[0]), loss_last=float(losses[-1]),
+        graphs=graphs0, graph_breaks=breaks0, recompiled_while_timing=graphs1 > graphs0,
+    )
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del model, optimizer, step, loss_fn, losses, pool
+    return row
+
+
+def time_loader_alone(cfg: ModelConfig, batch: int, device: torch.device, steps: int, tmp: Path) -> dict:
+    """How fast the BatchLoader alone delivers device batches (prefetch one step ahead)."""
+    loader = loader_source(cfg, batch, device, tmp)
+    try:
+        for i in range(3):
+            loader.step_batches(i)
+        sync(device)
+        t0 = time.perf_counter()
+        for i in range(3, 3 + steps):
+            x, y = loader.step_batches(i)[0]
+        sync(device)
+        ms = 1000 * (time.perf_counter() - t0) / steps
+    finally:
+        loader.close()
+    return {"variant": "loader-only", "ms_step": ms, "tokens_per_s": batch * cfg.context_length / (ms / 1000)}
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def add_derived(row: dict, cfg: ModelConfig, peak_meas: float | None) -> None:
+    if "tokens_per_s" not in row or "loss_first" not in row:
+        return
+    achieved = row["tokens_per_s"] * flops_per_token(cfg) / 1e12  # TFLOP/s
+    row["tflops"] = achieved
+    row["mfu_measured"] = achieved / peak_meas if peak_meas else None
+    row["mfu_datasheet"] = achieved / DATASHEET_TFLOPS if peak_meas else None  # GPU only
+
+
+def _f(x: Any, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _pct(x: float | None, width: int) -> str:
+    if x is None or math.isnan(x):
+        return "-".rjust(width)
+    return (">999%" if x >= 9.995 else f"{100 * x:.1f}%").rjust(width)
+
+
+def error_summary(e: BaseException) -> str:
+    """One line for the table: dynamo wraps the real error, so prefer the one it quotes."""
+    text = str(e)
+    quoted = re.search(r"got (\w+\((['\"]).*?\2\))", text, re.S)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {quoted.group(1) if quoted else first}"[:200]
+
+
+def table(rows: list[dict]) -> str:
+    """The final fixed-width table, with lmkit/HF ratios against each shape's ``hf`` row."""
+    hf = {r["shape"]: r for r in rows if r["variant"] == "hf" and "tokens_per_s" in r}
+    head = (f"{'shape':<9}{'variant':<15}{'ms/step':>9}{'spread':>7}{'tok/s':>10}{'MFU':>7}{'MFU989':>7}"
+            f"{'peakGiB':>8}{'comp_s':>7}{'loss0':>7}{'tok/HF':>7}{'mem/HF':>7}  notes")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['shape']:<9}{r['variant']:<15}  FAILED: {r['error']}")
+            continue
+        ref = hf.get(r["shape"])
+        tok_ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref and r.get("loss_first") is not None else None
+        mem_ratio = r["peak_gib"] / ref["peak_gib"] if ref and r.get("peak_gib") and ref.get("peak_gib") else None
+        notes = []
+        if r.get("graph_breaks", 0) > 0:
+            notes.append(f"{r['graphs']} graphs/{r['graph_breaks']} breaks")
+        if r.get("recompiled_while_timing"):
+            notes.append("RECOMPILED while timing")
+        lines.append(
+            f"{r['shape']:<9}{r['variant']:<15}{_f(r['ms_step'], '9.2f')}{_pct(r.get('spread'), 7)}"
+            f"{_f(r['tokens_per_s'], '10.0f')}{_pct(r.get('mfu_measured'), 7)}{_pct(r.get('mfu_datasheet'), 7)}"
+            f"{_f(r.get('peak_gib'), '8.2f').rjust(8)}{_f(r.get('compile_s'), '7.1f').rjust(7)}"
+            f"{_f(r.get('loss_first'), '7.3f').rjust(7)}{_f(tok_ratio, '7.2f').rjust(7)}"
+            f"{_f(mem_ratio, '7.2f').rjust(7)}  {', '.join(notes)}"
+        )
+    return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="variants:\n" + "\n".join(f"  {k:<15}{v.help}" for k, v in VARIANTS.items()))
+    p.add_argument("--shapes", default=None, help="comma list of " + ",".join(SHAPES) + " (default small16,small32,medium16; tiny4,tiny8 with --tiny)")
+    p.add_argument("--variants", default=CORE, help=f"variants run on every shape (default {CORE})")
+    p.add_argument("--levers", default=LEVERS, help=f"extra variants run on the first shape only (default {LEVERS}; '' for none)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 30; 10 with --quick)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps (compile happens here)")
+    p.add_argument("--quick", action="store_true", help="fewer timed steps")
+    p.add_argument("--loader", action="store_true", help="also time lmkit's BatchLoader, alone and feeding fused8k")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (for a CPU end-to-end check)")
+    p.add_argument("--json", type=Path, default=None, help="write all results here (rewritten after every variant)")
+    p.add_argument("--budget-s", type=float, default=540.0, help="skip variants not started within this many seconds, so the table still prints")
+    args = p.parse_args(argv)
+    args.steps = args.steps or (10 if args.quick else 30)
+    args.shapes = (args.shapes or ("tiny4,tiny8" if args.tiny else "small16,small32,medium16")).split(",")
+    for name in [*args.shapes]:
+        if name not in SHAPES:
+            p.error(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.levers = [v for v in args.levers.split(",") if v]
+    for name in args.variants + args.levers:
+        if name not in VARIANTS:
+            p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(shape, variant) in run order: the core set on every shape first, then the levers."""
+    work = [(s, v) for s in args.shapes for v in args.variants]
+    work += [(args.shapes[0], v) for v in args.levers if v not in args.variants]
+    if args.loader:
+        work += [(args.shapes[0], "loader-only"), (args.shapes[0], "fused8k+loader")]
+    return work
+
+
+def environment(device: torch.device) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    try:
+        import transformers
+
+        env["transformers"] = transformers.__version__
+    except Exception as e:  # the HF rows then fail with this error
+        env["transformers"] = f"unavailable: {e}"
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device visible; use --device cpu --tiny for a smoke run", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        # As the trainer does: TF32 for any fp32 matmul left outside autocast.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    t_start = time.perf_counter()
+    env = environment(device)
+    log(f"env: {env}")
+    peak = matmul_tflops(device)
+    log(f"bf16 8192^3 matmul: {_f(peak, '.0f')} TFLOP/s measured; datasheet {DATASHEET_TFLOPS:.0f}")
+    rows: list[dict] = []
+    out = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "matmul_tflops": peak,
+           "datasheet_tflops": DATASHEET_TFLOPS, "variants": {k: asdict(v) for k, v in VARIANTS.items()}, "results": rows}
+    with tempfile.TemporaryDirectory(prefix="lmkit-bench-") as tmp:
+        for shape, name in plan(args):
+            shape_kw, batch = SHAPES[shape]
+            cfg = ModelConfig(**shape_kw)
+            base = {"shape": shape, "batch": batch, "flops_per_token": flops_per_token(cfg)}
+            if time.perf_counter() - t_start > args.budget_s:
+                rows.append({**base, "variant": name, "error": f"skipped: --budget-s {args.budget_s:.0f} s used up"})
+                continue
+            log(f"[{time.perf_counter() - t_start:6.0f}s] {shape} {name} ...")
+            try:
+                if name == "loader-only":
+                    row = {**base, **time_loader_alone(cfg, batch, device, args.steps, Path(tmp))}
+                else:
+                    row = {**base, **run_variant(name, VARIANTS[name], cfg, batch, device, args, Path(tmp))}
+                add_derived(row, cfg, peak)
+                log(f"    {_f(row['ms_step'], '.2f')} ms/step, {_f(row['tokens_per_s'], '.0f')} tok/s, "
+                    f"peak {_f(row.get('peak_gib'), '.2f')} GiB, compile {_f(row.get('compile_s'), '.1f')} s, "
+                    f"loss {_f(row.get('loss_first'), '.3f')} -> {_f(row.get('loss_last'), '.3f')}")
+            except Exception as e:
+                tb = traceback.format_exc().strip().splitlines()
+                log("    FAILED:\n      " + "\n      ".join(tb[-6:]))
+                row = {**base, "variant": name, "error": error_summary(e)}
+            rows.append(row)
+            cleanup()
+            if args.json:
+                args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"\n{env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}; "
+          f"matmul peak {_f(peak, '.0f')} TFLOP/s (MFU) and {DATASHEET_TFLOPS:.0f} (MFU989); "
+          f"{args.steps} timed steps, median; total {time.perf_counter() - t_start:.0f} s")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
