@@ -86,7 +86,8 @@ def hf_config(config: ModelConfig, eot_id: int | None, dtype: torch.dtype) -> di
         "initializer_range": 0.02,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
-        "torch_dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": str(dtype).removeprefix("torch."),  # transformers < 5
+        "dtype": str(dtype).removeprefix("torch."),  # transformers >= 5
         "use_cache": True,
     }
 

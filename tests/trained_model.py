@@ -16,7 +16,8 @@ TEXT = (
     "The cat sat on the mat. The dog sat on the log. Caf\u00e9 cr\u00e8me and \U0001f44b waves.\n"
     "A bird sang in the tree; the cat looked up.\n"
 )
-MODEL = dict(vocab_size=320, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+# rope_theta off its default so the HF export test would catch a theta that is not carried over.
+MODEL = dict(vocab_size=320, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64, rope_theta=500.0)
 
 
 @dataclass
@@ -58,3 +59,15 @@ def make_tiny_run(root: Path, max_iters: int = 30) -> TinyRun:
     ))
     train(settings)
     return TinyRun(root / "run" / "latest.pt", tok_dir, paths["val"], root)
+
+
+def make_other_tokenizer(directory: Path) -> Path:
+    """A tokenizer of the same size trained on other text: same vocab size, different hash."""
+    from lmkit.tokenizer import Tokenizer, train_bpe
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "other.txt"
+    corpus.write_text("zebra quartz jumps over vexed frogs; 12345 67890 " * 50, encoding="utf-8")
+    vocab, merges = train_bpe(corpus, 300, [EOT])
+    Tokenizer(vocab, merges, [EOT]).save(directory / "tok")
+    return directory / "tok"

@@ -1,0 +1,93 @@
+"""lmkit.evaluation: a deterministic full pass, checked against a naive per-window computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from trained_model import make_tiny_run
+
+from lmkit.data.tokens import TokenFileMeta, open_tokens, write_tokens
+from lmkit.errors import ConfigError, DataError
+from lmkit.evaluation import evaluate, evaluate_checkpoint
+from lmkit.inference import load_trained
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("evaluation"))
+
+
+@pytest.fixture(scope="module")
+def trained(run):
+    return load_trained(run.checkpoint, device="cpu", tokenizer="none")
+
+
+def test_matches_naive_per_window_loss_and_bits_per_byte(run, trained) -> None:
+    data, meta = open_tokens(run.val_bin)
+    T = trained.config.context_length
+    windows = (meta.num_tokens - 1) // T
+    nats = 0.0
+    with torch.no_grad():
+        for k in range(windows):
+            w = torch.from_numpy(np.asarray(data[k * T : k * T + T + 1], dtype=np.int64))  # (T+1,)
+            nats += F.cross_entropy(trained.model(w[None, :-1])[0], w[1:], reduction="sum").item()
+    result = evaluate(trained, run.val_bin, batch_size=4)
+    assert result.windows == windows and result.tokens == windows * T
+    assert result.loss == pytest.approx(nats / (windows * T), rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(result.loss))
+    covered = meta.source_bytes * windows * T / meta.num_tokens
+    assert result.bits_per_byte == pytest.approx(nats / math.log(2) / covered, rel=1e-5)
+
+
+def test_batch_size_does_not_change_the_numbers(run, trained) -> None:
+    a, b = evaluate(trained, run.val_bin, batch_size=1), evaluate(trained, run.val_bin, batch_size=7)
+    assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.tokens == b.tokens
+
+
+def test_max_tokens_rounds_down_to_whole_windows(run, trained) -> None:
+    T = trained.config.context_length
+    seen = []
+    result = evaluate(trained, run.val_bin, batch_size=2, max_tokens=3 * T + 5, progress=lambda d, t: seen.append((d, t)))
+    assert result.tokens == 3 * T and result.windows == 3
+    assert seen == [(2 * T, 3 * T), (3 * T, 3 * T)]
+    with pytest.raises(ConfigError, match="at least one window"):
+        evaluate(trained, run.val_bin, max_tokens=T - 1)
+
+
+def _bin(path, ids, **meta):
+    write_tokens(path, np.asarray(ids, dtype=np.uint16), TokenFileMeta(dtype="uint16", num_tokens=0, **meta))
+    return path
+
+
+def test_ids_outside_the_vocabulary(trained, tmp_path) -> None:
+    ids = np.arange(200) % 300
+    ids[150] = 400  # the model has 320 ids
+    with pytest.raises(DataError, match="token id 400"):
+        evaluate(trained, _bin(tmp_path / "x.bin", ids))
+
+
+def test_shorter_than_one_window(trained, tmp_path) -> None:
+    with pytest.raises(DataError, match="shorter than one window"):
+        evaluate(trained, _bin(tmp_path / "x.bin", range(20)))
+
+
+def test_data_from_another_tokenizer(trained, tmp_path) -> None:
+    with pytest.raises(DataError, match="re-encode"):
+        evaluate(trained, _bin(tmp_path / "x.bin", range(100), tokenizer_hash="sha256:0000000000000000"))
+
+
+def test_no_source_bytes_means_no_bits_per_byte(trained, tmp_path) -> None:
+    assert evaluate(trained, _bin(tmp_path / "x.bin", range(100))).bits_per_byte is None
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_agree_within_bf16_tolerance(run) -> None:
+    cpu = evaluate_checkpoint(run.checkpoint, run.val_bin, device="cpu")
+    gpu = evaluate_checkpoint(run.checkpoint, run.val_bin, device="cuda")  # bf16 autocast
+    assert gpu.dtype == "bfloat16" and gpu.tokens == cpu.tokens
+    assert gpu.loss == pytest.approx(cpu.loss, rel=2e-2)
+    assert gpu.bits_per_byte == pytest.approx(cpu.bits_per_byte, rel=2e-2)
