@@ -66,14 +66,21 @@ def generate_cmd(
     if prompt is not None and not prompt:
         raise ConfigError("the prompt is empty; give some text for the model to continue, e.g. --prompt 'Once upon a time'")
 
-    from lmkit.inference import load_trained
+    from lmkit.inference import encode_prompt, load_trained
 
     rt = settings.runtime
     trained = load_trained(checkpoint, rt.device, rt.dtype, tokenizer_dir=tokenizer, compile=rt.compile)
+    if prompt is not None:
+        encode_prompt(trained, prompt)  # a prompt that cannot work fails before anything is printed
     _note(f"loaded {trained.path} (step {trained.state.get('iter')}, {trained.model.num_params():,} parameters) on {trained.runtime.device}")
     prompts = [prompt] if prompt is not None else []
     for text in _prompts(prompts, interactive):
-        _complete(trained, text, settings, stop or [], echo)
+        try:
+            _complete(trained, text, settings, stop or [], echo)
+        except ConfigError as e:
+            if not interactive:
+                raise
+            _note(f"error: {e}")  # a bad prompt ends only itself, not the session
 
 
 def _prompts(first: list[str], interactive: bool):

@@ -1,0 +1,92 @@
+"""``lmkit ckpt`` end to end: inspect (and its alias), export, validate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from trained_model import make_tiny_run
+from typer.testing import CliRunner
+
+from lmkit.cli.app import app
+from lmkit.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("ckpt_cli"))
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_inspect_summary(run) -> None:
+    result = invoke("ckpt", "inspect", str(run.checkpoint))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for field in ("lmkit 0.1.0", "step", "tokens seen", "wall time", "best val loss", "d_model 32", "non-embedding",
+                  "float32", "present (training can resume)", "W&B run", "sha256:"):
+        assert field in out, field
+    assert "lm_head.weight" not in out
+
+
+def test_inspect_json_tensors_and_alias(run) -> None:
+    result = invoke("ckpt", "inspect", str(run.checkpoint), "--tensors", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    state = load_checkpoint(run.checkpoint)
+    assert info["iter"] == state["iter"] and info["model_config"] == state["model_config"]
+    assert info["params_total"] == sum(t.numel() for t in state["model"].values())
+    head = next(t for t in info["tensors"] if t["name"] == "lm_head.weight")
+    assert head["shape"] == [320, 32] and head["norm"] == pytest.approx(state["model"]["lm_head.weight"].norm().item(), rel=1e-5)
+    assert info["params_non_embedding"] == info["params_total"] - 2 * 320 * 32
+    alias = invoke("inspect-checkpoint", str(run.checkpoint), "--tensors", "--json")
+    assert alias.exit_code == 0 and json.loads(alias.stdout) == info
+    assert "lm_head.weight" in invoke("ckpt", "inspect", str(run.checkpoint), "--tensors").stdout
+
+
+def test_export_hf_then_refuse_non_empty(run, tmp_path) -> None:
+    out = tmp_path / "hf"
+    result = invoke("ckpt", "export", str(run.checkpoint), "--format", "hf", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"} <= {
+        p.name for p in out.iterdir()}
+    again = invoke("ckpt", "export", str(run.checkpoint), "--format", "hf", "--output", str(out))
+    assert again.exit_code == 2 and "--force" in again.stderr
+    assert invoke("ckpt", "export", str(run.checkpoint), "-f", "hf", "-o", str(out), "--force").exit_code == 0
+
+
+def test_validate_ok_and_problems(run, tmp_path) -> None:
+    ok = invoke("ckpt", "validate", str(run.checkpoint))
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.splitlines()[-1] == "OK" and "tokenizer" in ok.stdout
+    state = load_checkpoint(run.checkpoint)
+    state["model"]["norm.weight"][0] = float("nan")
+    save_checkpoint(state, tmp_path / "nan.pt")
+    bad = invoke("ckpt", "validate", str(tmp_path / "nan.pt"), "--json")
+    assert bad.exit_code == 1
+    report = json.loads(bad.stdout)
+    assert not report["ok"] and {c["name"] for c in report["checks"] if c["status"] == "fail"} == {"finite", "forward"}
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    junk = invoke("ckpt", "validate", str(tmp_path / "junk.pt"))
+    assert junk.exit_code == 1 and junk.stdout.startswith("fail  loads")
+
+
+def test_real_subprocess_export_safetensors(run, tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lmkit", "ckpt", "export", str(run.checkpoint), "--output", str(tmp_path / "st")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "st" / "model.safetensors")
+    assert torch.equal(weights["lm_head.weight"], load_checkpoint(run.checkpoint)["model"]["lm_head.weight"])
+
+
+def test_help_has_examples() -> None:
+    for cmd in ("inspect", "export", "validate"):
+        result = invoke("ckpt", cmd, "--help")
+        assert result.exit_code == 0 and "Example" in result.stdout, cmd
