@@ -146,9 +146,9 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
     rows = []
     for batch in batches:
         prompt = torch.randint(0, shape["vocab_size"], (batch, prompt_len), device=device)
-        impls = [("lmkit", lambda: time_lmkit(model, prompt, new, compile_on))]
+        impls = [("lmkit", lambda p=prompt: time_lmkit(model, p, new, compile_on))]
         if hf is not None:
-            impls.append(("hf", lambda: time_hf(hf, prompt, new)))
+            impls.append(("hf", lambda p=prompt: time_hf(hf, p, new)))
         for impl, fn in impls:
             with torch.inference_mode():
                 fn()  # warm-up: compilation and CUDA-graph capture
