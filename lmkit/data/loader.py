@@ -195,9 +195,14 @@ class BatchLoader:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def eval_batches(dataset: TokenDataset, batch_size: int, eval_iters: int, device, seed: int):
-    """The same ``eval_iters`` batches every time, so validation losses are comparable over a run."""
+def eval_batches(dataset: TokenDataset, batch_size: int, eval_iters: int, device, seed: int, rank: int = 0, world_size: int = 1):
+    """The same ``eval_iters`` batches every time, so validation losses are comparable over a run.
+
+    ``batch_size`` is the global evaluation batch; each rank takes its own contiguous slice, so
+    the mean over ranks covers exactly the windows a single process would evaluate.
+    """
     T = dataset.context_length
+    per_rank = batch_size // world_size
     for k in range(eval_iters):
         starts = window_starts(len(dataset), T, batch_size, seed ^ _VAL_STREAM, k)
-        yield get_batch(dataset.data, batch_size, T, device, starts=starts)
+        yield get_batch(dataset.data, per_rank, T, device, starts=starts[rank * per_rank : (rank + 1) * per_rank])

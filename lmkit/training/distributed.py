@@ -43,23 +43,27 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def wrap(self, model: nn.Module, parallel: str) -> nn.Module:
-        """DDP (replicate) or FSDP2 (shard) the model; unchanged for one process."""
+    def wrap(self, module: nn.Module, parallel: str) -> nn.Module:
+        """DDP (replicate) or FSDP2 (shard) a loss module (``LMLoss``); unchanged for one process.
+
+        FSDP shards each transformer block on its own (so only one block is gathered at a time)
+        and the root for the embeddings, final norm and LM head.
+        """
         if not self.active:
-            return model
+            return module
         if parallel == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            for block in model.blocks:
+            for block in module.model.blocks:
                 fully_shard(block)
-            fully_shard(model)
+            fully_shard(module)
             self.strategy = "fsdp"
-            return model
+            return module
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.strategy = "ddp"
-        dev = next(model.parameters()).device
-        return DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        dev = next(module.parameters()).device
+        return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     def no_sync(self, wrapped: nn.Module, last: bool):
         """Skip the gradient all-reduce on micro-steps that are not the last of a step."""
@@ -80,34 +84,44 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t / self.world_size
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any rank (a collective, with a host sync)."""
+        if not self.active:
+            return flag
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([1.0 if flag else 0.0], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def replicated(self, t: torch.Tensor) -> torch.Tensor:
+        """A plain tensor from a value FSDP returns as a DTensor (e.g. the gradient norm)."""
+        return t.full_tensor() if hasattr(t, "full_tensor") else t
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Unsharded CPU weights (a collective under FSDP: every rank must call it)."""
+        """Unsharded CPU weights of ``model`` (a collective under FSDP: every rank must call it)."""
         if self.strategy == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-        """Optimizer state in the plain (unsharded) layout, loadable on any number of ranks."""
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        """Optimizer state keyed by parameter name (not position) and unsharded, so it loads on
+        any number of ranks and under either strategy (a collective under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return optimizer.state_dict()
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=self.strategy == "fsdp")
+        return get_optimizer_state_dict(model, optimizer, options=opts)
 
     def load_optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        """Load a plain optimizer state (as ``optimizer_state_dict`` saves it) on any number of ranks."""
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        """Load what ``optimizer_state_dict`` saved, on any number of ranks."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(state)
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def close(self) -> None:
         if self.active and dist.is_initialized():

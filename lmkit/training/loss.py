@@ -99,3 +99,21 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fused: bool = Tr
     if not fused:
         return cross_entropy_loss(model(x), y)
     return fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, chunk_rows)
+
+
+class LMLoss(nn.Module):
+    """``TransformerLM`` + its loss as one module whose ``forward(x, y)`` returns the loss.
+
+    DDP and FSDP act through a module's ``forward`` (gradient hooks, parameter gathering), so the
+    fused loss -- which calls ``hidden()`` and reads ``lm_head.weight`` directly -- must run
+    inside a forward that they wrap. This is that forward.
+    """
+
+    def __init__(self, model: nn.Module, fused: bool = True, chunk_rows: int = 8192):
+        super().__init__()
+        self.model = model
+        self.fused = fused
+        self.chunk_rows = chunk_rows
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.model, x, y, self.fused, self.chunk_rows)

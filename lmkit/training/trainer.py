@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from lmkit.observe.base import MultiSink, RunInfo
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training.distributed import Distributed
-from lmkit.training.loss import lm_loss
+from lmkit.training.loss import LMLoss
 from lmkit.training.optim import build_optimizer
 from lmkit.training.resume import load_resume_state, reconcile_settings
 from lmkit.training.runtime import Runtime, resolve_runtime
@@ -77,7 +76,8 @@ class Trainer:
         self.elapsed_before = 0.0
         self.skipped_steps = 0
         self.wandb_run_id: str | None = None
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # the signal this process received
+        self._stopped = False  # whether the run stopped early (agreed by every rank)
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -99,15 +99,14 @@ class Trainer:
             model.load_state_dict(state["model"])
         self.model = model.to(rt.device)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        self.wrapped = self.dist.wrap(self.model, s.train.parallel)
+        self.wrapped = self.dist.wrap(LMLoss(self.model), s.train.parallel)
         self.optimizer = build_optimizer(
             self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
         )
         if state is not None:
             self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
             self._restore_counters(state)
-        loss_fn = partial(lm_loss, self.wrapped)
-        self.loss_fn = torch.compile(loss_fn) if rt.compile else loss_fn
+        self.loss_fn = torch.compile(self.wrapped) if rt.compile else self.wrapped
         self.loader = BatchLoader(
             self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
         )
@@ -175,9 +174,9 @@ class Trainer:
         s = self.settings
         self.wrapped.eval()
         total = torch.zeros((), device=self.rt.device)
-        micro = max(1, s.train.batch_size // (s.train.grad_accum_steps * self.rt.world_size))
-        seed = s.runtime.seed + self.rt.rank
-        for x, y in eval_batches(self.val_data, micro, s.train.eval_iters, self.rt.device, seed):
+        global_batch = s.train.batch_size // s.train.grad_accum_steps  # one micro-step's windows
+        batches = eval_batches(self.val_data, global_batch, s.train.eval_iters, self.rt.device, s.runtime.seed, self.rt.rank, self.rt.world_size)
+        for x, y in batches:
             with self.rt.autocast():
                 total += self.loss_fn(x, y).float()
         self.wrapped.train()
@@ -197,6 +196,18 @@ class Trainer:
 
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return old
+
+    def _agree_stop(self) -> bool:
+        """Whether to stop after this step. Several ranks must stop at the same step (or the
+        others would wait forever in the next all-reduce), so they vote at log intervals."""
+        local = self._stop_signal is not None
+        if not self.dist.active:
+            self._stopped = local
+            return local
+        if self.step % self.settings.train.log_interval:
+            return False
+        self._stopped = self.dist.any(local)
+        return self._stopped
 
     def _nonfinite_stop(self, step: int, loss: float, grad_norm: float) -> None:
         report = {"step": step, "loss": loss, "grad_norm": grad_norm, "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}
@@ -238,9 +249,17 @@ class Trainer:
         status = "failed"
         try:
             self._loop()
-            status = "interrupted" if self._stop_signal is not None else "finished"
+            status = "interrupted" if self._stopped else "finished"
         except torch.cuda.OutOfMemoryError:
             raise self._oom_error() from None
+        except RuntimeError as e:  # includes torch.distributed.DistError
+            if not self.dist.active:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise TrainingError(
+                f"rank {self.rt.rank}: lost contact with another process at step {self.step} (it crashed or was "
+                f"killed; see its output): {first}. Last checkpoint: {self.last_checkpoint or 'none'}"
+            ) from None
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
@@ -251,7 +270,7 @@ class Trainer:
             self.last_val_loss, self.best_val_loss, self.last_checkpoint, self.elapsed_before + time.time() - self._t_start,
         )
         if status == "interrupted":
-            code = 130 if self._stop_signal == signal.SIGINT else 143
+            code = 143 if self._stop_signal == signal.SIGTERM else 130
             raise TrainingInterrupted(
                 f"interrupted at step {self.step}; checkpoint saved to {self.last_checkpoint}. "
                 "Run the same command again to resume", exit_code=code,
@@ -270,7 +289,8 @@ class Trainer:
         grad_norm = torch.zeros((), device=dev)
         steps_in_window = 0
         t_window = time.time()
-        while self.step < s.train.max_iters and self._stop_signal is None:
+        stopping = False
+        while self.step < s.train.max_iters and not stopping:
             step = self.step
             lr = get_lr(step, s.optim.learning_rate, s.optim.min_lr, s.optim.warmup_iters, s.optim.lr_decay_iters)
             for group in self.optimizer.param_groups:
@@ -286,6 +306,7 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, s.optim.grad_clip)
             else:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf)  # the norm, scaled by 1
+            grad_norm = self.dist.replicated(grad_norm)
             bad = ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
             if s.train.on_nan == "skip" and bool(bad):  # the documented per-step sync of skip mode
                 self.optimizer.zero_grad(set_to_none=True)
@@ -299,7 +320,8 @@ class Trainer:
             steps_in_window += 1
             self.step = step + 1
 
-            last = self.step == s.train.max_iters or self._stop_signal is not None
+            stopping = self._agree_stop()
+            last = self.step == s.train.max_iters or stopping
             if self.step % s.train.log_interval == 0 or last:
                 if float(bad_acc) > 0:  # one read per log interval, not per step
                     self._nonfinite_stop(self.step, float(step_loss), float(grad_norm))

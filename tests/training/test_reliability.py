@@ -163,12 +163,12 @@ def test_disk_full_is_an_error_and_keeps_old_checkpoint(tiny_overrides, monkeypa
 
 
 def test_out_of_memory_names_the_settings_to_lower(tiny_overrides, monkeypatch):
-    import lmkit.training.trainer as trainer_mod
+    import lmkit.training.loss as loss_mod
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer_mod, "lm_loss", oom)
+    monkeypatch.setattr(loss_mod, "lm_loss", oom)
     with pytest.raises(TrainingError, match="out of GPU memory.*--batch-size.*--grad-accum-steps.*--context-length"):
         train(resolve_settings(overrides=tiny_overrides, environ={}))
 

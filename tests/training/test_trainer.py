@@ -171,17 +171,17 @@ def test_nan_stops_without_touching_last_checkpoint(tiny_overrides):
 
 
 def test_nan_skip_counts_and_continues(tiny_overrides, monkeypatch):
-    import lmkit.training.trainer as trainer_mod
+    import lmkit.training.loss as loss_mod
 
-    real = trainer_mod.lm_loss
+    real = loss_mod.lm_loss
     calls = {"n": 0}
 
-    def flaky(model, x, y, **kw):
+    def flaky(model, x, y, *args, **kw):
         calls["n"] += 1
-        loss = real(model, x, y, **kw)
+        loss = real(model, x, y, *args, **kw)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(trainer_mod, "lm_loss", flaky)
+    monkeypatch.setattr(loss_mod, "lm_loss", flaky)
     rec, res = run(tiny_overrides, on_nan="skip", max_iters=10)
     skipped = [m["skipped_steps"] for _, m in rec.logs if "skipped_steps" in m]
     assert res.step == 10 and skipped[-1] == 1
