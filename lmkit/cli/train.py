@@ -65,8 +65,21 @@ def train_cmd(
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else "no new steps (already at max_iters; raise --max-iters to continue)"
     typer.echo(f"done: step {result.step}, {loss}{val}")
+    _show_curves(result.run_dir)
     typer.echo(f"checkpoint: {ckpt}")
     typer.echo(f"sample from it:  lmkit generate --checkpoint {ckpt} --prompt \"The\"")
+
+
+def _show_curves(run_dir) -> None:
+    """End of training: the loss/LR curves as a PNG (with matplotlib) or a terminal chart."""
+    from lmkit.errors import LmkitError
+    from lmkit.observe import plot_metrics
+
+    try:
+        chart = plot_metrics(run_dir / "metrics.jsonl")
+    except LmkitError:
+        return  # nothing logged (e.g. a resumed run that was already complete)
+    typer.echo(f"curves: {chart}" if not isinstance(chart, str) else chart, err=True)
 
 
 def _launch_torchrun(nproc: int) -> int:

@@ -1,0 +1,23 @@
+"""``lmkit plot``: look at a run's loss and learning-rate curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmkit.cli.app import app
+
+
+@app.command("plot", epilog="Example:  lmkit plot runs/demo   (PNG with `uv sync --extra plot`, else a terminal chart)")
+def plot_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holding metrics.jsonl) or the metrics.jsonl itself.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: RUN_DIR/metrics.png).")] = None,
+) -> None:
+    """Chart train/validation loss and learning rate from a run's metrics.jsonl."""
+    from lmkit.observe import plot_metrics
+
+    metrics = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
+    result = plot_metrics(metrics, output)
+    typer.echo(f"wrote {result}" if isinstance(result, Path) else result)
