@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few tokens (a CPU smoke run)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (median)")
+    parser.add_argument("--shapes", default=None, help="comma-separated subset of the shapes, e.g. gpt2-small")
     parser.add_argument("--no-hf", action="store_true", help="lmkit only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             print("transformers is not installed: measuring lmkit only", file=sys.stderr)
             with_hf = False
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = {k: v for k, v in shapes.items() if k in args.shapes.split(",")}
     repeats = args.repeats or (1 if args.quick else 5)
     batches = [int(b) for b in args.batches.split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
