@@ -18,7 +18,9 @@ It writes to stderr (stdout stays free for a command's results), so ``lmkit trai
 still shows the dashboard, and ``2>&1 | tee log`` is not a terminal and gets plain lines instead
 (``make_sinks`` decides). While it runs, rich redirects other prints above the panel. Every
 width-sensitive piece is a no-wrap, ellipsis-cropped cell of an expanding grid, so the panel fits
-any width from 80 columns up without wrapping.
+any width from 80 columns up without wrapping. While the run goes on, an empty line under the
+panel holds the cursor, so the terminal's ``^C`` echo lands there instead of wrapping the panel's
+last row (which would shift every later redraw one row down and leave a stray border behind).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class Dashboard:
             self.event(f"resumed at step {info.start_iter}", "resume")
         self._live = Live(
             console=self.console,
-            get_renderable=self.render,
+            get_renderable=self._live_view,
             refresh_per_second=self.refresh_per_second,
             transient=False,
             # Prints to stdout are moved above the panel only when stdout is this same terminal;
@@ -197,6 +199,19 @@ class Dashboard:
             border_style="blue",
             expand=True,
         )
+
+    def _live_view(self) -> RenderableType:
+        """``render()`` plus, while running, the empty line the cursor waits on.
+
+        Without it the cursor waits after the panel's last column, where the echo of a key
+        (the ``^C`` the terminal prints on Ctrl-C) wraps onto a new row; the next redraw, which
+        moves up a fixed number of rows, then starts one row low and the old top border stays in
+        the scrollback. On the spacer line the echo is simply erased by the next redraw.
+        """
+        panel = self.render()
+        with self._lock:
+            running = self._status == "running"
+        return Group(panel, Text("")) if running else panel
 
     def _header(self) -> Iterator[RenderableType]:
         info = self._info
