@@ -177,8 +177,8 @@ class Dashboard:
         """``finished at step 5,000/5,000 in 1:02:03 · best val loss 3.2990 · runs/x``."""
         info = self._info
         max_iters = info.max_iters if info else self._step
-        parts = [f"{self._status} at step {self._step:,}/{max_iters:,} in "
-                 f"{fmt_duration(time.monotonic() - self._t0)}"]
+        parts = [(f"{self._status} at step {self._step:,}/{max_iters:,} in "
+                  f"{fmt_duration(time.monotonic() - self._t0)}")]
         if self._best_val is not None:
             parts.append(f"best val loss {fmt_loss(self._best_val)}")
         if info is not None:
