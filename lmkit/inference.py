@@ -228,6 +228,10 @@ def encode_prompt(trained: Trained, prompt: str) -> list[int]:
         raise TokenizerError(f"{trained.path}: no tokenizer loaded; pass --tokenizer DIR")
     if not prompt:
         raise ConfigError("the prompt is empty; give some text for the model to continue, e.g. --prompt 'Once upon a time'")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable bytes from the command line arrive as surrogates
+        raise ConfigError(f"the prompt is not valid UTF-8 (bad byte at character {e.start}); check the text's encoding") from None
     ids = trained.tokenizer.encode(prompt)
     ctx = trained.config.context_length
     if len(ids) > ctx:

@@ -55,9 +55,9 @@ class ModelSettings(Section):
 class DataSettings(Section):
     """Where the token data lives."""
 
-    train_data_path: Path = Field(Path("data/owt_train.txt"), description="Training tokens: a .bin from `lmkit tokenize encode`, or a text file of token ids.")
-    val_data_path: Path | None = Field(Path("data/owt_valid.txt"), description="Validation tokens (same formats); empty to skip validation.")
-    tokenizer_dir: Path | None = Field(None, description="Tokenizer directory recorded with the run so `lmkit generate` can decode; found from the data's metadata when unset.")
+    train_data_path: Path = Field(Path("data/owt_train.txt"), examples=["data/train.bin"], description="Training tokens: a .bin from `lmkit tokenize encode`, or a text file of token ids.")
+    val_data_path: Path | None = Field(Path("data/owt_valid.txt"), examples=["data/val.bin"], description="Validation tokens (same formats); empty to skip validation.")
+    tokenizer_dir: Path | None = Field(None, examples=["tokenizers/tinyshakespeare"], description="Tokenizer directory recorded with the run so `lmkit generate` can decode; found from the data's metadata when unset.")
 
     @field_validator("val_data_path", "tokenizer_dir", mode="before")
     @classmethod
@@ -95,8 +95,8 @@ class TrainSettings(Section):
     eval_interval: int = Field(100, gt=0, description="Steps between validation passes.")
     eval_iters: int = Field(20, gt=0, description="Validation batches per pass (drawn with a fixed seed, so passes are comparable).")
     log_interval: int = Field(10, gt=0, description="Steps between reading the loss back from the device (and logging it).")
-    on_nan: Literal["stop", "skip"] = Field("stop", description="On a non-finite loss or gradient: stop (keep the last good checkpoint) or skip the step.")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="Multi-GPU strategy under torchrun: replicate (ddp) or shard (fsdp).")
+    on_nan: Literal["stop", "skip"] = Field("stop", examples=["skip"], description="On a non-finite loss or gradient: stop (keep the last good checkpoint) or skip the step.")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", examples=["fsdp"], description="Multi-GPU strategy under torchrun: replicate (ddp) or shard (fsdp).")
 
     @model_validator(mode="after")
     def _accum_divides_batch(self) -> TrainSettings:
@@ -108,29 +108,29 @@ class TrainSettings(Section):
 class CheckpointSettings(Section):
     """Checkpoints and resume; checkpoint_dir is also the run directory (metrics, settings)."""
 
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="Run directory: checkpoints, latest.pt, metrics.jsonl, settings.yaml.")
+    checkpoint_dir: Path = Field(Path("checkpoints"), examples=["runs/small"], description="Run directory: checkpoints, latest.pt, metrics.jsonl, settings.yaml.")
     checkpoint_interval: int = Field(1000, gt=0, description="Steps between checkpoints (a final one is always written).")
-    keep_last: int | None = Field(None, gt=0, description="Keep only the newest K step checkpoints (latest.pt is always kept).")
-    resume: str = Field("auto", description="auto: resume from checkpoint_dir/latest.pt if present; never: start fresh; or a checkpoint path.")
+    keep_last: int | None = Field(None, gt=0, examples=[3], description="Keep only the newest K step checkpoints (latest.pt is always kept).")
+    resume: str = Field("auto", examples=["never"], description="auto: resume from checkpoint_dir/latest.pt if present; never: start fresh; or a checkpoint path.")
 
 
 class LoggingSettings(Section):
     """Metric sinks: console/dashboard, metrics.jsonl, Weights & Biases."""
 
     wandb: bool = Field(True, description="Log to Weights & Biases (falls back to offline mode without credentials or network).")
-    wandb_project: str = Field("lmkit", description="W&B project.")
-    wandb_name: str | None = Field(None, description="W&B run name (default: W&B picks one).")
-    wandb_entity: str | None = Field(None, description="W&B entity (user or team).")
-    dashboard: Literal["auto", "rich", "plain"] = Field("auto", description="auto: live dashboard on a terminal, plain log lines otherwise.")
+    wandb_project: str = Field("lmkit", examples=["my-lm"], description="W&B project.")
+    wandb_name: str | None = Field(None, examples=["small-lr6e-4"], description="W&B run name (default: W&B picks one).")
+    wandb_entity: str | None = Field(None, examples=["my-team"], description="W&B entity (user or team).")
+    dashboard: Literal["auto", "rich", "plain"] = Field("auto", examples=["plain"], description="auto: live dashboard on a terminal, plain log lines otherwise.")
 
 
 class RuntimeSettings(Section):
     """Where and how the math runs."""
 
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto picks CUDA when available.")
-    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU.")
-    compile: bool | None = Field(None, description="torch.compile the model (default: on for CUDA, off for CPU).")
-    seed: int = Field(42, description="Seed for weights, data order and sampling.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", examples=["cpu"], description="auto picks CUDA when available.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", examples=["float32"], description="Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU.")
+    compile: bool | None = Field(None, examples=[False], description="torch.compile the model (unset: on for CUDA, off for CPU).")
+    seed: int = Field(42, description="Random seed: weights and data order when training, sampling when generating.")
 
 
 class GenerateSettings(Section):
@@ -138,8 +138,8 @@ class GenerateSettings(Section):
 
     max_new_tokens: int = Field(200, gt=0, description="Tokens to sample after the prompt.")
     temperature: float = Field(0.8, ge=0, description="Softmax temperature; 0 means greedy.")
-    top_k: int | None = Field(None, gt=0, description="Sample only among the k most likely tokens.")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: the smallest set of tokens with this total probability.")
+    top_k: int | None = Field(None, gt=0, examples=[50], description="Sample only among the k most likely tokens.")
+    top_p: float | None = Field(None, gt=0, le=1, examples=[0.9], description="Nucleus sampling: the smallest set of tokens with this total probability.")
     num_samples: int = Field(1, gt=0, description="Independent samples to draw.")
 
 

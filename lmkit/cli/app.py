@@ -51,9 +51,13 @@ class LmkitGroup(TyperGroup):
         except LmkitError as e:
             if debug:
                 traceback.print_exc()
-            _err(str(e).replace("\n", " ") if not getattr(e, "problems", None) or len(e.problems) == 1
-                 else f"{len(e.problems)} problems:\n  " + "\n  ".join(e.problems))
+            msg = (str(e).replace("\n", " ") if not getattr(e, "problems", None) or len(e.problems) == 1
+                   else f"{len(e.problems)} problems:\n  " + "\n  ".join(e.problems))
             code = e.exit_code
+            if code in (130, 143):  # a requested stop (Ctrl-C / SIGTERM), not an error
+                typer.echo(f"lmkit: {msg}", err=True)
+            else:
+                _err(msg)
         except click_exc.NoArgsIsHelpError as e:
             typer.echo(e.ctx.get_help())
             code = 0
@@ -82,7 +86,7 @@ class LmkitGroup(TyperGroup):
 app = typer.Typer(
     cls=LmkitGroup,
     name="lmkit",
-    help="Train small transformer language models from scratch: tokenize, train, generate, eval.",
+    help="Train small transformer language models from scratch: tokenize, train, generate, eval.\n\nExample: lmkit train --demo",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,

@@ -30,12 +30,21 @@ def _cli_type(annotation: Any) -> tuple[type, dict[str, Any]]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
     if typing.get_origin(annotation) is Literal:
-        choices = typing.get_args(annotation)
-        return str, {"metavar": "[" + "|".join(map(str, choices)) + "]"}
+        return annotation, {}  # typer turns it into a choice: validated, listed and tab-completed
     if annotation is Path:
         # Paths travel as strings so an empty value can mean "none"; pydantic converts them.
         return str, {"metavar": "PATH"}
     return annotation, {}
+
+
+def _default_and_example(name: str, field: Any, typ: type) -> str:
+    """``Default: 768. Example: --d-model 512`` for a settings field's help text."""
+    dashed = name.replace("_", "-")
+    default = "" if field.default is None else f"Default: {field.default}. "
+    if typ is bool:
+        return f"{default}Example: --{'no-' if field.default else ''}{dashed}"
+    example = (field.examples or [field.default])[0]
+    return f"{default}Example: --{dashed} {example}"
 
 
 def settings_flags(*sections: str):
@@ -56,7 +65,7 @@ def settings_flags(*sections: str):
                 typ, extra = _cli_type(field.annotation)
                 dashed = name.replace("_", "-")
                 decl = f"--{dashed}/--no-{dashed}" if typ is bool else f"--{dashed}"
-                help_text = f"{field.description} (default: {field.default})"
+                help_text = f"{field.description} {_default_and_example(name, field, typ)}"
                 option = typer.Option(decl, help=help_text, rich_help_panel=f"{section.title()} settings", show_default=False, **extra)
                 annotations[name] = Annotated[Optional[typ], option]
                 params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations[name]))

@@ -86,3 +86,10 @@ def test_real_subprocess(run, trained) -> None:
 def test_help_has_examples() -> None:
     result = invoke("generate", "--help")
     assert result.exit_code == 0 and "Example" in result.stdout and "--top-p" in result.stdout
+
+
+def test_prompt_with_invalid_utf8_is_a_one_line_error(run):
+    # Undecodable argv bytes reach Python as lone surrogates.
+    r = subprocess.run([sys.executable, "-m", "lmkit", "generate", "--checkpoint", str(run.checkpoint), "--prompt", "x\udce2\udc80"],
+                       capture_output=True, text=True, errors="surrogateescape")
+    assert r.returncode == 2 and "not valid UTF-8" in r.stderr and "Traceback" not in r.stderr

@@ -62,7 +62,7 @@ def test_shipped_example_configs_load():
         (["--learning-rate", "-1"], "learning_rate"),
         (["--config", "/nonexistent.yaml"], "config file not found"),
         (["--bogus-flag", "1"], "No such option"),
-        (["--device", "tpu"], "runtime.device"),
+        (["--device", "tpu"], "--device"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(args, fragment):
