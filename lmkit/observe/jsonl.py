@@ -16,6 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 
 from lmkit.observe.base import RunInfo
@@ -84,27 +85,24 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     "loss": 2}`` give ``[{"step": 1, "loss": 2, "val_loss": 4}]``.
     """
     by_step: dict[int, dict[str, Any]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict) or "event" in row or "step" not in row:
-                continue
+    for row in _rows(path):
+        if "event" not in row and "step" in row:
             by_step.setdefault(int(row["step"]), {}).update(row)
     return [by_step[s] for s in sorted(by_step)]
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """The event lines of a metrics.jsonl, in file order."""
-    events = []
+    return [row for row in _rows(path) if "event" in row]
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Each JSON object line of ``path``; a torn last line (a crash mid-write) is skipped."""
     with Path(path).open(encoding="utf-8") as f:
         for line in f:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and "event" in row:
-                events.append(row)
-    return events
+            if isinstance(row, dict):
+                yield row

@@ -8,32 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmkit.export import to_hf_names
 from lmkit.model import ModelConfig, TransformerLM
-
-# lmkit name -> HF LlamaForCausalLM name ({i} is the layer index).
-HF_NAMES = {
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "blocks.{i}.norm1.weight": "model.layers.{i}.input_layernorm.weight",
-    "blocks.{i}.attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "blocks.{i}.attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "blocks.{i}.attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "blocks.{i}.attn.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "blocks.{i}.norm2.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "blocks.{i}.ffn.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "blocks.{i}.ffn.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "blocks.{i}.ffn.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-
-
-def to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for ours, theirs in HF_NAMES.items():
-        for i in range(num_layers) if "{i}" in ours else [None]:
-            out[theirs.format(i=i)] = state[ours.format(i=i)]
-    return out
-
 
 def test_logits_match_hf_llama() -> None:
     transformers = pytest.importorskip("transformers")
@@ -56,7 +32,7 @@ def test_logits_match_hf_llama() -> None:
     if getattr(hf_cfg, "rope_parameters", None) is not None:  # newer transformers
         hf_cfg.rope_parameters["rope_theta"] = cfg.rope_theta
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    hf.load_state_dict(to_hf(ours.state_dict(), cfg.num_layers))
+    hf.load_state_dict(to_hf_names(ours.state_dict(), cfg.num_layers))
     idx = torch.randint(0, cfg.vocab_size, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=1e-4)
