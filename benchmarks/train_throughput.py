@@ -24,8 +24,11 @@ steps (reset after warm-up). A failing variant prints its error and the rest sti
 Imports only torch-level lmkit modules (model, training.loss/optim/schedule; data.loader needs
 numpy), so it runs on a bare PyTorch image without pydantic, typer, rich or wandb.
 
-Usage:
-    PYTHONPATH=. python3 benchmarks/train_throughput.py --json train_throughput.json   # H100
+Usage (compile dominates: the core set on three shapes is ~8 min on an H100, so the levers
+go in a second call when each call is capped at 10 minutes; see NOTES.md):
+    PYTHONPATH=. python3 benchmarks/train_throughput.py --levers '' --json core.json
+    PYTHONPATH=. python3 benchmarks/train_throughput.py --shapes small16 --variants fused8k,hf-fused8k \
+        --levers fused4k,fused32k,step,flash,cudnn,regional --loader --json levers.json
     uv run python benchmarks/train_throughput.py --device cpu --tiny --quick            # smoke
 """
 
