@@ -46,7 +46,7 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
 
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device)
-    step_fn = LMLoss(model)
+    step_fn = LMLoss(model, fused=device != "cuda")  # as the trainer chooses
     if device == "cuda":
         step_fn = torch.compile(step_fn)
     opt = build_optimizer(model, 6e-4, 0.1, (0.9, 0.95), 1e-8, device)
