@@ -80,6 +80,8 @@ def read_meta(bin_path: Path) -> TokenFileMeta:
     """
     bin_path = Path(bin_path)
     mp = meta_path(bin_path)
+    if not bin_path.is_file():
+        raise DataError(f"{bin_path}: token file not found" + (" (it is a directory)" if bin_path.is_dir() else ""))
     if not mp.is_file():
         raise DataError(f"{mp}: metadata file missing beside {bin_path.name} (re-run `lmkit tokenize encode`)")
     try:
@@ -94,8 +96,6 @@ def read_meta(bin_path: Path) -> TokenFileMeta:
         raise DataError(f"{mp}: written by a newer lmkit (format version {meta.version}); upgrade lmkit")
     if meta.dtype not in ("uint16", "uint32"):
         raise DataError(f"{mp}: unsupported dtype {meta.dtype!r} (expected uint16 or uint32)")
-    if not bin_path.is_file():
-        raise DataError(f"{bin_path}: token file not found")
     expected = meta.num_tokens * np.dtype(meta.dtype).itemsize
     actual = bin_path.stat().st_size
     if actual != expected:

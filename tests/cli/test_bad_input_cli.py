@@ -1,4 +1,5 @@
-"""Bad input to generate / eval / ckpt: one line on stderr, exit code 2, nothing on stdout."""
+"""Bad input to every command: one line on stderr, exit code 2, nothing on stdout, and every
+existing file left byte-identical."""
 
 from __future__ import annotations
 
@@ -36,7 +37,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
         write_tokens(root / f"{name}.bin", ids.astype(np.uint16), TokenFileMeta(dtype="uint16", num_tokens=0))
     (root / "full").mkdir()
     (root / "full" / "keep.txt").write_text("x")
-    for name in ("text.pt", "foreign.pt", "truncated.pt", "newer.pt", "pickled.pt", "oov.bin", "short.bin", "full"):
+    (root / "bad.yaml").write_text("d_model: 512\n  num_heads: [8\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)))
+    (root / "typo.yaml").write_text("bach_size: 4\n")
+    (root / "cut.bin").write_bytes(run.val_bin.read_bytes()[:-3])
+    (root / "cut.json").write_bytes(run.val_bin.with_suffix(".json").read_bytes())
+    (root / "empty.txt").write_text("")
+    (root / "ids.txt").write_text("1 2 x 4\n")
+    (root / "notutf8.txt").write_bytes(b"caf\xe9 au lait\n")
+    for name in ("text.pt", "foreign.pt", "truncated.pt", "newer.pt", "pickled.pt", "oov.bin", "short.bin", "full",
+                 "bad.yaml", "binary.yaml", "typo.yaml", "cut.bin", "empty.txt", "ids.txt", "notutf8.txt"):
         out[name] = root / name
     return out
 
@@ -58,11 +68,28 @@ CASES = [
     ("negative temperature", [*GEN, "-p", "The", "--temperature", "-1"], "temperature"),
     ("ids outside vocabulary", ["eval", "-k", "{ckpt}", "--data", "{oov.bin}"], "vocabulary has 320 ids"),
     ("data shorter than a window", ["eval", "-k", "{ckpt}", "--data", "{short.bin}"], "shorter than one window"),
-    ("missing data", ["eval", "-k", "{ckpt}", "--data", "{ckpt}.bin"], "metadata file missing"),
+    ("missing data", ["eval", "-k", "{ckpt}", "--data", "{ckpt}.bin"], "token file not found"),
     ("export into non-empty dir", ["ckpt", "export", "{ckpt}", "-o", "{full}"], "--force"),
     ("tokenizer hash mismatch", [*GEN, "-p", "The", "--tokenizer", "{other_tok}"], "does not match"),
     ("cuda without cuda", [*GEN, "-p", "The", "--device", "cuda"], "no CUDA device"),
+    ("train: invalid YAML", ["train", "-c", "{bad.yaml}"], "invalid YAML"),
+    ("train: binary config", ["train", "-c", "{binary.yaml}"], "binary.yaml"),
+    ("train: unknown key", ["train", "-c", "{typo.yaml}"], "did you mean 'batch_size'"),
+    ("train: directory as config", ["train", "-c", "{full}"], "config file not found"),
+    ("train: heads do not divide", ["train", "--num-heads", "7", "--print-config"], "must divide d_model"),
+    ("train: wrong type", ["train", "--batch-size", "many"], "batch-size"),
+    ("train: missing data", ["train", "--train-data-path", "{ckpt}.missing.bin", "--checkpoint-dir", "{full}/r", "--device", "cpu"], "not found"),
+    ("train: truncated .bin", ["train", "--train-data-path", "{cut.bin}", "--checkpoint-dir", "{full}/r", "--device", "cpu"], "truncated"),
+    ("train: damaged resume file", ["train", "--resume", "{truncated.pt}", "--train-data-path", "{val}", "--checkpoint-dir", "{full}/r", "--device", "cpu"], "damaged"),
+    ("tokenize: empty input", ["tokenize", "train", "--input", "{empty.txt}", "--vocab-size", "300", "--output", "{full}/t"], "empty"),
+    ("tokenize: vocab too small", ["tokenize", "train", "--input", "{notutf8.txt}", "--vocab-size", "100", "--output", "{full}/t"], "vocab"),
+    ("tokenize: not UTF-8", ["tokenize", "train", "--input", "{notutf8.txt}", "--vocab-size", "300", "--output", "{full}/t"], "UTF-8"),
+    ("import-ids: non-integer", ["tokenize", "import-ids", "--input", "{ids.txt}", "--output", "{full}/i"], "ids.txt:1"),
 ]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize(("args", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -74,8 +101,14 @@ def test_one_line_error_exit_2(files, args, message) -> None:
         for key, path in files.items():
             a = a.replace("{" + key + "}", str(path))
         argv.append(a)
+    root = files["full"].parent
+    before = _snapshot(root)
     result = CliRunner().invoke(app, argv)
+    assert _snapshot(root) == before, "a failing command changed or added files"
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
-    assert result.stderr.startswith("lmkit: error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert message in result.stderr
+    # Progress lines may come first (tokenize); the error is one line, the last, no traceback.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lmkit: error: ")]
+    assert len(errors) == 1 and result.stderr.splitlines()[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in errors[0]
