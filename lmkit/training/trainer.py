@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -48,6 +49,11 @@ class TrainResult:
     elapsed_s: float
 
 
+def _stderr_notice(message: str) -> None:
+    """Default for notices raised before any sink exists (resume, data conversion)."""
+    print(f"lmkit: {message}", file=sys.stderr, flush=True)
+
+
 class TrainingInterrupted(TrainingError):
     """Ctrl-C / SIGTERM: a checkpoint was written; exit 130 (SIGINT) or 143 (SIGTERM)."""
 
@@ -64,7 +70,7 @@ class Trainer:
     def __init__(self, settings: Settings, sinks: MultiSink | None = None, notice=None):
         self.settings = settings
         self.sinks = sinks or MultiSink([])
-        self.notice = notice or (lambda msg: print(f"lmkit: {msg}", file=__import__("sys").stderr, flush=True))
+        self.notice = notice or _stderr_notice
         self.rt: Runtime = resolve_runtime(settings.runtime.device, settings.runtime.dtype, settings.runtime.compile)
         self.dist = Distributed.setup(self.rt)
         self.run_dir = Path(settings.checkpoint.checkpoint_dir)
