@@ -3,8 +3,14 @@
 Both run the same weights (lmkit's random init, renamed into a ``LlamaForCausalLM``) at the same
 shape and dtype, greedy, without stopping early, for batch 1 and batch 8:
 - lmkit: ``lmkit.generation.generate`` with a static preallocated KV cache and the decode step
-  compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), no host sync per token;
+  compiled and captured by hand in one CUDA graph (``generation/cuda_graph.py``), no host sync
+  per token;
+- lmkit-trees (``--trees``): the same step under ``torch.compile``'s own CUDA graphs
+  (``triton.cudagraphs``, lmkit's previous decode loop), to size what the hand capture saves;
 - HF: ``model.generate`` with ``cache_implementation="static"``, compiled (``reduce-overhead``).
+
+``--profile`` adds, per shape at batch 1, the GPU kernels of one generation per implementation
+(per token: GPU time by kernel group, launches, the largest kernels; see kernels.py).
 
 Measured per run: prefill latency (prompt in, first new token out) and decode speed (the
 remaining tokens; tokens/s summed over the batch). Each configuration is warmed up once
@@ -20,6 +26,7 @@ Usage: python benchmarks/generate.py [--quick] [--device cuda|cpu] [--json resul
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -60,6 +67,33 @@ class Row:
     impl: str
     prefill_ms: float
     decode_tok_s: float  # tokens per second summed over the batch
+
+
+@functools.lru_cache(maxsize=1)
+def _trees_step():
+    from lmkit.generation import decode_one_token
+
+    return torch.compile(decode_one_token, fullgraph=True, options={"triton.cudagraphs": True, "coordinate_descent_tuning": True})
+
+
+def time_lmkit_trees(model: TransformerLM, prompt: torch.Tensor, new: int) -> tuple[float, float]:
+    """``time_lmkit`` for the previous loop: decode_n_tokens over a cudagraph-tree compiled step."""
+    from lmkit.generation import decode_n_tokens, prefill
+
+    device = prompt.device
+    B, T = prompt.shape
+    if not model.has_cache or model.blocks[0].attn.kv_cache.k.shape[0] != B:
+        model.setup_cache(B, max_len=model.config.context_length)
+    _sync(device)
+    start = time.perf_counter()
+    pos = torch.arange(T, device=device)
+    token = prefill(model, prompt, pos, temperature=0.0)
+    _sync(device)
+    first = time.perf_counter()
+    for _ in decode_n_tokens(model, token, pos[-1:] + 1, new - 1, temperature=0.0, decode_fn=_trees_step()):
+        pass
+    _sync(device)
+    return first - start, time.perf_counter() - first
 
 
 def _sync(device: torch.device) -> None:
@@ -136,7 +170,7 @@ def build_hf(model: TransformerLM, device: torch.device, dtype: torch.dtype, com
 
 
 def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int], device: torch.device,
-            dtype: torch.dtype, repeats: int, with_hf: bool) -> list[Row]:
+            dtype: torch.dtype, repeats: int, with_hf: bool, trees: bool = False, profile: bool = False) -> list[Row]:
     """Rows for one shape: lmkit and (optionally) HF, for each batch size."""
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device=device, dtype=dtype).eval()
@@ -147,12 +181,23 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
     for batch in batches:
         prompt = torch.randint(0, shape["vocab_size"], (batch, prompt_len), device=device)
         impls = [("lmkit", lambda p=prompt: time_lmkit(model, p, new, compile_on))]
+        if trees and compile_on:
+            impls.append(("lmkit-trees", lambda p=prompt: time_lmkit_trees(model, p, new)))
         if hf is not None:
             impls.append(("hf", lambda p=prompt: time_hf(hf, p, new)))
         for impl, fn in impls:
             with torch.inference_mode():
                 fn()  # warm-up: compilation and CUDA-graph capture
                 runs = [fn() for _ in range(repeats)]
+                if profile and batch == 1 and device.type == "cuda":
+                    from kernels import profile_kernels, render as render_kernels
+
+                    p = profile_kernels(fn, reps=1)
+                    per_token = {**p, "wall_ms": p["wall_ms"] / new, "gpu_ms": p["gpu_ms"] / new,
+                                 "kernels": p["kernels"] / new, "by_kind": {k: v / new for k, v in p["by_kind"].items()},
+                                 "top": [(ms / new, n / new, kind, nm) for ms, n, kind, nm in p["top"]]}
+                    print(render_kernels(f"  profile {name} {impl} per token (prefill included)", per_token),
+                          file=sys.stderr, flush=True)
             prefill = statistics.median(r[0] for r in runs)
             decode = statistics.median(r[1] for r in runs)
             rows.append(Row(name, batch, impl, prefill * 1e3, batch * (new - 1) / decode))
@@ -176,6 +221,9 @@ def render(rows: list[Row]) -> str:
             line += (f"{hf.prefill_ms:>13.2f} {hf.decode_tok_s:>10.1f} | {ours.decode_tok_s / hf.decode_tok_s:>7.2f}x "
                      f"{hf.prefill_ms / ours.prefill_ms:>8.2f}x")
         out.append(line)
+    for r in rows:
+        if r.impl not in ("lmkit", "hf"):
+            out.append(f"{r.shape:<18} {r.batch:>5} | {r.impl}: prefill {r.prefill_ms:.2f} ms, {r.decode_tok_s:.1f} tok/s")
     out.append("decode x: lmkit tokens/s over HF's (higher is better); prefill x: HF latency over lmkit's.")
     return "\n".join(out)
 
@@ -191,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default=None, help="comma-separated subset of the shapes, e.g. gpt2-small")
     parser.add_argument("--no-hf", action="store_true", help="lmkit only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--trees", action="store_true", help="also time the step under torch.compile's CUDA graphs")
+    parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a batch-1 generation")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -213,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape_name, shape in shapes.items():
         lengths = QUICK_LENGTHS if args.quick else LENGTHS[shape_name]
-        rows += measure(shape_name, shape, lengths, batches, device, dtype, repeats, with_hf)
+        rows += measure(shape_name, shape, lengths, batches, device, dtype, repeats, with_hf, args.trees, args.profile)
     print(render(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

@@ -90,6 +90,7 @@ class Variant:
     sdpa: str | None = None  # force an SDPA backend: "flash" | "cudnn"
     loader: bool = False  # feed batches from lmkit's BatchLoader instead of the GPU pool
     regional: bool = False  # compile each Block and the fused CE separately (not the whole loss)
+    inductor: tuple[tuple[str, Any], ...] = ()  # torch.compile options= (Inductor config) for the loss
     help: str = ""
 
 
@@ -104,6 +105,12 @@ VARIANTS: dict[str, Variant] = {
     "cudnn": Variant(sdpa="cudnn", help="fused8k, SDPA forced to cuDNN attention"),
     "autotune": Variant(compile_mode="max-autotune-no-cudagraphs", help="fused8k, max-autotune-no-cudagraphs"),
     "eager": Variant(compile_mode=None, help="fused8k without torch.compile"),
+    "fused2k": Variant(chunk_rows=2048, help="as fused8k with 2048-row chunks"),
+    "cdt": Variant(fused=False, inductor=(("coordinate_descent_tuning", True),),
+                   help="plain, Inductor coordinate-descent tuning of its Triton kernels"),
+    "cg": Variant(fused=False, compile_mode="reduce-overhead", help="plain, CUDA graphs (reduce-overhead)"),
+    "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
+                      help="HF with coordinate-descent tuning"),
     "hf": Variant(system="hf", fused=False, help="HF LlamaForCausalLM, compiled, plain CE"),
     "hf-eager": Variant(system="hf", fused=False, compile_mode=None, help="HF, no compile"),
     "hf-fused8k": Variant(system="hf", help="HF body + lmkit fused CE on its lm_head"),
@@ -339,7 +346,10 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
     else:
         optimizer = build_optimizer(model, LR, WEIGHT_DECAY, BETAS, ADAM_EPS, device.type)
         if v.compile_mode is not None and not v.regional:
-            loss_fn = torch.compile(loss_fn, mode=None if v.compile_mode == "default" else v.compile_mode)
+            if v.inductor:
+                loss_fn = torch.compile(loss_fn, options=dict(v.inductor))
+            else:
+                loss_fn = torch.compile(loss_fn, mode=None if v.compile_mode == "default" else v.compile_mode)
     step = make_step(model, loss_fn, optimizer, device)
     if v.whole_step:
         step = torch.compile(step, mode=None if v.compile_mode == "default" else v.compile_mode)
@@ -372,6 +382,14 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
             wall = time.perf_counter() - t1
             graphs1, breaks1 = dynamo_counts()
             row["attn"], row["attn_kernels"] = attention_backend(one, args.warmup + args.steps, device)
+            if args.profile and device.type == "cuda":
+                from kernels import profile_kernels, render
+
+                row["profile"] = profile_kernels(lambda: one(args.warmup + args.steps + 1), reps=3, top=15)
+                log(render(f"    profile {name}", row["profile"]))
+            if args.mem_phases and device.type == "cuda" and not v.whole_step:
+                row["mem_phases"] = memory_phases(model, loss_fn, optimizer, pool[0] if pool else loader.step_batches(0)[0], device)
+                log("    memory peaks (GiB): " + ", ".join(f"{k} {g:.2f}" for k, g in row["mem_phases"].items()))
     finally:
         if loader is not None:
             loader.close()
@@ -388,6 +406,39 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     del model, optimizer, step, loss_fn, losses, pool
     return row
+
+
+def memory_phases(model: nn.Module, loss_fn: Callable, optimizer, batch, device: torch.device) -> dict[str, float]:
+    """Peak GPU memory (GiB) of one step's forward, backward and clip+optimizer, measured apart."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, y = batch
+    out = {}
+
+    def phase(name: str, fn: Callable) -> Any:
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        sync(device)
+        out[name] = torch.cuda.max_memory_allocated(device) / 2**30
+        return result
+
+    out["idle"] = torch.cuda.memory_allocated(device) / 2**30
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return loss_fn(x, y)
+
+    loss = phase("forward", forward)
+    out["after_forward"] = torch.cuda.memory_allocated(device) / 2**30
+    phase("backward", loss.backward)
+
+    def tail() -> None:
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    phase("optimizer", tail)
+    return out
 
 
 def time_loader_alone(cfg: ModelConfig, batch: int, device: torch.device, steps: int, tmp: Path) -> dict:
@@ -482,6 +533,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps (compile happens here)")
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--loader", action="store_true", help="also time lmkit's BatchLoader, alone and feeding fused8k")
+    p.add_argument("--profile", action="store_true", help="print each variant's GPU kernels by group (kernels.py)")
+    p.add_argument("--mem-phases", action="store_true", help="peak memory of forward, backward and optimizer apart")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--tiny", action="store_true", help="tiny shapes (for a CPU end-to-end check)")
     p.add_argument("--json", type=Path, default=None, help="write all results here (rewritten after every variant)")

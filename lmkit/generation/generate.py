@@ -17,11 +17,11 @@ follow a prompt of length T.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from lmkit.generation.cuda_graph import decoder_for
 from lmkit.generation.sampling import check_sampling_args, exponential_noise, sample
 from lmkit.model import TransformerLM
 
@@ -74,7 +74,7 @@ def decode_one_token(
     """Feed one token per sequence at ``input_pos`` and sample the next.
 
     Pure tensor work with static shapes and the randomness passed in as ``noise``, so it can be
-    wrapped in ``torch.compile`` with CUDA graphs (see ``_compiled_decode_one_token``).
+    compiled and captured in a CUDA graph (see ``cuda_graph.GraphedDecoder``).
 
     Args:
         model: a model after ``setup_cache``, already holding positions < input_pos.
@@ -90,18 +90,6 @@ def decode_one_token(
     """
     logits = _last_logits(model, token[:, None], input_pos)  # token[:, None]: (B, 1)
     return sample(logits, temperature, top_k, top_p, noise=noise)
-
-
-@functools.lru_cache(maxsize=1)
-def _compiled_decode_one_token() -> DecodeFn:
-    # Built once per process and reused: compiling (and capturing the CUDA graph) is the
-    # expensive part, and a cached factory avoids rebinding a module global.
-    # CUDA graphs (one launch per token) plus coordinate-descent tuning of the small matrix-vector
-    # kernels: measured 2,430-2,630 tok/s on an H100 for GPT-2-small vs 1,623 with
-    # mode="reduce-overhead" (benchmarks/GENERATE.md), for 20-45 s more compile time.
-    return torch.compile(
-        decode_one_token, fullgraph=True, options={"triton.cudagraphs": True, "coordinate_descent_tuning": True}
-    )
 
 
 def decode_n_tokens(
@@ -251,10 +239,12 @@ def _stream(
         return
     B, T = prompt.shape
     device, context_length = prompt.device, model.config.context_length
+    decoder = None
     if use_compile:
-        # The compiled step is captured for one set of cache buffers: size them to the full
-        # context and keep them between calls, so every prompt length replays the same graph.
+        # The captured step reads one set of cache buffers: size them to the full context and
+        # keep them between calls, so every prompt length replays the same graph.
         _reuse_or_setup_cache(model, B, context_length)
+        decoder = decoder_for(model, B, temperature, top_k, top_p)  # before prefill: see there
     else:
         model.setup_cache(B, max_len=min(context_length, T + num_new - 1))
     try:
@@ -263,18 +253,19 @@ def _stream(
             noise = exponential_noise((B, model.config.vocab_size), generator, device)
         input_pos = torch.arange(T, device=device)  # (T,)
         token = prefill(model, prompt, input_pos, temperature, top_k, top_p, noise)  # (B,)
-        rest = decode_n_tokens(
-            model, token, input_pos[-1:] + 1, num_new - 1, temperature, top_k, top_p, generator,
-            decode_fn=_compiled_decode_one_token() if use_compile else decode_one_token,
-        )
+        if decoder is not None:
+            rest = decoder.run(token, input_pos[-1:] + 1, num_new - 1, generator)
+        else:
+            rest = decode_n_tokens(model, token, input_pos[-1:] + 1, num_new - 1, temperature, top_k, top_p, generator)
+        if stops.numel() == 0:
+            yield from _chain_first(token, rest)
+            return
         done = torch.zeros(B, dtype=torch.bool, device=device)
         last = token
         for new in _chain_first(token, rest):
             # Finished sequences keep repeating their stop id, so every entry stays a valid id.
             new = torch.where(done, last, new)
             yield new
-            if stops.numel() == 0:
-                continue
             last = new
             done |= torch.isin(new, stops)
             # The one host sync per token: streaming reads each token back anyway, and this is
@@ -294,6 +285,8 @@ def _reuse_or_setup_cache(model: TransformerLM, batch_size: int, max_len: int) -
     stale = cache is None or cache.k.dtype != dtype or cache.k.device != model.lm_head.weight.device
     if stale or cache.k.shape[0] != batch_size or cache.max_len != max_len:
         model.setup_cache(batch_size, max_len=max_len)
+    else:
+        model.refresh_decode_weights()  # the weights may have changed since (e.g. training)
 
 
 def _chain_first(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:

@@ -79,6 +79,7 @@ def exponential_noise(
     shape: tuple[int, ...] | torch.Size,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Independent Exponential(1) draws for the exponential race in ``sample``.
 
@@ -89,11 +90,13 @@ def exponential_noise(
         shape: (B, V), the shape of the logits.
         generator: source of randomness (None: torch's global generator).
         device: where to draw (must match the generator's device).
+        out: a float32 tensor of ``shape`` to fill in place instead (same draws).
 
     Returns:
         float32 tensor of ``shape``, strictly positive.
     """
-    noise = torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=generator)
+    noise = torch.empty(shape, device=device, dtype=torch.float32) if out is None else out
+    noise.exponential_(generator=generator)
     # Guard against an exact zero draw, which would turn a zero-probability token into 0/0.
     return noise.clamp_min_(torch.finfo(torch.float32).tiny)
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
-from lmkit.model.layers import CausalSelfAttention, RMSNorm, SwiGLU, precompute_rope
+from lmkit.model.layers import CausalSelfAttention, RMSNorm, SwiGLU, concat_weights, precompute_rope
 
 # GPT-2's init scale for every weight matrix.
 INIT_STD = 0.02
@@ -114,6 +114,9 @@ class TransformerLM(nn.Module):
         cos, sin = precompute_rope(config.head_dim, config.context_length, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (context_length, hd/2)
         self.register_buffer("rope_sin", sin, persistent=False)  # (context_length, hd/2)
+        # Bumped whenever the KV caches or decoding weights are reallocated, so that anything
+        # holding their addresses (a captured CUDA graph) knows it is stale.
+        self.cache_version = 0
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -138,10 +141,18 @@ class TransformerLM(nn.Module):
         super()._apply(fn, *args, **kwargs)
         cfg = self.config
         device = self.rope_cos.device
+        self.cache_version += 1
         if device.type != "meta":
             self.rope_cos, self.rope_sin = precompute_rope(
                 cfg.head_dim, cfg.context_length, cfg.rope_theta, device=device
             )
+            # The stacked decoding weights are plain attributes, not moved or cast with the
+            # rest: stack them again from the converted weights.
+            for block in self.blocks:
+                if block.attn.decode_qkv is not None:
+                    attn, ffn = block.attn, block.ffn
+                    attn.decode_qkv = concat_weights(attn.q_proj, attn.k_proj, attn.v_proj)
+                    ffn.decode_w13 = concat_weights(ffn.w1, ffn.w3)
         return self
 
     # ---- parameter and cost accounting -------------------------------------------------
@@ -184,6 +195,10 @@ class TransformerLM(nn.Module):
         """Give every attention layer a fresh preallocated KV cache.
 
         Afterwards ``forward`` must be called with ``input_pos`` and attends over the cache.
+        It also stacks each block's q/k/v and w1/w3 weights into one matrix each, so that a
+        decoded token takes two matrix-vector products there instead of five; those copies are
+        used while no gradient is recorded, and ``refresh_decode_weights`` updates them after
+        the weights change.
 
         Args:
             batch_size: sequences decoded together.
@@ -201,15 +216,28 @@ class TransformerLM(nn.Module):
             raise ValueError(f"max_len must be in 1..context_length ({limit}), got {max_len}")
         dtype = self.lm_head.weight.dtype if dtype is None else dtype
         device = self.lm_head.weight.device if device is None else device
+        self.cache_version += 1
         for block in self.blocks:
             block.attn.kv_cache = KVCache(
                 batch_size, self.config.num_heads, max_len, self.config.head_dim, dtype, device
             )
+            block.attn.decode_qkv = concat_weights(block.attn.q_proj, block.attn.k_proj, block.attn.v_proj)
+            block.ffn.decode_w13 = concat_weights(block.ffn.w1, block.ffn.w3)
+
+    def refresh_decode_weights(self) -> None:
+        """Copy the current weights into the stacked decoding copies, in place (see setup_cache)."""
+        for block in self.blocks:
+            attn, ffn = block.attn, block.ffn
+            concat_weights(attn.q_proj, attn.k_proj, attn.v_proj, out=attn.decode_qkv)
+            concat_weights(ffn.w1, ffn.w3, out=ffn.decode_w13)
 
     def clear_cache(self) -> None:
-        """Drop the KV caches (freeing their memory); ``forward`` goes back to plain attention."""
+        """Drop the KV caches and decoding copies (freeing their memory); back to plain attention."""
+        self.cache_version += 1
         for block in self.blocks:
             block.attn.kv_cache = None
+            block.attn.decode_qkv = None
+            block.ffn.decode_w13 = None
 
     @property
     def has_cache(self) -> bool:

@@ -51,3 +51,33 @@ def test_bf16_model_generates(model: TransformerLM) -> None:
     model = model.to(torch.bfloat16)
     out = tokens(model, torch.randint(0, 256, (3, 4)), 10, temperature=0.8, seed=0)
     assert out.shape == (3, 10) and int(out.max()) < 256
+
+
+def test_captured_decoder_follows_weight_changes(model: TransformerLM) -> None:
+    """The captured graph reads the weights in place: an update (a training step, a loaded
+    state dict) shows in the next generation, and a dtype change recaptures."""
+    prompt = torch.randint(0, 256, (1, 6))
+    tokens(model, prompt, 5, temperature=0.0, compile_decode=True)  # capture
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.testing.assert_close(
+        tokens(model, prompt, 15, temperature=0.0, compile_decode=True), tokens(model, prompt, 15, temperature=0.0)
+    )
+    model = model.to(torch.bfloat16)
+    torch.testing.assert_close(
+        tokens(model, prompt, 15, temperature=0.0, compile_decode=True), tokens(model, prompt, 15, temperature=0.0)
+    )
+    model.clear_cache()
+
+
+def test_captured_decoder_stops_and_closes_early(model: TransformerLM) -> None:
+    prompt = torch.randint(0, 256, (1, 6))
+    eager = tokens(model, prompt, 12, temperature=0.0)[0].tolist()
+    stop = eager[4]
+    got = [int(t) for t in generate(model, prompt, 12, temperature=0.0, stop_ids=[stop], compile_decode=True)]
+    assert got == eager[: eager.index(stop) + 1]
+    it = generate(model, prompt, 12, temperature=0.0, compile_decode=True)
+    assert int(next(it)) == eager[0]
+    it.close()
+    model.clear_cache()

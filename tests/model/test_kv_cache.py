@@ -71,3 +71,43 @@ def test_setup_and_clear(model: TransformerLM) -> None:
 def test_setup_rejects_bad_max_len(model: TransformerLM, max_len: int) -> None:
     with pytest.raises(ValueError, match="max_len"):
         model.setup_cache(batch_size=1, max_len=max_len)
+
+
+def test_stacked_decode_weights_match_and_follow_updates(model: TransformerLM) -> None:
+    """Without grad the cached path uses stacked q/k/v and w1/w3 copies; they give the full
+    forward's logits, and refresh_decode_weights brings them up to date after a weight change."""
+    idx = torch.randint(0, 50, (2, 12))
+    model.setup_cache(batch_size=2, max_len=12)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        model.refresh_decode_weights()
+        full = _uncached(model)(idx)  # plain forward of the same weights
+        got = [model(idx[:, :3], torch.arange(3))]
+        got += [model(idx[:, pos : pos + 1], torch.tensor([pos])) for pos in range(3, 12)]
+    torch.testing.assert_close(torch.cat(got, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def _uncached(model: TransformerLM) -> TransformerLM:
+    clone = TransformerLM(model.config)
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def test_decode_weights_never_used_with_grad(model: TransformerLM) -> None:
+    """A forward that records gradients uses the real w1/w3/q/k/v, so they get gradients even
+    while a cache is set up."""
+    model.setup_cache(batch_size=1, max_len=4)
+    model(torch.tensor([[1, 2, 3]]), torch.arange(3)).sum().backward()
+    ffn, attn = model.blocks[0].ffn, model.blocks[0].attn
+    assert all(p.grad is not None for p in (ffn.w1.weight, ffn.w3.weight, attn.q_proj.weight, attn.v_proj.weight))
+
+
+def test_dtype_change_restacks_decode_weights(model: TransformerLM) -> None:
+    model.setup_cache(batch_size=1, max_len=4)
+    version = model.cache_version
+    model.to(torch.float64)
+    assert model.blocks[0].attn.decode_qkv.dtype == torch.float64
+    assert model.cache_version > version
+    model.clear_cache()
+    assert model.blocks[0].ffn.decode_w13 is None
