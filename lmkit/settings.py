@@ -130,6 +130,10 @@ class RuntimeSettings(Section):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", examples=["cpu"], description="auto picks CUDA when available.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", examples=["float32"], description="Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU.")
     compile: bool | None = Field(None, examples=[False], description="torch.compile the model (unset: on for CUDA, off for CPU).")
+    cuda_graphs: bool | None = Field(
+        None, examples=[False],
+        description="Replay the compiled training step as CUDA graphs, which removes the per-kernel launch cost (unset: on when compiling on one CUDA device without gradient accumulation; needs static shapes, so off otherwise).",
+    )
     seed: int = Field(42, description="Random seed: weights and data order when training, sampling when generating.")
 
 

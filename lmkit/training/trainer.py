@@ -115,11 +115,26 @@ class Trainer:
         if state is not None:
             self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
             self._restore_counters(state)
-        self.loss_fn = torch.compile(self.wrapped) if rt.compile else self.wrapped
+        self.cuda_graphs = self._use_cuda_graphs()
+        # reduce-overhead: torch.compile records the forward and backward as CUDA graphs and
+        # replays them, ~900 kernel launches a step for GPT-2 small that otherwise leave the GPU
+        # waiting on the host (benchmarks/NOTES.md).
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.loss_fn = torch.compile(self.wrapped, mode=mode) if rt.compile else self.wrapped
         self.loader = BatchLoader(
             self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
         )
         self.tokens_per_step = s.train.batch_size * s.model.context_length
+
+    def _use_cuda_graphs(self) -> bool:
+        s, rt = self.settings, self.rt
+        wanted = s.runtime.cuda_graphs
+        # A graph replays fixed memory: gradients accumulated across micro-steps and the
+        # collectives of several processes would need more than one, so those run without.
+        possible = rt.compile and rt.device.type == "cuda" and rt.world_size == 1 and s.train.grad_accum_steps == 1
+        if wanted and not possible:
+            self.notice("cuda_graphs needs compile on one CUDA device and grad_accum_steps 1; running without")
+        return possible if wanted is None else bool(wanted and possible)
 
     def _restore_counters(self, state: dict[str, Any]) -> None:
         self.step = int(state["iter"])
@@ -186,6 +201,8 @@ class Trainer:
         global_batch = s.train.batch_size // s.train.grad_accum_steps  # one micro-step's windows
         batches = eval_batches(self.val_data, global_batch, s.train.eval_iters, self.rt.device, s.runtime.seed, self.rt.rank, self.rt.world_size)
         for x, y in batches:
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self.rt.autocast():
                 total += self.loss_fn(x, y).float()
         self.wrapped.train()
@@ -306,6 +323,9 @@ class Trainer:
                 group["lr"] = lr
             step_loss = torch.zeros((), device=dev)
             for micro, (x, y) in enumerate(self.loader.step_batches(step)):
+                if self.cuda_graphs:
+                    # A new step: the previous replay's outputs (already read) may be overwritten.
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self.dist.no_sync(self.wrapped, last=micro == accum - 1), rt.autocast():
                     loss = self.loss_fn(x, y) / accum
                 loss.backward()
