@@ -28,12 +28,10 @@ from lmkit.model import TransformerLM
 DecodeFn = Callable[..., torch.Tensor]
 
 
-def _last_logits(
-    model: TransformerLM, idx: torch.Tensor, input_pos: torch.Tensor, attend_len: int | None = None
-) -> torch.Tensor:
+def _last_logits(model: TransformerLM, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     # Only the last position's logits are needed: apply the LM head to it alone instead of
     # building (B, T, V) logits for the whole prompt.
-    h = model.hidden(idx, input_pos, attend_len)  # (B, T, D)
+    h = model.hidden(idx, input_pos)  # (B, T, D)
     return model.lm_head(h[:, -1])  # (B, V)
 
 
@@ -72,7 +70,6 @@ def decode_one_token(
     top_k: int | None = None,
     top_p: float | None = None,
     noise: torch.Tensor | None = None,
-    attend_len: int | None = None,
 ) -> torch.Tensor:
     """Feed one token per sequence at ``input_pos`` and sample the next.
 
@@ -87,13 +84,11 @@ def decode_one_token(
         top_k: see ``sampling.logits_to_probs``.
         top_p: see ``sampling.logits_to_probs``.
         noise: (B, V) ``exponential_noise`` for the draw (unused when temperature is 0).
-        attend_len: attend over the first cache slots only; must exceed input_pos (see
-            ``TransformerLM.hidden``).
 
     Returns:
         (B,) the next token of each sequence.
     """
-    logits = _last_logits(model, token[:, None], input_pos, attend_len)  # token[:, None]: (B, 1)
+    logits = _last_logits(model, token[:, None], input_pos)  # token[:, None]: (B, 1)
     return sample(logits, temperature, top_k, top_p, noise=noise)
 
 
@@ -249,7 +244,7 @@ def _stream(
         # The captured step reads one set of cache buffers: size them to the full context and
         # keep them between calls, so every prompt length replays the same graph.
         _reuse_or_setup_cache(model, B, context_length)
-        decoder = decoder_for(model, B, temperature, top_k, top_p)
+        decoder = decoder_for(model, B, temperature, top_k, top_p)  # before prefill: see there
     else:
         model.setup_cache(B, max_len=min(context_length, T + num_new - 1))
     try:
@@ -259,7 +254,7 @@ def _stream(
         input_pos = torch.arange(T, device=device)  # (T,)
         token = prefill(model, prompt, input_pos, temperature, top_k, top_p, noise)  # (B,)
         if decoder is not None:
-            rest = decoder.run(model, token, T, num_new - 1, generator)
+            rest = decoder.run(token, input_pos[-1:] + 1, num_new - 1, generator)
         else:
             rest = decode_n_tokens(model, token, input_pos[-1:] + 1, num_new - 1, temperature, top_k, top_p, generator)
         if stops.numel() == 0:

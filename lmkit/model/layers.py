@@ -186,8 +186,8 @@ class CausalSelfAttention(nn.Module):
             cos: (T, hd/2) RoPE rows for the positions of x.
             sin: (T, hd/2), likewise.
             input_pos: (T,) absolute positions of x; needed only with a KV cache.
-            mask: (T, S') bool, True where a query may attend a cache slot, for the first S' <= S
-                slots; needed only with a KV cache.
+            mask: (T, S) bool, True where a query may attend a cache slot; needed only with a
+                KV cache.
 
         Returns:
             (B, T, D) output.
@@ -208,8 +208,6 @@ class CausalSelfAttention(nn.Module):
             if input_pos is None or mask is None:
                 raise ValueError("attention with a KV cache needs input_pos and mask")
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, hd) each
-            span = mask.shape[-1]  # the caller may attend over a prefix of the cache only
-            k, v = k[:, :, :span], v[:, :, :span]  # (B, H, span, hd) each
             # The cache may be kept in another dtype than the activations (e.g. under autocast).
             k, v = k.to(q.dtype), v.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)

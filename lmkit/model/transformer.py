@@ -246,9 +246,7 @@ class TransformerLM(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------
 
-    def hidden(
-        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, attend_len: int | None = None
-    ) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normed hidden states, i.e. everything but the LM head.
 
         Training can use this to compute the LM head and cross-entropy in chunks without ever
@@ -258,9 +256,6 @@ class TransformerLM(nn.Module):
             idx: (B, T) token ids.
             input_pos: (T,) absolute positions of the tokens. Required with a KV cache; without
                 one it defaults to ``0..T-1``.
-            attend_len: with a KV cache, attend over its first ``attend_len`` slots only
-                (default: all); every position in input_pos must be below it. A static
-                shorter length makes early decoding steps cheaper without dynamic shapes.
 
         Returns:
             (B, T, D) hidden states.
@@ -275,10 +270,9 @@ class TransformerLM(nn.Module):
             if input_pos is None:
                 raise ValueError("input_pos is required when a KV cache is set up")
             max_len = self.blocks[0].attn.kv_cache.max_len
-            span = max_len if attend_len is None else min(attend_len, max_len)
-            # (T, span): query at position p sees cache slots 0..p. A static shape for compile.
-            slots = torch.arange(span, device=idx.device)
-            mask = slots[None, :] <= input_pos[:, None]  # (T, span)
+            # (T, S): query at position p sees cache slots 0..p. A static shape for compile.
+            slots = torch.arange(max_len, device=idx.device)
+            mask = slots[None, :] <= input_pos[:, None]  # (T, S)
         if input_pos is None:
             if T > self.config.context_length:
                 raise ValueError(
@@ -292,17 +286,14 @@ class TransformerLM(nn.Module):
             x = block(x, cos, sin, input_pos, mask)
         return self.norm(x)
 
-    def forward(
-        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, attend_len: int | None = None
-    ) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits.
 
         Args:
             idx: (B, T) token ids.
             input_pos: (T,) absolute positions; see ``hidden``.
-            attend_len: cache slots attended to; see ``hidden``.
 
         Returns:
             (B, T, V) logits (unnormalised, in the compute dtype).
         """
-        return self.lm_head(self.hidden(idx, input_pos, attend_len))
+        return self.lm_head(self.hidden(idx, input_pos))

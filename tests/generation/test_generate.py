@@ -123,11 +123,3 @@ def test_decode_step_traces_as_one_graph(model: TransformerLM) -> None:
         noise = torch.ones(2, 40)
         got = step(model, tok, torch.tensor([4]), 1.0, 5, 0.9, noise)
     torch.testing.assert_close(got, ref.argmax(-1))  # unit noise: the race picks the mode
-
-
-def test_attention_spans_double_up_to_the_cache() -> None:
-    from lmkit.generation.cuda_graph import attention_spans
-
-    assert attention_spans(1024) == [128, 256, 512, 1024]
-    assert attention_spans(300) == [128, 256, 300]
-    assert attention_spans(64) == [64]

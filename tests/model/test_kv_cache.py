@@ -111,14 +111,3 @@ def test_dtype_change_restacks_decode_weights(model: TransformerLM) -> None:
     assert model.cache_version > version
     model.clear_cache()
     assert model.blocks[0].ffn.decode_w13 is None
-
-
-def test_attending_over_a_cache_prefix_changes_nothing(model: TransformerLM) -> None:
-    """attend_len > every position: the slots left out are masked anyway, so the logits match."""
-    idx = torch.randint(0, 50, (2, 12))
-    model.setup_cache(batch_size=2, max_len=24)
-    with torch.no_grad():
-        full = _uncached(model)(idx)
-        got = [model(idx[:, :3], torch.arange(3), attend_len=4)]
-        got += [model(idx[:, p : p + 1], torch.tensor([p]), attend_len=8 if p < 8 else 16) for p in range(3, 12)]
-    torch.testing.assert_close(torch.cat(got, dim=1), full, atol=1e-5, rtol=1e-5)
