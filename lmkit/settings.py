@@ -132,7 +132,7 @@ class RuntimeSettings(Section):
     compile: bool | None = Field(None, examples=[False], description="torch.compile the model (unset: on for CUDA, off for CPU).")
     cuda_graphs: bool | None = Field(
         None, examples=[False],
-        description="Replay the compiled training step as CUDA graphs, which removes the per-kernel launch cost (unset: on when compiling on one CUDA device without gradient accumulation; needs static shapes, so off otherwise).",
+        description="Replay the compiled training step as CUDA graphs, removing the per-kernel launch cost (unset: on when compiling on one CUDA device without gradient accumulation, the case where a graph can be replayed safely).",
     )
     seed: int = Field(42, description="Random seed: weights and data order when training, sampling when generating.")
 
