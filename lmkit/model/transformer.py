@@ -148,11 +148,8 @@ class TransformerLM(nn.Module):
             )
             # The stacked decoding weights are plain attributes, not moved or cast with the
             # rest: stack them again from the converted weights.
-            for block in self.blocks:
-                if block.attn.decode_qkv is not None:
-                    attn, ffn = block.attn, block.ffn
-                    attn.decode_qkv = concat_weights(attn.q_proj, attn.k_proj, attn.v_proj)
-                    ffn.decode_w13 = concat_weights(ffn.w1, ffn.w3)
+            if self.blocks[0].attn.decode_qkv is not None:
+                self._stack_decode_weights()
         return self
 
     # ---- parameter and cost accounting -------------------------------------------------
@@ -221,15 +218,18 @@ class TransformerLM(nn.Module):
             block.attn.kv_cache = KVCache(
                 batch_size, self.config.num_heads, max_len, self.config.head_dim, dtype, device
             )
-            block.attn.decode_qkv = concat_weights(block.attn.q_proj, block.attn.k_proj, block.attn.v_proj)
-            block.ffn.decode_w13 = concat_weights(block.ffn.w1, block.ffn.w3)
+        self._stack_decode_weights()
+
+    def _stack_decode_weights(self, in_place: bool = False) -> None:
+        for block in self.blocks:
+            attn, ffn = block.attn, block.ffn
+            qkv = concat_weights(attn.q_proj, attn.k_proj, attn.v_proj, out=attn.decode_qkv if in_place else None)
+            w13 = concat_weights(ffn.w1, ffn.w3, out=ffn.decode_w13 if in_place else None)
+            attn.decode_qkv, ffn.decode_w13 = qkv, w13
 
     def refresh_decode_weights(self) -> None:
         """Copy the current weights into the stacked decoding copies, in place (see setup_cache)."""
-        for block in self.blocks:
-            attn, ffn = block.attn, block.ffn
-            concat_weights(attn.q_proj, attn.k_proj, attn.v_proj, out=attn.decode_qkv)
-            concat_weights(ffn.w1, ffn.w3, out=ffn.decode_w13)
+        self._stack_decode_weights(in_place=True)
 
     def clear_cache(self) -> None:
         """Drop the KV caches and decoding copies (freeing their memory); back to plain attention."""

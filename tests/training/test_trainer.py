@@ -203,3 +203,9 @@ def test_text_file_of_ids_is_converted_once(tiny_overrides, tmp_path):
     notices.clear()
     Trainer(resolve_settings(overrides=dict(tiny_overrides, train_data_path=str(txt), max_iters=2, checkpoint_dir=str(tmp_path / "r2")), environ={}), notice=notices.append)
     assert not any("converting" in n for n in notices)
+
+
+def test_cuda_graphs_asked_for_where_impossible_says_so_and_trains(tiny_overrides, capsys):
+    rec, res = run(tiny_overrides, cuda_graphs=True, max_iters=2, lr_decay_iters=2)
+    assert res.status == "finished"
+    assert "cuda_graphs needs compile on one CUDA device" in capsys.readouterr().err + " ".join(rec.events)
