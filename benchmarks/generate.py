@@ -192,10 +192,7 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
                 if profile and batch == 1 and device.type == "cuda":
                     from kernels import profile_kernels, render as render_kernels
 
-                    p = profile_kernels(fn, reps=1)
-                    per_token = {**p, "wall_ms": p["wall_ms"] / new, "gpu_ms": p["gpu_ms"] / new,
-                                 "kernels": p["kernels"] / new, "by_kind": {k: v / new for k, v in p["by_kind"].items()},
-                                 "top": [(ms / new, n / new, kind, nm) for ms, n, kind, nm in p["top"]]}
+                    per_token = profile_kernels(fn, reps=1, per_rep=new)
                     print(render_kernels(f"  profile {name} {impl} per token (prefill included)", per_token),
                           file=sys.stderr, flush=True)
             prefill = statistics.median(r[0] for r in runs)

@@ -31,14 +31,16 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12) -> dict:
-    """Run ``fn`` ``reps`` times under the profiler; per-rep GPU time by group and top kernels.
+def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: int = 1) -> dict:
+    """Run ``fn`` ``reps`` times under the profiler; per-unit GPU time by group and top kernels.
 
-    Returns a dict with ``wall_ms`` (host time per rep, synchronised), ``gpu_ms`` (sum of
-    kernel times per rep; less than wall_ms when the GPU idles), ``kernels`` (launches per
-    rep), ``by_kind`` {group: ms per rep} and ``top`` [(ms per rep, launches per rep, group,
-    name)].
+    A unit is one rep, or 1/per_rep of one (e.g. per_rep=256 for a call generating 256 tokens
+    gives per-token figures). Returns a dict with ``wall_ms`` (host time per unit,
+    synchronised), ``gpu_ms`` (sum of kernel times per unit; less than wall_ms when the GPU
+    idles), ``kernels`` (launches per unit), ``by_kind`` {group: ms per unit} and ``top``
+    [(ms per unit, launches per unit, group, name)].
     """
+    units = reps * per_rep
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -56,14 +58,14 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12) -> dict:
             count[e.name] += 1
     by_kind: dict[str, float] = defaultdict(float)
     for name, us in total.items():
-        by_kind[kind_of(name)] += us / 1000 / reps
+        by_kind[kind_of(name)] += us / 1000 / units
     ranked = sorted(total, key=total.get, reverse=True)[:top]
     return {
-        "wall_ms": 1000 * wall / reps,
-        "gpu_ms": sum(total.values()) / 1000 / reps,
-        "kernels": sum(count.values()) / reps,
+        "wall_ms": 1000 * wall / units,
+        "gpu_ms": sum(total.values()) / 1000 / units,
+        "kernels": sum(count.values()) / units,
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
-        "top": [(total[n] / 1000 / reps, count[n] / reps, kind_of(n), n[:110]) for n in ranked],
+        "top": [(total[n] / 1000 / units, count[n] / units, kind_of(n), n[:110]) for n in ranked],
     }
 
 

@@ -394,7 +394,10 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
 
                 row["profile"] = profile_kernels(lambda: one(args.warmup + args.steps + 1), reps=3, top=15)
                 log(render(f"    profile {name}", row["profile"]))
-            if args.mem_phases and device.type == "cuda" and not v.whole_step:
+            # Not for a whole-step compile (no separate phases) or CUDA graphs (replays allocate
+            # nothing, so every phase would read as idle).
+            phased = not v.whole_step and v.compile_mode != "reduce-overhead"
+            if args.mem_phases and device.type == "cuda" and phased:
                 row["mem_phases"] = memory_phases(model, loss_fn, optimizer, pool[0] if pool else loader.step_batches(0)[0], device)
                 log("    memory peaks (GiB): " + ", ".join(f"{k} {g:.2f}" for k, g in row["mem_phases"].items()))
     finally:
