@@ -42,7 +42,7 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
     """Tokens/s of a bare loop over the trainer's components."""
     from lmkit.model import ModelConfig, TransformerLM
     from lmkit.training.loss import LMLoss
-    from lmkit.training.optim import build_optimizer
+    from lmkit.training.optim import build_optimizer, clip_gradients
 
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device)
@@ -59,7 +59,7 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
         with ctx:
             loss = step_fn(b[:, :-1], b[:, 1:])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_gradients(opt, list(model.parameters()), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

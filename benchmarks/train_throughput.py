@@ -57,7 +57,7 @@ from torch import nn
 
 from lmkit.model import ModelConfig, TransformerLM, flops_per_token
 from lmkit.training.loss import cross_entropy_loss, fused_linear_cross_entropy, lm_loss
-from lmkit.training.optim import build_optimizer, param_groups
+from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 from lmkit.training.schedule import get_lr
 
 DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
@@ -109,6 +109,8 @@ VARIANTS: dict[str, Variant] = {
     "cdt": Variant(fused=False, inductor=(("coordinate_descent_tuning", True),),
                    help="plain, Inductor coordinate-descent tuning of its Triton kernels"),
     "cg": Variant(fused=False, compile_mode="reduce-overhead", help="plain, CUDA graphs (reduce-overhead)"),
+    "cg-fused4k": Variant(chunk_rows=4096, compile_mode="reduce-overhead",
+                          help="fused4k + CUDA graphs: what `lmkit train` runs on one GPU"),
     "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
                       help="HF with coordinate-descent tuning"),
     "hf": Variant(system="hf", fused=False, help="HF LlamaForCausalLM, compiled, plain CE"),
@@ -161,7 +163,7 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
             block.compile()
         head = torch.compile(fused_linear_cross_entropy)
         return model, lambda x, y: head(model.hidden(x), model.lm_head.weight, y, v.chunk_rows)
-    return model, partial(lm_loss, model, fused=v.fused, chunk_rows=v.chunk_rows)
+    return model, partial(lm_loss, model, fused=v.fused, chunk_rows=v.chunk_rows, compiled=v.compile_mode is not None)
 
 
 # ---------------------------------------------------------------------------- the step
@@ -179,7 +181,7 @@ def make_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimi
         with autocast:
             loss = loss_fn(x, y)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        grad_norm = clip_gradients(optimizer, params, GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach().clone(), grad_norm
@@ -443,7 +445,7 @@ def memory_phases(model: nn.Module, loss_fn: Callable, optimizer, batch, device:
     phase("backward", loss.backward)
 
     def tail() -> None:
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        clip_gradients(optimizer, params, GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

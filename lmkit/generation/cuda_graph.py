@@ -6,7 +6,7 @@ from Python they take longer than they run; replayed from one CUDA graph they ru
 pays for Dynamo's guards and the graph tree's input checks (tens of microseconds, a tenth of a
 GPT-2-small token). Here the graph is captured by hand around static buffers: it reads the
 current token and position, writes the next token over the current one and advances the
-position, so producing a token is one ``replay()`` and the host never waits for the GPU.
+position, so producing a few tokens is one ``replay()`` and the host never waits for the GPU.
 
 Notation: B batch size, V vocab_size.
 """
@@ -33,62 +33,93 @@ def _compiled_step():
     return torch.compile(decode_one_token, fullgraph=True, options={"coordinate_descent_tuning": True})
 
 
-class GraphedDecoder:
-    """One captured decode step for a model, batch size and sampling setting.
+# Decode steps captured in one graph. Each replay also costs a graph launch and a copy of its
+# tokens out; running a few steps per replay spreads that over them. Tokens then reach the
+# caller in bursts of this many (about a millisecond apart at GPT-2-small scale).
+STEPS_PER_REPLAY = 4
 
-    The graph holds raw pointers to the model's weights, its KV caches and stacked decoding
-    weights, so it stays valid while those tensors are updated in place (an optimizer step,
+
+class GraphedDecoder:
+    """Captured decode steps for a model, batch size and sampling setting.
+
+    Two graphs over the same state: one that runs ``steps`` decode steps and one that runs a
+    single step (for the remainder, so no step ever writes past the tokens asked for).
+
+    The graphs hold raw pointers to the model's weights, its KV caches and stacked decoding
+    weights, so they stay valid while those tensors are updated in place (an optimizer step,
     ``refresh_decode_weights``) and must be rebuilt when they are reallocated (``to()``,
     ``setup_cache``, which bump ``model.cache_version``); ``decoder_for`` takes care of that.
     """
 
     def __init__(
-        self, model: TransformerLM, batch_size: int, temperature: float, top_k: int | None, top_p: float | None
+        self, model: TransformerLM, batch_size: int, temperature: float, top_k: int | None, top_p: float | None,
+        steps: int | None = None,
     ) -> None:
         device = model.lm_head.weight.device
+        steps = STEPS_PER_REPLAY if steps is None else steps
+        steps = min(steps, model.blocks[0].attn.kv_cache.max_len)  # the warm-up writes slots 0..steps-1
+        self.steps = steps
         self.token = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
-        # Position 0 for the warm-up runs below: they write junk into cache slot 0, which the
-        # next prefill overwrites (so a decoder must be built before its prefill).
+        self.out = torch.zeros(steps, batch_size, dtype=torch.long, device=device)  # (steps, B)
+        # Position 0 for the warm-up runs below: they write junk into cache slots 0..steps-1,
+        # each rewritten (by the prefill or by its own decode step) before any query sees it;
+        # but a decoder must be built before its prefill.
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
-        self.noise = None
+        self.noise = None  # (steps, B, V): one draw per step
         if temperature > 0:
-            self.noise = torch.ones(batch_size, model.config.vocab_size, device=device)  # (B, V)
-        args = (model, self.token, self.pos, temperature, top_k, top_p, self.noise)
+            self.noise = torch.ones(steps, batch_size, model.config.vocab_size, device=device)
         step = _compiled_step()
-        # Compile and autotune outside the capture, on a side stream as graph capture requires.
+
+        def run_steps(n: int) -> None:
+            for i in range(n):
+                noise = None if self.noise is None else self.noise[i]
+                self.token.copy_(step(model, self.token, self.pos, temperature, top_k, top_p, noise))
+                self.out[i].copy_(self.token)
+                self.pos.add_(1)
+
+        # Compile and autotune outside the capture (with every noise slice the graphs will read),
+        # on a side stream as graph capture requires.
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                step(*args)
+                self.pos.zero_()
+                run_steps(steps)
         torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.token.copy_(step(*args))
-            self.pos.add_(1)
+        self.pos.zero_()
+        self.graphs = {}  # steps per replay -> graph
+        for n in dict.fromkeys((steps, 1)):
+            graph = torch.cuda.CUDAGraph()
+            pool = next(iter(self.graphs.values())).pool() if self.graphs else None
+            with torch.cuda.graph(graph, pool=pool):
+                run_steps(n)
+            self.graphs[n] = graph
 
     def run(
         self, token: torch.Tensor, input_pos: torch.Tensor, num_new_tokens: int, generator: torch.Generator
     ) -> Iterator[torch.Tensor]:
         """Yield ``num_new_tokens`` (B,) tokens after ``token`` at ``input_pos`` (as decode_n_tokens).
 
-        The next step is always queued before the current token is handed out, so the GPU keeps
-        working while the caller reads a token back (e.g. to print it or to test for a stop).
+        The next replay is always queued before the previous one's tokens are handed out, so the
+        GPU keeps working while the caller reads a token back (e.g. to print it or to test for a
+        stop).
         """
         self.token.copy_(token)
         self.pos.copy_(input_pos)
-        ready = None
-        for _ in range(num_new_tokens):
+        ready: list[torch.Tensor] = []
+        remaining = num_new_tokens
+        while remaining > 0:
+            n = self.steps if remaining >= self.steps else 1
             if self.noise is not None:
-                # The same draws, in the same order, as the uncompiled loop makes.
-                exponential_noise(self.noise.shape, generator, out=self.noise)
-            self.graph.replay()
-            new = self.token.clone()  # the graph overwrites self.token on the next replay
-            if ready is not None:
-                yield ready
-            ready = new
-        if ready is not None:
-            yield ready
+                for i in range(n):
+                    # The same draws, in the same order, as the uncompiled loop makes.
+                    exponential_noise(self.noise.shape[1:], generator, out=self.noise[i])
+            self.graphs[n].replay()
+            new = self.out[:n].clone()  # (n, B): the next replay overwrites self.out
+            yield from ready
+            ready = list(new.unbind(0))
+            remaining -= n
+        yield from ready
 
 
 # Decoders per model, keyed by what a graph is specific to; dropped with the model.

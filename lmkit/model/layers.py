@@ -183,8 +183,8 @@ class CausalSelfAttention(nn.Module):
             cos: (T, hd/2) RoPE rows for the positions of x.
             sin: (T, hd/2), likewise.
             input_pos: (T,) absolute positions of x; needed only with a KV cache.
-            mask: (T, S) bool, True where a query may attend a cache slot; needed only with a
-                KV cache.
+            mask: (T, S) mask over the cache slots, bool or additive (see
+                ``TransformerLM.cache_mask``); needed only with a KV cache.
 
         Returns:
             (B, T, D) output.
@@ -215,6 +215,7 @@ class CausalSelfAttention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, hd) each
             # The cache may be kept in another dtype than the activations (e.g. under autocast).
             k, v = k.to(q.dtype), v.to(q.dtype)
+            mask = mask if mask.dtype == torch.bool else mask.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D): heads concatenated again
         return self.o_proj(y)

@@ -244,6 +244,26 @@ class TransformerLM(nn.Module):
         """Whether ``setup_cache`` is in effect."""
         return self.blocks[0].attn.kv_cache is not None
 
+    def cache_mask(self, input_pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Attention mask over the KV cache: the query at position p sees cache slots 0..p.
+
+        Args:
+            input_pos: (T,) positions of the queries.
+            dtype: the attention's compute dtype.
+
+        Returns:
+            (T, S), a static shape for compile. In half precision an additive mask (0 or -inf)
+            in that dtype: cuDNN's attention takes that form, and given a bool mask it would
+            convert it again in every layer (11 fewer kernels a token at GPT-2 small). In fp32
+            the bool mask itself: the memory-efficient kernel used there, compiled with a float
+            mask at batch 1, rejected the query's strides.
+        """
+        slots = torch.arange(self.blocks[0].attn.kv_cache.max_len, device=input_pos.device)  # (S,)
+        allowed = slots[None, :] <= input_pos[:, None]  # (T, S)
+        if dtype not in (torch.bfloat16, torch.float16):
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=input_pos.device).masked_fill_(~allowed, float("-inf"))
+
     # ---- forward -------------------------------------------------------------------------
 
     def hidden(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -269,10 +289,7 @@ class TransformerLM(nn.Module):
         if self.has_cache:
             if input_pos is None:
                 raise ValueError("input_pos is required when a KV cache is set up")
-            max_len = self.blocks[0].attn.kv_cache.max_len
-            # (T, S): query at position p sees cache slots 0..p. A static shape for compile.
-            slots = torch.arange(max_len, device=idx.device)
-            mask = slots[None, :] <= input_pos[:, None]  # (T, S)
+            mask = self.cache_mask(input_pos, self.tok_embeddings.weight.dtype)  # (T, S)
         if input_pos is None:
             if T > self.config.context_length:
                 raise ValueError(

@@ -11,6 +11,9 @@ chunk of logits instead of all of them, with no recomputation of the LM-head mat
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,45 +29,95 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # (N, V) vs (N,)
 
 
+def _ce_chunk_grad(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of one chunk of rows and ``scale *`` its gradient w.r.t. the logits.
+
+    Args:
+        logits: (n, V) in the compute dtype; the softmax runs in fp32.
+        targets: (n,) int64.
+        scale: the gradient's factor (1/N for a mean over N rows).
+
+    Returns:
+        ``(loss_sum, grad_logits)``: fp32 scalar and (n, V) in the logits' dtype.
+    """
+    lf = logits.float()  # (n, V); under torch.compile this upcast is fused, never stored
+    lse = torch.logsumexp(lf, dim=-1)  # (n,)
+    loss_sum = (lse - lf.gather(1, targets[:, None]).squeeze(1)).sum()
+    # d(CE)/d(logits) = softmax - onehot, built out of place: one pass writing the compute dtype,
+    # where an in-place index scatter forced an fp32 (n, V) buffer and extra passes.
+    vocab = torch.arange(lf.shape[1], device=lf.device)  # (V,)
+    onehot = (vocab[None, :] == targets[:, None]).to(lf.dtype)  # (n, V)
+    grad = ((torch.exp(lf - lse[:, None]) - onehot) * scale).to(logits.dtype)  # (n, V)
+    return loss_sum, grad
+
+
+def _ce_chunk_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of (n, V) logits against (n,) targets, softmax in fp32."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    # Compiled on its own, outside any model graph: Inductor then fuses the chunk's softmax
+    # into two passes over its logits, and the chunks' buffers cannot outlive their iteration
+    # (inside one big graph they did: +0.5 GiB at GPT-2 small, benchmarks/NOTES.md).
+    return torch.compile(fn, dynamic=False)
+
+
+def _accumulate_mm(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` in fp32 for low-precision ``a``, ``b`` (acc None: just the product)."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        # cuBLAS accumulates into the fp32 output directly: no low-precision (V, D) product
+        # to round, store and add (torch >= 2.8).
+        if acc is None:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    product = (a @ b).float()
+    return product if acc is None else acc + product
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """mean(CE(h @ W.T, y)) with gradients computed chunk by chunk during forward."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, compute_dtype: torch.dtype):
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int,
+                compute_dtype: torch.dtype, compiled: bool):
         N = h.shape[0]
         w = weight.to(compute_dtype)  # (V, D)
-        vocab = torch.arange(weight.shape[0], device=h.device)  # (V,)
+        chunk_grad = _compiled(_ce_chunk_grad) if compiled else _ce_chunk_grad
         grad_h = torch.empty_like(h)  # (N, D)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # (V, D)
+        grad_w = None  # (V, D) fp32, accumulated over chunks
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, N, chunk_rows):
             h_c = h[start : start + chunk_rows].to(compute_dtype)  # (n, D)
-            y_c = targets[start : start + chunk_rows]  # (n,)
-            logits = (h_c @ w.t()).float()  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            loss_sum += (lse - logits.gather(1, y_c[:, None]).squeeze(1)).sum()
-            # d(mean CE)/d(logits) = (softmax - onehot) / N, out of place: under torch.compile it
-            # is one pass over the logits writing compute_dtype, where an in-place index scatter
-            # forced an fp32 (n, V) buffer and extra passes (~2 ms/step, GPT-2-small on an H100).
-            onehot = (vocab[None, :] == y_c[:, None]).to(logits.dtype)  # (n, V)
-            grad_logits = ((torch.exp(logits - lse[:, None]) - onehot) / N).to(compute_dtype)  # (n, V)
+            logits = h_c @ w.t()  # (n, V)
+            loss_c, grad_logits = chunk_grad(logits, targets[start : start + chunk_rows], 1.0 / N)
+            del logits  # free it before the next chunk's matmuls allocate theirs
+            loss_sum += loss_c
             grad_h[start : start + chunk_rows] = (grad_logits @ w).to(h.dtype)  # (n, D)
-            grad_w += (grad_logits.t() @ h_c).float()  # (V, D)
+            grad_w = _accumulate_mm(grad_w, grad_logits.t(), h_c)  # (V, D)
+            # Likewise: held over into the next iteration it would make three chunk-sized
+            # buffers live at once instead of two (measured: +0.4 GiB at 4096 rows, GPT-2 small).
+            del grad_logits
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return loss_sum / N
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None, None, None
+        return grad_h * grad_out, grad_w * grad_out, None, None, None, None
 
 
+# Run eagerly even inside a compiled model: Dynamo would otherwise inline the chunk loop into
+# the surrounding graph, where Inductor keeps several chunks' logits alive at once.
+@torch.compiler.disable
 def fused_linear_cross_entropy(
     h: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
     chunk_rows: int = 8192,
     compute_dtype: torch.dtype | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``h @ weight.T`` against ``targets`` without materialising all logits.
 
@@ -72,9 +125,12 @@ def fused_linear_cross_entropy(
         h: final hidden states, (B, T, D) or (N, D).
         weight: LM-head weight, (V, D).
         targets: (B, T) or (N,) int64.
-        chunk_rows: rows per chunk; the (chunk_rows, V) fp32 logits are the extra memory.
+        chunk_rows: rows per chunk; about two (chunk_rows, V) compute-dtype buffers are the
+            extra memory.
         compute_dtype: matmul dtype (bf16 under mixed precision); default: the autocast dtype
             if autocast is on, else ``h``'s dtype.
+        compiled: run each chunk's softmax and gradient as one ``torch.compile``d function
+            (fused passes; compiles once per chunk shape).
 
     Returns:
         Scalar fp32 loss equal to ``cross_entropy_loss(h @ weight.T, targets)``.
@@ -86,21 +142,27 @@ def fused_linear_cross_entropy(
     # The matmuls inside are done in compute_dtype by hand; autocast must not re-cast them.
     with torch.autocast(h.device.type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            return _FusedLinearCrossEntropy.apply(h2, weight, y, chunk_rows, compute_dtype)
+            return _FusedLinearCrossEntropy.apply(h2, weight, y, chunk_rows, compute_dtype, compiled)
         # Evaluation: same chunking, no gradient work.
+        chunk_sum = _compiled(_ce_chunk_sum) if compiled else _ce_chunk_sum
         w = weight.to(compute_dtype)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, h2.shape[0], chunk_rows):
-            logits = (h2[start : start + chunk_rows].to(compute_dtype) @ w.t()).float()  # (n, V)
-            total += torch.nn.functional.cross_entropy(logits, y[start : start + chunk_rows], reduction="sum")
+            logits = h2[start : start + chunk_rows].to(compute_dtype) @ w.t()  # (n, V)
+            total += chunk_sum(logits, y[start : start + chunk_rows])
         return total / h2.shape[0]
 
 
-def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fused: bool = True, chunk_rows: int = 8192) -> torch.Tensor:
-    """Training loss of a ``TransformerLM`` on inputs ``x`` (B, T) and targets ``y`` (B, T)."""
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fused: bool = True, chunk_rows: int = 8192,
+            compiled: bool = False) -> torch.Tensor:
+    """Training loss of a ``TransformerLM`` on inputs ``x`` (B, T) and targets ``y`` (B, T).
+
+    ``compiled`` is passed to ``fused_linear_cross_entropy`` (the plain path is compiled, or
+    not, by whoever compiles this call).
+    """
     if not fused:
         return cross_entropy_loss(model(x), y)
-    return fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, chunk_rows)
+    return fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, chunk_rows, compiled=compiled)
 
 
 class LMLoss(nn.Module):
@@ -111,11 +173,12 @@ class LMLoss(nn.Module):
     inside a forward that they wrap. This is that forward.
     """
 
-    def __init__(self, model: nn.Module, fused: bool = True, chunk_rows: int = 8192):
+    def __init__(self, model: nn.Module, fused: bool = True, chunk_rows: int = 8192, compiled: bool = False):
         super().__init__()
         self.model = model
         self.fused = fused
         self.chunk_rows = chunk_rows
+        self.compiled = compiled
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.model, x, y, self.fused, self.chunk_rows)
+        return lm_loss(self.model, x, y, self.fused, self.chunk_rows, self.compiled)

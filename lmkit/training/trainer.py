@@ -28,7 +28,7 @@ from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training.distributed import Distributed
 from lmkit.training.loss import LMLoss
-from lmkit.training.optim import build_optimizer
+from lmkit.training.optim import build_optimizer, clip_gradients
 from lmkit.training.resume import load_resume_state, reconcile_settings
 from lmkit.training.runtime import Runtime, resolve_runtime
 from lmkit.training.schedule import get_lr
@@ -105,10 +105,13 @@ class Trainer:
             model.load_state_dict(state["model"])
         self.model = model.to(rt.device)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        # Compiled, the plain cross-entropy never materialises fp32 logits (Inductor fuses the
-        # upcast) and measured equal speed and 0.8 GiB less than the chunked one on an H100
-        # (benchmarks/NOTES.md); eager, the chunked one avoids the (N, V) fp32 copies.
-        self.wrapped = self.dist.wrap(LMLoss(self.model, fused=not rt.compile), s.train.parallel)
+        # The LM head + cross-entropy in chunks of 4096 rows never holds all (N, V) logits: on one
+        # GPU, with each chunk's softmax compiled on its own, it measured the plain compiled
+        # loss's speed with less peak memory than HF's (benchmarks/NOTES.md). Compiled across
+        # several processes it has not been measured yet, so those keep the plain loss there.
+        fused = not rt.compile or rt.world_size == 1
+        loss = LMLoss(self.model, fused=fused, chunk_rows=4096, compiled=rt.compile)
+        self.wrapped = self.dist.wrap(loss, s.train.parallel)
         self.optimizer = build_optimizer(
             self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
         )
@@ -332,10 +335,8 @@ class Trainer:
                 loss.backward()
                 step_loss += loss.detach()
             step_loss = self.dist.all_reduce_mean(step_loss)
-            if s.optim.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, s.optim.grad_clip)
-            else:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf)  # the norm, scaled by 1
+            # grad_clip 0 turns clipping off; the norm is still measured for the dashboard.
+            grad_norm = clip_gradients(self.optimizer, params, s.optim.grad_clip if s.optim.grad_clip > 0 else math.inf)
             grad_norm = self.dist.replicated(grad_norm)
             bad = ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
             if s.train.on_nan == "skip" and bool(bad):  # the documented per-step sync of skip mode

@@ -84,3 +84,25 @@ def test_captured_decoder_stops_and_closes_early(model: TransformerLM) -> None:
     assert int(next(it)) == eager[0]
     it.close()
     model.clear_cache()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_multi_step_replays_match_eager_to_the_context_end(model: TransformerLM, steps: int) -> None:
+    """Several decode steps per replay: token counts that are not a multiple of the steps, a
+    generation that runs to the last context position, and sampling draws in eager's order."""
+    from lmkit.generation import cuda_graph
+
+    old, cuda_graph.STEPS_PER_REPLAY = cuda_graph.STEPS_PER_REPLAY, steps
+    try:
+        _decoders.clear()
+        prompt = torch.randint(0, 256, (2, 9))
+        full = SMALL["context_length"] - 9 + 1  # every position the context allows
+        for n in (1, 2, 8, full):
+            torch.testing.assert_close(tokens(model, prompt, n, temperature=0.0, compile_decode=True),
+                                       tokens(model, prompt, n, temperature=0.0))
+        kw = dict(temperature=0.8, top_k=40, seed=5)
+        torch.testing.assert_close(tokens(model, prompt, 13, compile_decode=True, **kw), tokens(model, prompt, 13, **kw))
+    finally:
+        cuda_graph.STEPS_PER_REPLAY = old
+        _decoders.clear()
+        model.clear_cache()

@@ -38,6 +38,19 @@ def test_cached_decode_matches_full_forward(model: TransformerLM, prefill_len: i
     torch.testing.assert_close(torch.cat(got, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_cached_decode_uses_additive_mask_and_matches_full_forward(model: TransformerLM) -> None:
+    # Half precision takes the additive (0 / -inf) mask form; fp32 the bool one.
+    model = model.to(torch.bfloat16)
+    model.setup_cache(batch_size=1, max_len=10)
+    mask = model.cache_mask(torch.tensor([3]), torch.bfloat16)
+    assert mask.dtype == torch.bfloat16 and mask[0, :4].eq(0).all() and mask[0, 4:].eq(float("-inf")).all()
+    assert model.cache_mask(torch.tensor([3]), torch.float32).tolist() == [[True] * 4 + [False] * 6]
+    idx = torch.randint(0, 50, (1, 10))
+    got = [model(idx[:, :3], torch.arange(3))] + [model(idx[:, p : p + 1], torch.tensor([p])) for p in range(3, 10)]
+    model.clear_cache()
+    torch.testing.assert_close(torch.cat(got, dim=1).float(), model(idx).float(), atol=3e-2, rtol=3e-2)
+
+
 def test_cached_chunks_match_full_forward(model: TransformerLM) -> None:
     idx = torch.randint(0, 50, (1, 12))
     full = model(idx)
