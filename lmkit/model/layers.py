@@ -198,18 +198,21 @@ class CausalSelfAttention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
         H, hd = self.num_heads, self.head_dim
         q, k, v = (t.view(B, T, H, hd) for t in (q, k, v))  # (B, T, H, hd) each
-        # RoPE before moving the head axis forward: q and k stay in (B, T, H, hd) memory order,
+        # Training rotates before moving the head axis forward: q and k stay in (B, T, H, hd) order,
         # attention returns its output in that order, and the transpose(1, 2).reshape below is a
         # view. Rotated as (B, H, T, hd) they came out contiguous in that order, which cost a
         # copy of the output and one more (B, T, D) tensor saved per layer for backward (~0.25
         # GiB at GPT-2-small, batch 16).
-        cos, sin = cos[:, None], sin[:, None]  # (T, 1, hd/2): broadcast over heads
-        q = apply_rope(q, cos, sin).transpose(1, 2)  # (B, H, T, hd)
-        k = apply_rope(k, cos, sin).transpose(1, 2)  # (B, H, T, hd)
-        v = v.transpose(1, 2)  # (B, H, T, hd)
         if self.kv_cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+            cos, sin = cos[:, None], sin[:, None]  # (T, 1, hd/2): broadcast over heads
+            q = apply_rope(q, cos, sin).transpose(1, 2)  # (B, H, T, hd)
+            k = apply_rope(k, cos, sin).transpose(1, 2)  # (B, H, T, hd)
+            y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True)  # (B, H, T, hd)
         else:
+            # Decoding rotates in (B, H, T, hd) order: the memory-efficient kernel (fp32) rejected
+            # the strides Inductor gave a batch-1, one-token query rotated the other way.
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd) each
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if input_pos is None or mask is None:
                 raise ValueError("attention with a KV cache needs input_pos and mask")
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, hd) each

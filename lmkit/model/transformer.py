@@ -254,9 +254,8 @@ class TransformerLM(nn.Module):
         Returns:
             (T, S), a static shape for compile. In half precision an additive mask (0 or -inf)
             in that dtype: cuDNN's attention takes that form, and given a bool mask it would
-            convert it again in every layer (11 fewer kernels a token at GPT-2 small). In fp32
-            the bool mask itself: the memory-efficient kernel used there, compiled with a float
-            mask at batch 1, rejected the query's strides.
+            convert it again in every layer (11 fewer kernels a token at GPT-2 small). In fp32,
+            where cuDNN does not run, the bool mask as before.
         """
         slots = torch.arange(self.blocks[0].attn.kv_cache.max_len, device=input_pos.device)  # (S,)
         allowed = slots[None, :] <= input_pos[:, None]  # (T, S)
