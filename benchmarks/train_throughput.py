@@ -91,13 +91,14 @@ class Variant:
     loader: bool = False  # feed batches from lmkit's BatchLoader instead of the GPU pool
     regional: bool = False  # compile each Block and the fused CE separately (not the whole loss)
     inductor: tuple[tuple[str, Any], ...] = ()  # torch.compile options= (Inductor config) for the loss
+    stacked: bool = False  # q/k/v and w1/w3 as one parameter each (fused_proj.py)
     help: str = ""
 
 
 VARIANTS: dict[str, Variant] = {
     "plain": Variant(fused=False, help="compile lm_loss, plain CE over full (N, V) logits"),
-    "fused8k": Variant(chunk_rows=8192, help="compile lm_loss, fused chunked CE, 8192 rows (trainer default)"),
-    "fused4k": Variant(chunk_rows=4096, help="as fused8k with 4096-row chunks"),
+    "fused8k": Variant(chunk_rows=8192, help="compile the model, fused chunked CE outside its graph, 8192 rows"),
+    "fused4k": Variant(chunk_rows=4096, help="as fused8k with 4096-row chunks (the trainer's chunk)"),
     "fused32k": Variant(chunk_rows=32768, help="as fused8k with 32768-row chunks"),
     "regional": Variant(regional=True, help="compile each Block + the fused CE separately (fast compile)"),
     "step": Variant(whole_step=True, help="torch.compile of the whole train step (fused8k loss)"),
@@ -111,6 +112,9 @@ VARIANTS: dict[str, Variant] = {
     "cg": Variant(fused=False, compile_mode="reduce-overhead", help="plain, CUDA graphs (reduce-overhead)"),
     "cg-fused4k": Variant(chunk_rows=4096, compile_mode="reduce-overhead",
                           help="fused4k + CUDA graphs: what `lmkit train` runs on one GPU"),
+    "cg-fusedproj": Variant(chunk_rows=4096, compile_mode="reduce-overhead", stacked=True,
+                            help="cg-fused4k with q/k/v and w1/w3 stacked into one parameter each"),
+    "fusedproj": Variant(chunk_rows=4096, stacked=True, help="fused4k with stacked q/k/v and w1/w3 parameters"),
     "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
                       help="HF with coordinate-descent tuning"),
     "hf": Variant(system="hf", fused=False, help="HF LlamaForCausalLM, compiled, plain CE"),
@@ -156,13 +160,18 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         model = hf_llama(cfg).to(device).train()
         loss = partial(_hf_fused_loss, model, chunk_rows=v.chunk_rows) if v.fused else partial(_hf_plain_loss, model)
         return model, loss
-    model = TransformerLM(cfg).to(device).train()
+    model = TransformerLM(cfg)
+    if v.stacked:
+        from fused_proj import stack_projections
+
+        stack_projections(model)
+    model = model.to(device).train()
     if v.regional:
         # Identical blocks share one compiled graph, so compile time no longer grows with depth.
         for block in model.blocks:
             block.compile()
-        head = torch.compile(fused_linear_cross_entropy)
-        return model, lambda x, y: head(model.hidden(x), model.lm_head.weight, y, v.chunk_rows)
+        return model, lambda x, y: fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, v.chunk_rows,
+                                                              compiled=True)
     return model, partial(lm_loss, model, fused=v.fused, chunk_rows=v.chunk_rows, compiled=v.compile_mode is not None)
 
 
