@@ -3,14 +3,15 @@
 Both run the same weights (lmkit's random init, renamed into a ``LlamaForCausalLM``) at the same
 shape and dtype, greedy, without stopping early, for batch 1 and batch 8:
 - lmkit: ``lmkit.generation.generate`` with a static preallocated KV cache and the decode step
-  compiled and captured by hand in one CUDA graph (``generation/cuda_graph.py``), no host sync
-  per token;
+  compiled and captured by hand in CUDA graphs of four steps each (``generation/cuda_graph.py``),
+  no host sync per token;
 - lmkit-trees (``--trees``): the same step under ``torch.compile``'s own CUDA graphs
   (``triton.cudagraphs``, lmkit's previous decode loop), to size what the hand capture saves;
 - HF: ``model.generate`` with ``cache_implementation="static"``, compiled (``reduce-overhead``).
 
 ``--profile`` adds, per shape at batch 1, the GPU kernels of one generation per implementation
 (per token: GPU time by kernel group, launches, the largest kernels; see kernels.py).
+``--inductor KEY=VALUE`` sets an Inductor option for lmkit's decode step (repeatable).
 
 Measured per run: prefill latency (prompt in, first new token out) and decode speed (the
 remaining tokens; tokens/s summed over the batch). Each configuration is warmed up once
@@ -26,6 +27,7 @@ Usage: python benchmarks/generate.py [--quick] [--device cuda|cpu] [--json resul
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import json
 import statistics
@@ -42,7 +44,7 @@ except ImportError:  # run from a checkout without installing: use the repositor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmkit.export import to_hf_names
-from lmkit.generation import generate
+from lmkit.generation import cuda_graph, generate
 from lmkit.model import ModelConfig, TransformerLM
 
 SHAPES = {
@@ -238,7 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--trees", action="store_true", help="also time the step under torch.compile's CUDA graphs")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a batch-1 generation")
+    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                        help="an Inductor option for lmkit's decode step, e.g. aggressive_fusion=True (repeatable)")
     args = parser.parse_args(argv)
+    for option in args.inductor:
+        key, _, value = option.partition("=")
+        cuda_graph.COMPILE_OPTIONS[key] = ast.literal_eval(value)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)

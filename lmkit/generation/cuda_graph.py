@@ -23,14 +23,18 @@ from lmkit.generation.sampling import exponential_noise
 from lmkit.model import TransformerLM
 
 
+# Inductor options for the decode step. Coordinate-descent tuning of the small matrix-vector
+# and reduction kernels measured ~10 % faster per token than Inductor's defaults
+# (benchmarks/GENERATE.md). No CUDA graphs here: the whole step is captured below. Read once,
+# at the first compile (benchmarks/generate.py --inductor changes it for experiments).
+COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_step():
-    # Coordinate-descent tuning of the small matrix-vector and reduction kernels measured
-    # ~10 % faster per token than Inductor's defaults (benchmarks/GENERATE.md). No CUDA graphs
-    # here: the whole step is captured below.
     from lmkit.generation.generate import decode_one_token
 
-    return torch.compile(decode_one_token, fullgraph=True, options={"coordinate_descent_tuning": True})
+    return torch.compile(decode_one_token, fullgraph=True, options=dict(COMPILE_OPTIONS))
 
 
 # Decode steps captured in one graph. Each replay also costs a graph launch and a copy of its
