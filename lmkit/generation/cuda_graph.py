@@ -91,12 +91,13 @@ class GraphedDecoder:
                 run_steps(steps)
         torch.cuda.current_stream(device).wait_stream(side)
         self.pos.zero_()
-        self.graphs = {}  # steps per replay -> graph
-        for n in dict.fromkeys((steps, 1)):
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # steps per replay -> graph
+        pool = None  # the graphs share one memory pool: they never run at the same time
+        for n in sorted({steps, 1}, reverse=True):
             graph = torch.cuda.CUDAGraph()
-            pool = next(iter(self.graphs.values())).pool() if self.graphs else None
             with torch.cuda.graph(graph, pool=pool):
                 run_steps(n)
+            pool = graph.pool()
             self.graphs[n] = graph
 
     def run(

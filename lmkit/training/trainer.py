@@ -110,7 +110,7 @@ class Trainer:
         # loss's speed with less peak memory than HF's (benchmarks/NOTES.md). Compiled across
         # several processes it has not been measured yet, so those keep the plain loss there.
         fused = not rt.compile or rt.world_size == 1
-        loss = LMLoss(self.model, fused=fused, chunk_rows=4096, compiled=rt.compile)
+        loss = LMLoss(self.model, fused=fused, compiled=rt.compile)
         self.wrapped = self.dist.wrap(loss, s.train.parallel)
         self.optimizer = build_optimizer(
             self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
