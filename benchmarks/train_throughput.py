@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import platform
 import re
 import statistics
@@ -52,15 +51,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmkit.model import ModelConfig, TransformerLM, flops_per_token
 from lmkit.training.loss import cross_entropy_loss, fused_linear_cross_entropy, lm_loss
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 from lmkit.training.schedule import get_lr
+from throughput_report import DATASHEET_TFLOPS, add_derived, error_summary, fmt, log, table
 
-DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 # Trainer-like optimizer settings (GPT-2 style).
 LR, MIN_LR, WARMUP, DECAY_ITERS = 6e-4, 6e-5, 100, 10_000
 WEIGHT_DECAY, BETAS, ADAM_EPS, GRAD_CLIP = 0.1, (0.9, 0.95), 1e-8, 1.0
@@ -479,69 +477,6 @@ def time_loader_alone(cfg: ModelConfig, batch: int, device: torch.device, steps:
     return {"variant": "loader-only", "ms_step": ms, "tokens_per_s": batch * cfg.context_length / (ms / 1000)}
 
 
-# ---------------------------------------------------------------------------- reporting
-
-
-def add_derived(row: dict, cfg: ModelConfig, peak_meas: float | None) -> None:
-    if "tokens_per_s" not in row or "loss_first" not in row:
-        return
-    achieved = row["tokens_per_s"] * flops_per_token(cfg) / 1e12  # TFLOP/s
-    row["tflops"] = achieved
-    row["mfu_measured"] = achieved / peak_meas if peak_meas else None
-    row["mfu_datasheet"] = achieved / DATASHEET_TFLOPS if peak_meas else None  # GPU only
-
-
-def _f(x: Any, fmt: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def _pct(x: float | None, width: int) -> str:
-    if x is None or math.isnan(x):
-        return "-".rjust(width)
-    return (">999%" if x >= 9.995 else f"{100 * x:.1f}%").rjust(width)
-
-
-def error_summary(e: BaseException) -> str:
-    """One line for the table: dynamo wraps the real error, so prefer the one it quotes."""
-    text = str(e)
-    quoted = re.search(r"got (\w+\((['\"]).*?\2\))", text, re.S)
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {quoted.group(1) if quoted else first}"[:200]
-
-
-def table(rows: list[dict]) -> str:
-    """The final fixed-width table, with lmkit/HF ratios against each shape's ``hf`` row."""
-    hf = {r["shape"]: r for r in rows if r["variant"] == "hf" and "tokens_per_s" in r}
-    head = (f"{'shape':<9}{'variant':<15}{'ms/step':>9}{'spread':>7}{'tok/s':>10}{'MFU':>7}{'MFU989':>7}"
-            f"{'peakGiB':>8}{'resGiB':>7}{'comp_s':>7}{'loss0':>7}{'tok/HF':>7}{'mem/HF':>7} {'attn':<6} notes")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['shape']:<9}{r['variant']:<15}  FAILED: {r['error']}")
-            continue
-        ref = hf.get(r["shape"])
-        tok_ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref and r.get("loss_first") is not None else None
-        # Reserved, not allocated: the only measure that sees a CUDA graph's memory pool.
-        mem_ratio = r["reserved_gib"] / ref["reserved_gib"] if ref and r.get("reserved_gib") and ref.get("reserved_gib") else None
-        notes = []
-        if r.get("graph_breaks", 0) > 0:
-            notes.append(f"{r['graphs']} graphs/{r['graph_breaks']} breaks")
-        if r.get("recompiled_while_timing"):
-            notes.append("RECOMPILED while timing")
-        lines.append(
-            f"{r['shape']:<9}{r['variant']:<15}{_f(r['ms_step'], '9.2f')}{_pct(r.get('spread'), 7)}"
-            f"{_f(r['tokens_per_s'], '10.0f')}{_pct(r.get('mfu_measured'), 7)}{_pct(r.get('mfu_datasheet'), 7)}"
-            f"{_f(r.get('peak_gib'), '8.2f').rjust(8)}{_f(r.get('reserved_gib'), '7.2f').rjust(7)}{_f(r.get('compile_s'), '7.1f').rjust(7)}"
-            f"{_f(r.get('loss_first'), '7.3f').rjust(7)}{_f(tok_ratio, '7.2f').rjust(7)}"
-            f"{_f(mem_ratio, '7.2f').rjust(7)} {r.get('attn', '-'):<6} {', '.join(notes)}"
-        )
-    return "\n".join(lines)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -611,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     log(f"env: {env}")
     peak = matmul_tflops(device)
-    log(f"bf16 8192^3 matmul: {_f(peak, '.0f')} TFLOP/s measured; datasheet {DATASHEET_TFLOPS:.0f}")
+    log(f"bf16 8192^3 matmul: {fmt(peak, '.0f')} TFLOP/s measured; datasheet {DATASHEET_TFLOPS:.0f}")
     rows: list[dict] = []
     out = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "matmul_tflops": peak,
            "datasheet_tflops": DATASHEET_TFLOPS, "variants": {k: asdict(v) for k, v in VARIANTS.items()}, "results": rows}
@@ -630,9 +565,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     row = {**base, **run_variant(name, VARIANTS[name], cfg, batch, device, args, Path(tmp))}
                 add_derived(row, cfg, peak)
-                log(f"    {_f(row['ms_step'], '.2f')} ms/step, {_f(row['tokens_per_s'], '.0f')} tok/s, "
-                    f"peak {_f(row.get('peak_gib'), '.2f')} GiB, compile {_f(row.get('compile_s'), '.1f')} s, "
-                    f"loss {_f(row.get('loss_first'), '.3f')} -> {_f(row.get('loss_last'), '.3f')}")
+                log(f"    {fmt(row['ms_step'], '.2f')} ms/step, {fmt(row['tokens_per_s'], '.0f')} tok/s, "
+                    f"peak {fmt(row.get('peak_gib'), '.2f')} GiB, compile {fmt(row.get('compile_s'), '.1f')} s, "
+                    f"loss {fmt(row.get('loss_first'), '.3f')} -> {fmt(row.get('loss_last'), '.3f')}")
             except Exception as e:
                 tb = traceback.format_exc().strip().splitlines()
                 log("    FAILED:\n      " + "\n      ".join(tb[-6:]))
@@ -642,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(f"\n{env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}; "
-          f"matmul peak {_f(peak, '.0f')} TFLOP/s (MFU) and {DATASHEET_TFLOPS:.0f} (MFU989); "
+          f"matmul peak {fmt(peak, '.0f')} TFLOP/s (MFU) and {DATASHEET_TFLOPS:.0f} (MFU989); "
           f"{args.steps} timed steps, median; total {time.perf_counter() - t_start:.0f} s")
     print(table(rows))
     return 0
