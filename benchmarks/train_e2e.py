@@ -1,7 +1,8 @@
 """`lmkit train` end to end vs the raw step rate of the same model, in one run (issues #5, #7).
 
 Three measurements on a random-token .bin (GPT-2-small shape by default):
-  raw       the trainer's own pieces (TransformerLM + LMLoss, torch.compile, fused AdamW, clip)
+  raw       the trainer's own pieces (TransformerLM + LMLoss, torch.compile with CUDA graphs, fused
+            AdamW, clip)
             in a bare loop on GPU-resident random batches: no loader, logging, eval, checkpoints;
   train     `python -m lmkit train` with the default log/eval/checkpoint intervals, plain log lines;
   torchrun  the same command under `torchrun --nproc-per-node 1`.
@@ -46,9 +47,10 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
 
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device)
-    step_fn = LMLoss(model, fused=device != "cuda")  # as the trainer chooses
+    # As the trainer runs one GPU: fused loss with compiled chunks, CUDA graphs (reduce-overhead).
+    step_fn = LMLoss(model, compiled=device == "cuda")
     if device == "cuda":
-        step_fn = torch.compile(step_fn)
+        step_fn = torch.compile(step_fn, mode="reduce-overhead")
     opt = build_optimizer(model, 6e-4, 0.1, (0.9, 0.95), 1e-8, device)
     T, V = shape["context_length"], shape["vocab_size"]
     data = [torch.randint(0, V, (batch, T + 1), device=device) for _ in range(4)]
@@ -56,6 +58,8 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
 
     def one(i: int) -> None:
         b = data[i % len(data)]
+        if device == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         with ctx:
             loss = step_fn(b[:, :-1], b[:, 1:])
         loss.backward()
