@@ -32,7 +32,7 @@ def _note(message: str) -> None:
     help=(
         "Generate text from a trained checkpoint, streaming it to stdout as it is sampled.\n\n"
         "The prompt is prefilled once, then tokens are decoded one at a time with a preallocated KV cache "
-        "(compiled with CUDA graphs on GPU). Sampling is seeded (--seed), so a run is reproducible; sample i of "
+        "(on GPU the decode step is compiled and replayed from CUDA graphs, four steps per replay). Sampling is seeded (--seed), so a run is reproducible; sample i of "
         "--num-samples uses seed + i. The tokenizer is the one the checkpoint was trained with (found from its "
         "records; one with another hash is refused).\n\n"
         "Example: lmkit generate --checkpoint runs/demo/latest.pt --prompt 'The list type' --max-new-tokens 100"
