@@ -90,6 +90,7 @@ class Variant:
     regional: bool = False  # compile each Block and the fused CE separately (not the whole loss)
     inductor: tuple[tuple[str, Any], ...] = ()  # torch.compile options= (Inductor config) for the loss
     stacked: bool = False  # q/k/v and w1/w3 as one parameter each (fused_proj.py)
+    recompute: bool = False  # activation checkpointing (TransformerLM.set_activation_checkpointing)
     help: str = ""
 
 
@@ -112,6 +113,8 @@ VARIANTS: dict[str, Variant] = {
                           help="fused4k + CUDA graphs: what `lmkit train` runs on one GPU"),
     "cg-fusedproj": Variant(chunk_rows=4096, compile_mode="reduce-overhead", stacked=True,
                             help="cg-fused4k with q/k/v and w1/w3 stacked into one parameter each"),
+    "cg-ac": Variant(chunk_rows=4096, compile_mode="reduce-overhead", recompute=True,
+                     help="cg-fused4k with activation checkpointing (--activation-checkpointing)"),
     "fusedproj": Variant(chunk_rows=4096, stacked=True, help="fused4k with stacked q/k/v and w1/w3 parameters"),
     "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
                       help="HF with coordinate-descent tuning"),
@@ -163,6 +166,7 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         from fused_proj import stack_projections
 
         stack_projections(model)
+    model.set_activation_checkpointing(v.recompute)
     model = model.to(device).train()
     if v.regional:
         # Identical blocks share one compiled graph, so compile time no longer grows with depth.

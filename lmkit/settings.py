@@ -97,6 +97,10 @@ class TrainSettings(Section):
     log_interval: int = Field(10, gt=0, description="Steps between reading the loss back from the device (and logging it).")
     on_nan: Literal["stop", "skip"] = Field("stop", examples=["skip"], description="On a non-finite loss or gradient: stop (keep the last good checkpoint) or skip the step.")
     parallel: Literal["ddp", "fsdp"] = Field("ddp", examples=["fsdp"], description="Multi-GPU strategy under torchrun: replicate (ddp) or shard (fsdp).")
+    activation_checkpointing: bool = Field(
+        False, examples=[True],
+        description="Recompute each block's activations in backward instead of keeping them: about a third more compute per step for much less activation memory, for models or batches that would not fit.",
+    )
 
     @model_validator(mode="after")
     def _accum_divides_batch(self) -> TrainSettings:

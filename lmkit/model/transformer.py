@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
@@ -49,6 +50,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config.d_model, config.num_heads)
         self.norm2 = RMSNorm(config.d_model)
         self.ffn = SwiGLU(config.d_model, config.d_ff)
+        # Activation checkpointing (see TransformerLM.set_activation_checkpointing).
+        self.recompute = False
 
     def forward(
         self,
@@ -59,6 +62,13 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); the other arguments are passed to ``CausalSelfAttention``."""
+        if self.recompute and torch.is_grad_enabled():
+            # Inside forward, not around the module call: wrappers that hook the call (FSDP's
+            # parameter gathering) stay outside the recomputed region.
+            return checkpoint(self._forward, x, cos, sin, input_pos, mask, use_reentrant=False)
+        return self._forward(x, cos, sin, input_pos, mask)
+
+    def _forward(self, x, cos, sin, input_pos, mask) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), cos, sin, input_pos, mask)
         return x + self.ffn(self.norm2(x))
 
@@ -134,6 +144,20 @@ class TransformerLM(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Keep only each block's input for backward and recompute the block there.
+
+        Trades compute for memory: backward runs every block's forward again (about a third
+        more work per step), and the activations held for backward shrink from every block's
+        intermediates to one (B, T, D) input per block. For models or batches that would
+        otherwise not fit; a plain forward (no gradient) is unaffected.
+
+        Args:
+            enabled: on or off, for every block.
+        """
+        for block in self.blocks:
+            block.recompute = enabled
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TransformerLM:
         # .to(bfloat16) / .half() would round the RoPE tables, and .to_empty() (meta-device

@@ -16,7 +16,8 @@ _ARCHITECTURE = ("model",)
 _SAFE_SECTIONS = ("optim", "checkpoint", "logging", "generate")
 _SAFE_FIELDS = {
     "max_iters", "eval_interval", "eval_iters", "log_interval", "on_nan", "parallel", "grad_accum_steps",
-    "device", "dtype", "compile", "val_data_path", "train_data_path", "tokenizer_dir",
+    "activation_checkpointing", "device", "dtype", "compile", "cuda_graphs", "val_data_path", "train_data_path",
+    "tokenizer_dir",
 }
 
 

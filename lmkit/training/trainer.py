@@ -103,6 +103,7 @@ class Trainer:
         model = TransformerLM(self.config)
         if state is not None:
             model.load_state_dict(state["model"])
+        model.set_activation_checkpointing(s.train.activation_checkpointing)
         self.model = model.to(rt.device)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
         # The LM head + cross-entropy in chunks of 4096 rows never holds all (N, V) logits: on one
@@ -256,6 +257,8 @@ class Trainer:
             f"lower --batch-size ({s.train.batch_size}) or raise --grad-accum-steps ({s.train.grad_accum_steps}; "
             f"micro-batch is {micro}), or lower --context-length ({s.model.context_length})"
         )
+        if not s.train.activation_checkpointing:
+            hint += ", or recompute activations in backward with --activation-checkpointing"
         if self.rt.world_size > 1 and s.train.parallel == "ddp":
             hint += ", or shard the model with --parallel fsdp"
         return TrainingError(f"out of GPU memory at step {self.step}: {hint}. Last checkpoint: {self.last_checkpoint or 'none'}")

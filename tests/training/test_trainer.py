@@ -137,6 +137,21 @@ def test_safe_change_on_resume_is_applied_and_listed(tiny_overrides):
     assert any("resuming from" in n and "max_iters: 20 -> 25" in n for n in notices)
 
 
+def test_activation_checkpointing_trains_the_same_and_can_be_switched_on_resume(tiny_overrides, tmp_path):
+    """Recomputing blocks in backward changes memory, not the math: the same losses step for
+    step, and a run can turn it on (or cuda_graphs off) when it resumes."""
+    base = dict(tiny_overrides, max_iters=8, lr_decay_iters=8, log_interval=1, checkpoint_interval=4)
+    plain, _ = run(base, checkpoint_dir=str(tmp_path / "plain"))
+    recomputed, _ = run(base, checkpoint_dir=str(tmp_path / "ac"), activation_checkpointing=True)
+    assert recomputed.losses() == pytest.approx(plain.losses(), rel=1e-6)
+    run(base, checkpoint_dir=str(tmp_path / "split"), max_iters=4)
+    notices = []
+    s = resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / "split"), activation_checkpointing=True,
+                                        cuda_graphs=False), environ={})
+    assert Trainer(s, notice=notices.append).run().step == 8
+    assert any("activation_checkpointing: False -> True" in n and "cuda_graphs: None -> False" in n for n in notices)
+
+
 def test_resume_never_and_explicit_path(tiny_overrides, tmp_path):
     run(tiny_overrides, max_iters=10)
     ckpt = Path(tiny_overrides["checkpoint_dir"]) / "ckpt_0000010.pt"
