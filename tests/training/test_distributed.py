@@ -1,5 +1,6 @@
 """Several processes on CPU (gloo) through torchrun: same losses as one process, resume across
-world sizes, DDP == FSDP, and a killed rank makes the others stop with a clear message."""
+world sizes, DDP == FSDP (also with activation checkpointing), and a killed rank makes the
+others stop with a clear message."""
 
 from __future__ import annotations
 
@@ -100,3 +101,16 @@ def test_killed_rank_makes_the_others_exit_with_a_message(base, tmp_path):
     from lmkit.training.checkpoint import load_checkpoint
 
     assert load_checkpoint(latest)["iter"] > 0  # what was saved before the kill is intact
+
+
+def test_fsdp_with_activation_checkpointing_matches_one_process(tiny_overrides, tmp_path):
+    """Blocks recomputed in backward inside FSDP's parameter gathering: same losses as one
+    process without recomputation."""
+    base = dict(tiny_overrides, max_iters=4, lr_decay_iters=4, log_interval=1, eval_interval=4, checkpoint_interval=4)
+    train(resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / "one")), environ={}), console_sinks=True, is_tty=False)
+    r = torchrun(dict(base, checkpoint_dir=str(tmp_path / "fsdp"), parallel="fsdp", activation_checkpointing=True))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5), step
