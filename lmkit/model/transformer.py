@@ -68,7 +68,9 @@ class Block(nn.Module):
             return checkpoint(self._forward, x, cos, sin, input_pos, mask, use_reentrant=False)
         return self._forward(x, cos, sin, input_pos, mask)
 
-    def _forward(self, x, cos, sin, input_pos, mask) -> torch.Tensor:
+    def _forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), cos, sin, input_pos, mask)
         return x + self.ffn(self.norm2(x))
 
