@@ -111,8 +111,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 # Run eagerly even inside a compiled model: Dynamo would otherwise inline the chunk loop into
-# the surrounding graph, where Inductor keeps several chunks' logits alive at once.
-@torch.compiler.disable
+# the surrounding graph, where Inductor keeps several chunks' logits alive at once. torch's lazy
+# form of torch.compiler.disable: the public decorator imports torch._dynamo on the spot, which
+# added seconds (8 s on a 2-core box) to every lmkit command's start, compiled or not.
+@torch._disable_dynamo
 def fused_linear_cross_entropy(
     h: torch.Tensor,
     weight: torch.Tensor,

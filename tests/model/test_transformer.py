@@ -141,10 +141,15 @@ def test_overfits_one_batch(model: TransformerLM) -> None:
 
 
 def test_import_pulls_in_only_torch() -> None:
+    # One interpreter (a torch import is seconds) for two checks: the model package needs only
+    # torch, and the whole Python API -- what every lmkit command imports -- leaves torch.compile's
+    # machinery unimported until something compiles (importing it cost 8 s on a 2-core box).
     code = (
         "import sys, lmkit.model\n"
         "bad = [m for m in ('rich', 'wandb', 'typer', 'pydantic', 'yaml')"
         " if m in sys.modules]\n"
+        "import lmkit.api\n"
+        "bad += [m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
