@@ -12,6 +12,8 @@ shape and dtype, greedy, without stopping early, for batch 1 and batch 8:
 ``--profile`` adds, per shape at batch 1, the GPU kernels of one generation per implementation
 (per token: GPU time by kernel group, launches, the largest kernels; see kernels.py).
 ``--inductor KEY=VALUE`` sets an Inductor option for lmkit's decode step (repeatable).
+``--sdpa-too`` adds lmkit-sdpa: lmkit with one-token attention through SDPA (cuDNN) over the
+masked cache instead of its Triton decode kernel (``model/decode_attention.py``), in the same run.
 
 Measured per run: prefill latency (prompt in, first new token out) and decode speed (the
 remaining tokens; tokens/s summed over the batch). Each configuration is warmed up once
@@ -45,7 +47,7 @@ except ImportError:  # run from a checkout without installing: use the repositor
 
 from lmkit.export import to_hf_names
 from lmkit.generation import cuda_graph, generate
-from lmkit.model import ModelConfig, TransformerLM
+from lmkit.model import ModelConfig, TransformerLM, decode_attention
 
 SHAPES = {
     "gpt2-small": dict(vocab_size=50304, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=2048),
@@ -103,8 +105,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_lmkit(model: TransformerLM, prompt: torch.Tensor, new: int, compile_decode: bool) -> tuple[float, float]:
-    """(prefill seconds, decode seconds for the other new-1 tokens) of one greedy generation."""
+def time_lmkit(model: TransformerLM, prompt: torch.Tensor, new: int, compile_decode: bool,
+               kernel: bool = True) -> tuple[float, float]:
+    """(prefill seconds, decode seconds for the other new-1 tokens) of one greedy generation.
+
+    ``kernel``: decode attention through the Triton kernel (lmkit's default) or through SDPA.
+    """
+    if decode_attention.ENABLED != kernel:  # switching drops the cache, so generate sets up another
+        decode_attention.ENABLED = kernel
+        model.clear_cache()
     device = prompt.device
     _sync(device)
     start = time.perf_counter()
@@ -172,7 +181,8 @@ def build_hf(model: TransformerLM, device: torch.device, dtype: torch.dtype, com
 
 
 def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int], device: torch.device,
-            dtype: torch.dtype, repeats: int, with_hf: bool, trees: bool = False, profile: bool = False) -> list[Row]:
+            dtype: torch.dtype, repeats: int, with_hf: bool, trees: bool = False, profile: bool = False,
+            sdpa_too: bool = False) -> list[Row]:
     """Rows for one shape: lmkit and (optionally) HF, for each batch size."""
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device=device, dtype=dtype).eval()
@@ -183,6 +193,8 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
     for batch in batches:
         prompt = torch.randint(0, shape["vocab_size"], (batch, prompt_len), device=device)
         impls = [("lmkit", lambda p=prompt: time_lmkit(model, p, new, compile_on))]
+        if sdpa_too and compile_on:
+            impls.append(("lmkit-sdpa", lambda p=prompt: time_lmkit(model, p, new, compile_on, kernel=False)))
         if trees and compile_on:
             impls.append(("lmkit-trees", lambda p=prompt: time_lmkit_trees(model, p, new)))
         if hf is not None:
@@ -202,6 +214,7 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
             rows.append(Row(name, batch, impl, prefill * 1e3, batch * (new - 1) / decode))
             print(f"  {name:<18} batch {batch}  {impl:<5}  prefill {prefill * 1e3:8.2f} ms  decode {rows[-1].decode_tok_s:10.1f} tok/s",
                   file=sys.stderr, flush=True)
+        decode_attention.ENABLED = True
         model.clear_cache()  # the compiled path keeps its cache between calls; the next batch needs a new one
     return rows
 
@@ -239,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-hf", action="store_true", help="lmkit only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--trees", action="store_true", help="also time the step under torch.compile's CUDA graphs")
+    parser.add_argument("--sdpa-too", action="store_true", help="also time lmkit with SDPA decode attention (no Triton kernel)")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a batch-1 generation")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                         help="an Inductor option for lmkit's decode step, e.g. aggressive_fusion=True (repeatable)")
@@ -267,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape_name, shape in shapes.items():
         lengths = QUICK_LENGTHS if args.quick else LENGTHS[shape_name]
-        rows += measure(shape_name, shape, lengths, batches, device, dtype, repeats, with_hf, args.trees, args.profile)
+        rows += measure(shape_name, shape, lengths, batches, device, dtype, repeats, with_hf, args.trees, args.profile, args.sdpa_too)
     print(render(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

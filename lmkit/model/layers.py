@@ -15,6 +15,8 @@ the transformer supplies is the RoPE table rows for the current positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,6 +169,8 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
         # (3D, D) copy of [q; k; v] for decoding, set together with kv_cache (see SwiGLU).
         self.decode_qkv: torch.Tensor | None = None
+        # One-token decode attention kernel (decode_attention.py), set with a CUDA kv_cache.
+        self.decode_kernel: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self,
@@ -193,7 +197,13 @@ class CausalSelfAttention(nn.Module):
         if self.decode_qkv is not None and not torch.is_grad_enabled():
             # Decoding is one token of matrix-vector products: one launch instead of three
             # matters there. (In training the concatenated GEMM measured 4.7% slower.)
-            q, k, v = F.linear(x, self.decode_qkv).split(D, dim=-1)  # (B, T, D) each
+            qkv = F.linear(x, self.decode_qkv)  # (B, T, 3D)
+            if T == 1 and self.decode_kernel is not None:
+                # RoPE, the cache write and attention over the filled slots in one kernel.
+                cache = self.kv_cache
+                y = self.decode_kernel(qkv, cos, sin, cache.k, cache.v, cache.arrivals, input_pos)  # (B, 1, D)
+                return self.o_proj(y)
+            q, k, v = qkv.split(D, dim=-1)  # (B, T, D) each
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
         H, hd = self.num_heads, self.head_dim

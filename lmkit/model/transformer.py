@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lmkit.model import decode_attention
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
 from lmkit.model.layers import CausalSelfAttention, RMSNorm, SwiGLU, concat_weights, precompute_rope
@@ -221,7 +222,8 @@ class TransformerLM(nn.Module):
         It also stacks each block's q/k/v and w1/w3 weights into one matrix each, so that a
         decoded token takes two matrix-vector products there instead of five; those copies are
         used while no gradient is recorded, and ``refresh_decode_weights`` updates them after
-        the weights change.
+        the weights change. On CUDA, one-token steps run RoPE, the cache write and attention as
+        one Triton kernel (``decode_attention``) instead of SDPA over the whole masked cache.
 
         Args:
             batch_size: sequences decoded together.
@@ -247,7 +249,11 @@ class TransformerLM(nn.Module):
         self._stack_decode_weights()
 
     def _stack_decode_weights(self, in_place: bool = False) -> None:
+        device = self.blocks[0].attn.kv_cache.k.device
+        use_kernel = decode_attention.ENABLED and decode_attention.supported(self.config.head_dim, device)
+        kernel = decode_attention.decode_attention_op() if use_kernel else None
         for block in self.blocks:
+            block.attn.decode_kernel = kernel
             attn, ffn = block.attn, block.ffn
             qkv = concat_weights(attn.q_proj, attn.k_proj, attn.v_proj, out=attn.decode_qkv if in_place else None)
             w13 = concat_weights(ffn.w1, ffn.w3, out=ffn.decode_w13 if in_place else None)
@@ -263,6 +269,7 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = None
             block.attn.decode_qkv = None
+            block.attn.decode_kernel = None
             block.ffn.decode_w13 = None
 
     @property
@@ -314,7 +321,8 @@ class TransformerLM(nn.Module):
         if self.has_cache:
             if input_pos is None:
                 raise ValueError("input_pos is required when a KV cache is set up")
-            mask = self.cache_mask(input_pos, self.tok_embeddings.weight.dtype)  # (T, S)
+            if T > 1 or self.blocks[0].attn.decode_kernel is None:  # the kernel needs no mask
+                mask = self.cache_mask(input_pos, self.tok_embeddings.weight.dtype)  # (T, S)
         if input_pos is None:
             if T > self.config.context_length:
                 raise ValueError(
