@@ -91,6 +91,7 @@ class Variant:
     inductor: tuple[tuple[str, Any], ...] = ()  # torch.compile options= (Inductor config) for the loss
     stacked: bool = False  # q/k/v and w1/w3 as one parameter each (fused_proj.py)
     recompute: bool = False  # activation checkpointing (TransformerLM.set_activation_checkpointing)
+    bf16_residual: bool = False  # residual stream in bf16 (the embedding output cast), as torchtitan/Megatron run
     help: str = ""
 
 
@@ -115,6 +116,10 @@ VARIANTS: dict[str, Variant] = {
                             help="cg-fused4k with q/k/v and w1/w3 stacked into one parameter each"),
     "cg-ac": Variant(chunk_rows=4096, compile_mode="reduce-overhead", recompute=True,
                      help="cg-fused4k with activation checkpointing (--activation-checkpointing)"),
+    "cg-bf16res": Variant(chunk_rows=4096, compile_mode="reduce-overhead", bf16_residual=True,
+                          help="cg-fused4k with the residual stream in bf16 instead of fp32 (not what lmkit trains)"),
+    "cg-af": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("aggressive_fusion", True)),
+                     help="cg-fused4k with Inductor's aggressive_fusion"),
     "fusedproj": Variant(chunk_rows=4096, stacked=True, help="fused4k with stacked q/k/v and w1/w3 parameters"),
     "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
                       help="HF with coordinate-descent tuning"),
@@ -167,6 +172,9 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
 
         stack_projections(model)
     model.set_activation_checkpointing(v.recompute)
+    if v.bf16_residual:
+        # Every block then adds its bf16 output into a bf16 stream (RMSNorm still upcasts inside).
+        model.tok_embeddings.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
     model = model.to(device).train()
     if v.regional:
         # Identical blocks share one compiled graph, so compile time no longer grows with depth.
