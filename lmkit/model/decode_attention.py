@@ -67,7 +67,8 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
         qkv_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr, arrivals_ptr, pos_ptr, out_ptr,
         part_acc_ptr, part_stat_ptr,
         stride_qkv_b, stride_cache_b, stride_cache_h, stride_cache_s, stride_out_b,
-        D: tl.constexpr, H: tl.constexpr, QK_SCALE: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+        D: tl.constexpr, H: tl.constexpr, QK_SCALE: tl.constexpr,
+        NUM_SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
         HALF: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         # Program (b, h, split): split i covers cache slots [i*SPLIT, (i+1)*SPLIT) up to pos.
@@ -94,7 +95,8 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
             act = qkv_ptr.dtype.element_ty
             cache = k_cache_ptr.dtype.element_ty
             q1, q2 = (q1 * cos - q2 * sin).to(act), (q2 * cos + q1 * sin).to(act)
-            k1, k2 = (k1 * cos - k2 * sin).to(act).to(cache), (k2 * cos + k1 * sin).to(act).to(cache)
+            k1, k2 = (k1 * cos - k2 * sin).to(act), (k2 * cos + k1 * sin).to(act)  # both from old k
+            k1, k2 = k1.to(cache), k2.to(cache)
             v1, v2 = v1.to(cache), v2.to(cache)
             q1 = q1.to(tl.float32) * QK_SCALE  # scores in base 2: QK_SCALE folds in log2(e)
             q2 = q2.to(tl.float32) * QK_SCALE
@@ -108,10 +110,10 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
 
             # Online softmax. The new token's own slot seeds the split that holds pos, from
             # registers, so the loops read only slots below pos, which no program writes now.
-            own = tl.sum(q1 * k1.to(tl.float32), axis=0) + tl.sum(q2 * k2.to(tl.float32), axis=0)
+            own = tl.sum(q1 * k1.to(tl.float32), 0) + tl.sum(q2 * k2.to(tl.float32), 0)
             m = tl.where(holds_pos, own, float("-inf"))  # running max
             denom = tl.where(holds_pos, 1.0, 0.0)  # running sum of exp2(score - m)
-            acc1 = tl.where(here, v1.to(tl.float32), 0.0)  # (hd/2,) running weighted sum of values
+            acc1 = tl.where(here, v1.to(tl.float32), 0.0)  # (hd/2,) weighted sum of values
             acc2 = tl.where(here, v2.to(tl.float32), 0.0)
             n = tl.arange(0, BLOCK_N)
             first = split * SPLIT
@@ -121,14 +123,16 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
                 valid = slot < stop
                 ptr = head + slot[:, None] * stride_cache_s + d[None, :]  # (BLOCK_N, hd/2)
                 ka = tl.load(k_cache_ptr + ptr, mask=valid[:, None], other=0.0).to(tl.float32)
-                kb = tl.load(k_cache_ptr + ptr + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
-                score = tl.sum(ka * q1[None, :], axis=1) + tl.sum(kb * q2[None, :], axis=1)  # (BLOCK_N,)
+                kb = tl.load(k_cache_ptr + ptr + HALF, mask=valid[:, None], other=0.0)
+                kb = kb.to(tl.float32)
+                score = tl.sum(ka * q1[None, :], 1) + tl.sum(kb * q2[None, :], 1)  # (BLOCK_N,)
                 score = tl.where(valid, score, float("-inf"))
                 m_new = tl.maximum(m, tl.max(score, axis=0))
                 alpha = tl.exp2(m - m_new)
                 p = tl.exp2(score - m_new)  # (BLOCK_N,); 0 for invalid slots
                 va = tl.load(v_cache_ptr + ptr, mask=valid[:, None], other=0.0).to(tl.float32)
-                vb = tl.load(v_cache_ptr + ptr + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+                vb = tl.load(v_cache_ptr + ptr + HALF, mask=valid[:, None], other=0.0)
+                vb = vb.to(tl.float32)
                 acc1 = acc1 * alpha + tl.sum(p[:, None] * va, axis=0)
                 acc2 = acc2 * alpha + tl.sum(p[:, None] * vb, axis=0)
                 denom = denom * alpha + tl.sum(p, axis=0)
@@ -160,11 +164,14 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
                     sums = tl.load(stat + 1, mask=used, other=0.0, cache_modifier=".cg")
                     weight = tl.exp2(ms - tl.max(ms, axis=0))  # (splits,); 0 for unused
                     rows = part_acc_ptr + (bh * NUM_SPLITS + i[:, None]) * 2 * HALF + d[None, :]
-                    a1 = tl.load(rows, mask=used[:, None], other=0.0, cache_modifier=".cg")  # (splits, hd/2)
+                    # (splits, hd/2) each
+                    a1 = tl.load(rows, mask=used[:, None], other=0.0, cache_modifier=".cg")
                     a2 = tl.load(rows + HALF, mask=used[:, None], other=0.0, cache_modifier=".cg")
                     total = tl.sum(weight * sums, axis=0)
-                    tl.store(out + d, (tl.sum(weight[:, None] * a1, axis=0) / total).to(out_ty))
-                    tl.store(out + HALF + d, (tl.sum(weight[:, None] * a2, axis=0) / total).to(out_ty))
+                    out1 = tl.sum(weight[:, None] * a1, axis=0) / total
+                    tl.store(out + d, out1.to(out_ty))
+                    out2 = tl.sum(weight[:, None] * a2, axis=0) / total
+                    tl.store(out + HALF + d, out2.to(out_ty))
                     tl.store(arrivals_ptr + bh, 0)  # ready for the next call
 
     @triton_op("lmkit::decode_attention", mutates_args={"k_cache", "v_cache", "arrivals"})
@@ -184,12 +191,13 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
         cos, sin = cos.contiguous(), sin.contiguous()
         splits = triton.cdiv(S, SPLIT)
         out = qkv.new_empty(B, 1, D)  # (B, 1, D): heads concatenated, o_proj's input
-        part_acc = qkv.new_empty(B, H, splits, hd, dtype=torch.float32)  # per split: weighted values
+        part_acc = qkv.new_empty(B, H, splits, hd, dtype=torch.float32)  # per split: values
         part_stat = qkv.new_empty(B, H, splits, 2, dtype=torch.float32)  # per split: max, sum
         wrap_triton(kernel)[(B, H, splits)](
             qkv, cos, sin, k_cache, v_cache, arrivals, input_pos, out, part_acc, part_stat,
             qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0),
-            D=D, H=H, QK_SCALE=LOG2E / math.sqrt(hd), NUM_SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits),
+            D=D, H=H, QK_SCALE=LOG2E / math.sqrt(hd),
+            NUM_SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits),
             HALF=hd // 2, SPLIT=SPLIT, BLOCK_N=min(BLOCK_N, SPLIT), num_warps=NUM_WARPS,
         )
         return out

@@ -45,9 +45,8 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         # Scratch counters of the decode attention kernel (decode_attention.py), which leaves
         # them at zero after every call.
-        self.register_buffer(
-            "arrivals", torch.zeros(batch_size, num_heads, dtype=torch.int32, device=device), persistent=False
-        )
+        arrivals = torch.zeros(batch_size, num_heads, dtype=torch.int32, device=device)
+        self.register_buffer("arrivals", arrivals, persistent=False)
 
     @property
     def max_len(self) -> int:

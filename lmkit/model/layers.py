@@ -201,8 +201,8 @@ class CausalSelfAttention(nn.Module):
             if T == 1 and self.decode_kernel is not None:
                 # RoPE, the cache write and attention over the filled slots in one kernel.
                 cache = self.kv_cache
-                y = self.decode_kernel(qkv, cos, sin, cache.k, cache.v, cache.arrivals, input_pos)  # (B, 1, D)
-                return self.o_proj(y)
+                y = self.decode_kernel(qkv, cos, sin, cache.k, cache.v, cache.arrivals, input_pos)
+                return self.o_proj(y)  # y: (B, 1, D)
             q, k, v = qkv.split(D, dim=-1)  # (B, T, D) each
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each

@@ -250,8 +250,9 @@ class TransformerLM(nn.Module):
 
     def _stack_decode_weights(self, in_place: bool = False) -> None:
         device = self.blocks[0].attn.kv_cache.k.device
-        use_kernel = decode_attention.ENABLED and decode_attention.supported(self.config.head_dim, device)
-        kernel = decode_attention.decode_attention_op() if use_kernel else None
+        kernel = None
+        if decode_attention.ENABLED and decode_attention.supported(self.config.head_dim, device):
+            kernel = decode_attention.decode_attention_op()
         for block in self.blocks:
             block.attn.decode_kernel = kernel
             attn, ffn = block.attn, block.ffn
