@@ -184,6 +184,7 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
         arrivals: torch.Tensor,
         input_pos: torch.Tensor,
     ) -> torch.Tensor:
+        """Launch the kernel over (B, H, splits) programs; see ``decode_attention_op``."""
         B, _, three_d = qkv.shape  # (B, 1, 3D)
         _, H, S, hd = k_cache.shape  # (B, H, S, hd)
         D = three_d // 3
