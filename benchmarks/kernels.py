@@ -52,10 +52,13 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: in
         wall = time.perf_counter() - t0
     total: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
+    spans = []  # (start us, end us, name) of every kernel, for the idle gaps between them
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             total[e.name] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
             count[e.name] += 1
+            spans.append((e.time_range.start, e.time_range.end, e.name))
+    idle_ms, gaps = idle_gaps(spans)
     by_kind: dict[str, float] = defaultdict(float)
     for name, us in total.items():
         by_kind[kind_of(name)] += us / 1000 / units
@@ -66,7 +69,28 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: in
         "kernels": sum(count.values()) / units,
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "top": [(total[n] / 1000 / units, count[n] / units, kind_of(n), n[:110]) for n in ranked],
+        "idle_ms": idle_ms / units,
+        "gaps": gaps[:top],
     }
+
+
+def idle_gaps(spans: list[tuple[float, float, str]], min_us: float = 5.0) -> tuple[float, list]:
+    """GPU idle time between kernels (on any stream) and the largest gaps.
+
+    Returns ``(idle ms in all, [(gap us, kernel before, kernel after)] largest first)`` over
+    gaps of at least ``min_us``: where the GPU waits on the host (a sync, a Python-side loop,
+    a graph boundary) rather than on memory.
+    """
+    spans = sorted(spans)
+    idle, gaps = 0.0, []
+    end, before = None, ""
+    for start, stop, name in spans:
+        if end is not None and start - end >= min_us:
+            idle += start - end
+            gaps.append((start - end, before[:50], name[:50]))
+        if end is None or stop > end:
+            end, before = stop, name
+    return idle / 1000, sorted(gaps, reverse=True)
 
 
 def render(label: str, p: dict) -> str:
@@ -75,4 +99,7 @@ def render(label: str, p: dict) -> str:
     lines = [f"{label}: wall {p['wall_ms']:.3f} ms, GPU kernels {p['gpu_ms']:.3f} ms "
              f"({p['kernels']:.0f} launches); by group (ms): {kinds}"]
     lines += [f"    {ms:8.3f} ms {n:6.1f}x {kind:<9} {name}" for ms, n, kind, name in p["top"]]
+    if "idle_ms" in p:
+        lines.append(f"  GPU idle between kernels (gaps >= 5 us): {p['idle_ms']:.3f} ms per unit; largest:")
+        lines += [f"    {us:8.1f} us after {a} / before {b}" for us, a, b in p["gaps"]]
     return "\n".join(lines)

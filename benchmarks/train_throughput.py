@@ -413,7 +413,7 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
             if args.profile and device.type == "cuda":
                 from kernels import profile_kernels, render
 
-                row["profile"] = profile_kernels(lambda: one(args.warmup + args.steps + 1), reps=3, top=15)
+                row["profile"] = profile_kernels(lambda: one(args.warmup + args.steps + 1), reps=3, top=args.profile_top)
                 log(render(f"    profile {name}", row["profile"]))
             # Not for a whole-step compile (no separate phases) or CUDA graphs (replays allocate
             # nothing, so every phase would read as idle).
@@ -503,6 +503,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--loader", action="store_true", help="also time lmkit's BatchLoader, alone and feeding fused8k")
     p.add_argument("--profile", action="store_true", help="print each variant's GPU kernels by group (kernels.py)")
+    p.add_argument("--profile-top", type=int, default=15, help="kernels (and idle gaps) listed per profile")
     p.add_argument("--mem-phases", action="store_true", help="peak memory of forward, backward and optimizer apart")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--tiny", action="store_true", help="tiny shapes (for a CPU end-to-end check)")

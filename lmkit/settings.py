@@ -138,6 +138,10 @@ class RuntimeSettings(Section):
         None, examples=[False],
         description="Replay the compiled training step as CUDA graphs, removing the per-kernel launch cost (unset: on when compiling on one CUDA device without gradient accumulation, the case where a graph can be replayed safely).",
     )
+    fp32_residual: bool = Field(
+        True, examples=[False],
+        description="Under bfloat16 autocast, keep the residual stream between blocks in float32 (as nanoGPT and HF do); false carries it in bfloat16 (as Megatron and torchtitan do): fewer bytes moved a step. No effect in float32.",
+    )
     seed: int = Field(42, description="Random seed: weights and data order when training, sampling when generating.")
 
 

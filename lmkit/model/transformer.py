@@ -130,6 +130,9 @@ class TransformerLM(nn.Module):
         # Bumped whenever the KV caches or decoding weights are reallocated, so that anything
         # holding their addresses (a captured CUDA graph) knows it is stale.
         self.cache_version = 0
+        # dtype the residual stream between blocks is carried in; None: the embedding's (fp32
+        # weights give an fp32 stream even under autocast). See set_residual_dtype.
+        self.residual_dtype: torch.dtype | None = None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -161,6 +164,19 @@ class TransformerLM(nn.Module):
         """
         for block in self.blocks:
             block.recompute = enabled
+
+    def set_residual_dtype(self, dtype: torch.dtype | None) -> None:
+        """Carry the residual stream between blocks in ``dtype`` (None: the embedding's dtype).
+
+        Under bf16 autocast with fp32 weights the stream is fp32 by default (as in nanoGPT and
+        HF): every block adds its bf16 output into fp32. ``torch.bfloat16`` halves the bytes
+        the stream moves, as Megatron and torchtitan run it; RMSNorm still computes in fp32.
+        Only meaningful under autocast to that dtype or with weights in it.
+
+        Args:
+            dtype: e.g. ``torch.bfloat16``, or None.
+        """
+        self.residual_dtype = dtype
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TransformerLM:
         # .to(bfloat16) / .half() would round the RoPE tables, and .to_empty() (meta-device
@@ -333,6 +349,8 @@ class TransformerLM(nn.Module):
         else:
             cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (T, hd/2) each
         x = self.tok_embeddings(idx)  # (B, T, D)
+        if self.residual_dtype is not None:
+            x = x.to(self.residual_dtype)
         for block in self.blocks:
             x = block(x, cos, sin, input_pos, mask)
         return self.norm(x)

@@ -8,7 +8,8 @@ logits, its loss and -- right away, in the forward pass -- its gradients w.r.t. 
 and the LM-head weight. Backward then only scales the stored gradients. Peak extra memory is one
 chunk's logits and their gradient instead of all the logits, with no recomputation of the LM-head
 matmul. Under torch.compile the chunk loop stays outside the model's graph and each chunk's
-softmax is compiled on its own (``compiled=True``).
+softmax is compiled on its own (``compiled=True``); on CUDA one Triton kernel of ours does it
+instead, in place (ce_kernel.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmkit.training import ce_kernel
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -93,7 +96,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, N, chunk_rows):
             h_c = h[start : start + chunk_rows].to(compute_dtype)  # (n, D)
             logits = h_c @ w.t()  # (n, V)
-            loss_c, grad_logits = chunk_grad(logits, targets[start : start + chunk_rows], 1.0 / N)
+            if ce_kernel.supported(logits):
+                # One Triton pass; the logits become their gradient (no second (n, V) buffer).
+                loss_c = ce_kernel.ce_loss_and_grad_(logits, targets[start : start + chunk_rows], 1.0 / N)
+                grad_logits = logits
+            else:
+                loss_c, grad_logits = chunk_grad(logits, targets[start : start + chunk_rows], 1.0 / N)
             del logits  # free it before the next chunk's matmuls allocate theirs
             loss_sum += loss_c
             grad_h[start : start + chunk_rows] = (grad_logits @ w).to(h.dtype)  # (n, D)

@@ -104,6 +104,8 @@ class Trainer:
         if state is not None:
             model.load_state_dict(state["model"])
         model.set_activation_checkpointing(s.train.activation_checkpointing)
+        if not s.runtime.fp32_residual and rt.dtype != torch.float32:
+            model.set_residual_dtype(rt.dtype)
         self.model = model.to(rt.device)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
         # The LM head + cross-entropy in chunks of 4096 rows never holds all (N, V) logits: on one

@@ -202,3 +202,28 @@ def test_activation_checkpointing_under_compile_matches_eager() -> None:
     for g, ref in zip(*grads):
         torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_bf16_residual_stream_under_autocast() -> None:
+    """set_residual_dtype(bf16) carries the stream between blocks in bf16 under autocast (half
+    the bytes), giving the fp32 stream's loss within bf16 rounding; None restores fp32."""
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=100, context_length=32, d_model=32, num_layers=3, num_heads=4, d_ff=64))
+    x = torch.randint(0, 100, (2, 32))
+    seen: list[torch.dtype] = []
+    model.blocks[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+
+    def loss() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
+
+    ref = loss()
+    model.set_residual_dtype(torch.bfloat16)
+    low = loss()
+    low.backward()
+    assert seen == [torch.float32, torch.bfloat16]
+    torch.testing.assert_close(low, ref, rtol=2e-2, atol=0)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    model.set_residual_dtype(None)
+    loss()
+    assert seen[-1] == torch.float32

@@ -152,6 +152,21 @@ def test_activation_checkpointing_trains_the_same_and_can_be_switched_on_resume(
     assert any("activation_checkpointing: False -> True" in n and "cuda_graphs: None -> False" in n for n in notices)
 
 
+def test_bf16_residual_stream_setting_trains(tiny_overrides, tmp_path):
+    """--no-fp32-residual under bf16 autocast carries the stream in bf16 and still learns; in
+    float32 the setting changes nothing."""
+    base = dict(tiny_overrides, max_iters=8, lr_decay_iters=8, log_interval=1, dtype="bfloat16")
+    rec = Recorder()
+    trainer = Trainer(resolve_settings(overrides=dict(base, fp32_residual=False), environ={}), MultiSink([rec]))
+    assert trainer.model.residual_dtype == torch.bfloat16
+    assert trainer.run().step == 8
+    losses = rec.losses()
+    assert losses[8] < losses[1] - 0.1, losses
+    fp32 = Trainer(resolve_settings(overrides=dict(base, dtype="float32", fp32_residual=False,
+                                                   checkpoint_dir=str(tmp_path / "fp32")), environ={}))
+    assert fp32.model.residual_dtype is None
+
+
 def test_resume_never_and_explicit_path(tiny_overrides, tmp_path):
     run(tiny_overrides, max_iters=10)
     ckpt = Path(tiny_overrides["checkpoint_dir"]) / "ckpt_0000010.pt"
