@@ -174,7 +174,7 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
     model.set_activation_checkpointing(v.recompute)
     if v.bf16_residual:
         # Every block then adds its bf16 output into a bf16 stream (RMSNorm still upcasts inside).
-        model.tok_embeddings.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
+        model.set_residual_dtype(torch.bfloat16)
     model = model.to(device).train()
     if v.regional:
         # Identical blocks share one compiled graph, so compile time no longer grows with depth.
