@@ -53,7 +53,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lmkit.model import ModelConfig, TransformerLM, flops_per_token
+from lmkit.model import ModelConfig, TransformerLM, flops_per_token, layers
+from lmkit.training import ce_kernel
 from lmkit.training.loss import cross_entropy_loss, fused_linear_cross_entropy, lm_loss
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 from lmkit.training.schedule import get_lr
@@ -92,6 +93,8 @@ class Variant:
     stacked: bool = False  # q/k/v and w1/w3 as one parameter each (fused_proj.py)
     recompute: bool = False  # activation checkpointing (TransformerLM.set_activation_checkpointing)
     bf16_residual: bool = False  # residual stream in bf16 (the embedding output cast), as torchtitan/Megatron run
+    ce_kernel: bool = True  # lmkit's Triton kernel for each fused-CE chunk (off: Inductor's version)
+    fp32_wgrad: bool = True  # lmkit's Linear: weight gradients written in fp32 by the GEMM (off: F.linear)
     help: str = ""
 
 
@@ -118,6 +121,14 @@ VARIANTS: dict[str, Variant] = {
                      help="cg-fused4k with activation checkpointing (--activation-checkpointing)"),
     "cg-bf16res": Variant(chunk_rows=4096, compile_mode="reduce-overhead", bf16_residual=True,
                           help="cg-fused4k with the residual stream in bf16 instead of fp32 (not what lmkit trains)"),
+    "cg-noce": Variant(chunk_rows=4096, compile_mode="reduce-overhead", ce_kernel=False,
+                       help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (ce_kernel.ENABLED off)"),
+    "cg-nolin": Variant(chunk_rows=4096, compile_mode="reduce-overhead", fp32_wgrad=False,
+                        help="cg-fused4k with plain F.linear (weight gradients cast to fp32 by separate kernels)"),
+    "cg-combo": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("combo_kernels", True)),
+                        help="cg-fused4k with Inductor's combo_kernels (independent small kernels launched as one)"),
+    "cg-pdl": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("triton.enable_pdl", True)),
+                      help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
     "cg-af": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("aggressive_fusion", True)),
                      help="cg-fused4k with Inductor's aggressive_fusion"),
     "fusedproj": Variant(chunk_rows=4096, stacked=True, help="fused4k with stacked q/k/v and w1/w3 parameters"),
@@ -166,6 +177,8 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         model = hf_llama(cfg).to(device).train()
         loss = partial(_hf_fused_loss, model, chunk_rows=v.chunk_rows) if v.fused else partial(_hf_plain_loss, model)
         return model, loss
+    # Read when the model is traced (its first step), which happens before the next variant is built.
+    ce_kernel.ENABLED, layers.FP32_WEIGHT_GRAD = v.ce_kernel, v.fp32_wgrad
     model = TransformerLM(cfg)
     if v.stacked:
         from fused_proj import stack_projections

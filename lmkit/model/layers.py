@@ -114,6 +114,64 @@ def concat_weights(*layers: nn.Linear, out: torch.Tensor | None = None) -> torch
         return torch.cat([layer.weight for layer in layers], dim=0, out=out)
 
 
+# Off: every Linear runs plain F.linear under autocast (benchmarks/train_throughput.py compares).
+FP32_WEIGHT_GRAD = True
+
+
+def matmul_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` (2-D) returned in ``dtype``; on CUDA, half-precision operands' fp32 accumulator
+    is written out directly (torch >= 2.8), not rounded to their dtype and cast back."""
+    if a.is_cuda and dtype == torch.float32 and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(a, b, out_dtype=dtype)
+    return (a @ b).to(dtype)
+
+
+class _AutocastLinear(torch.autograd.Function):
+    """``x @ weight.T`` in a low-precision ``dtype`` whose weight gradient comes out in weight's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x, w = x.to(dtype), weight.to(dtype)  # (..., in), (out, in)
+        ctx.save_for_backward(x, w)
+        ctx.weight_dtype = weight.dtype
+        return x @ w.t()  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, w = ctx.saved_tensors
+        g = grad_out.to(w.dtype)  # (..., out)
+        grad_x = g @ w  # (..., in); autograd casts it to the input's dtype
+        grad_w = matmul_to(g.reshape(-1, g.shape[-1]).t(), x.reshape(-1, x.shape[-1]), ctx.weight_dtype)  # (out, in)
+        return grad_x, grad_w, None
+
+
+class Linear(nn.Linear):
+    """Bias-free ``nn.Linear`` whose weight gradient, under autocast, leaves the GEMM in fp32.
+
+    With fp32 weights under bf16 autocast, ``F.linear``'s weight gradient is a bf16 GEMM output
+    that a separate kernel then casts to fp32: one launch per layer per step (84 at GPT-2 small)
+    and a rounding of the gradient to bf16. Here the GEMM writes its fp32 accumulator directly.
+    Otherwise (no autocast, no gradient, or weights already in the autocast dtype) it is
+    ``F.linear``. The state dict is nn.Linear's.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        """Args:
+        in_features: input width.
+        out_features: output width.
+        """
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out)."""
+        device = x.device.type
+        if FP32_WEIGHT_GRAD and torch.is_autocast_enabled(device) and torch.is_grad_enabled() and self.weight.requires_grad:
+            dtype = torch.get_autocast_dtype(device)
+            if self.weight.dtype != dtype:
+                return _AutocastLinear.apply(x, self.weight, dtype)
+        return F.linear(x, self.weight)
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward: ``w2(silu(w1 x) * w3 x)``."""
 
@@ -123,9 +181,9 @@ class SwiGLU(nn.Module):
         d_ff: hidden width F.
         """
         super().__init__()
-        self.w1 = nn.Linear(d_model, d_ff, bias=False)  # gate
-        self.w3 = nn.Linear(d_model, d_ff, bias=False)  # value
-        self.w2 = nn.Linear(d_ff, d_model, bias=False)  # back to the residual stream
+        self.w1 = Linear(d_model, d_ff)  # gate
+        self.w3 = Linear(d_model, d_ff)  # value
+        self.w2 = Linear(d_ff, d_model)  # back to the residual stream
         # (2F, D) copy of [w1; w3] for decoding, set by TransformerLM.setup_cache. It has no
         # autograd link to w1/w3, so it is used only while no gradient is being recorded.
         self.decode_w13: torch.Tensor | None = None
@@ -162,10 +220,10 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        self.q_proj = nn.Linear(d_model, d_model, bias=False)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False)
-        self.v_proj = nn.Linear(d_model, d_model, bias=False)
-        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.q_proj = Linear(d_model, d_model)
+        self.k_proj = Linear(d_model, d_model)
+        self.v_proj = Linear(d_model, d_model)
+        self.o_proj = Linear(d_model, d_model)
         self.kv_cache: KVCache | None = None
         # (3D, D) copy of [q; k; v] for decoding, set together with kv_cache (see SwiGLU).
         self.decode_qkv: torch.Tensor | None = None

@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from lmkit.model import decode_attention
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
-from lmkit.model.layers import CausalSelfAttention, RMSNorm, SwiGLU, concat_weights, precompute_rope
+from lmkit.model.layers import CausalSelfAttention, Linear, RMSNorm, SwiGLU, concat_weights, precompute_rope
 
 # GPT-2's init scale for every weight matrix.
 INIT_STD = 0.02
@@ -123,7 +123,7 @@ class TransformerLM(nn.Module):
         self.norm = RMSNorm(config.d_model)
         # Untied: a separate output matrix costs V*D weights but trains a little better at
         # small scale and keeps the export to Llama-style checkpoints one-to-one.
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size)
         cos, sin = precompute_rope(config.head_dim, config.context_length, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (context_length, hd/2)
         self.register_buffer("rope_sin", sin, persistent=False)  # (context_length, hd/2)

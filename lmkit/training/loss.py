@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.model.layers import matmul_to
 from lmkit.training import ce_kernel
 
 
@@ -71,14 +72,13 @@ def _compiled(fn: Callable) -> Callable:
 
 def _accumulate_mm(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``acc + a @ b`` in fp32 for low-precision ``a``, ``b`` (acc None: just the product)."""
+    if acc is None:
+        return matmul_to(a, b, torch.float32)
     if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
         # cuBLAS accumulates into the fp32 output directly: no low-precision (V, D) product
         # to round, store and add (torch >= 2.8).
-        if acc is None:
-            return torch.mm(a, b, out_dtype=torch.float32)
         return torch.addmm(acc, a, b, out_dtype=torch.float32)
-    product = (a @ b).float()
-    return product if acc is None else acc + product
+    return acc + (a @ b).float()
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):

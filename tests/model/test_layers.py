@@ -116,3 +116,54 @@ def test_attention_loads_alone_from_state_dict() -> None:
 def test_attention_rejects_indivisible_heads() -> None:
     with pytest.raises(ValueError):
         CausalSelfAttention(10, 4)
+
+
+def _linear_grads(layer: torch.nn.Module, x: torch.Tensor, device_type: str):
+    """Output and (input, weight) gradients of ``layer(x)`` under bf16 autocast."""
+    x = x.clone().requires_grad_()
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        y = layer(x)
+    (y.float() * torch.linspace(-1, 1, y.shape[-1], device=x.device)).sum().backward()
+    return y, x.grad, layer.weight.grad
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_linear_under_autocast_matches_nn_linear(compile: bool) -> None:
+    """lmkit's Linear takes its own backward under autocast; on CPU (no fp32-output GEMM) it must
+    give nn.Linear's output and gradients bit for bit, eager and through AOTAutograd."""
+    from lmkit.model.layers import Linear
+
+    torch.manual_seed(0)
+    ours, ref = Linear(16, 24), torch.nn.Linear(16, 24, bias=False)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 16)  # fp32 input, as an fp32 residual stream gives
+    run = torch.compile(ours, backend="aot_eager") if compile else ours
+    y, gx, gw = _linear_grads(run, x, "cpu")
+    y_ref, gx_ref, gw_ref = _linear_grads(ref, x, "cpu")
+    assert y.dtype == torch.bfloat16 and gx.dtype == torch.float32 and gw.dtype == torch.float32
+    for got, want in ((y, y_ref), (gx, gx_ref), (gw, gw_ref)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_linear_weight_gradient_in_fp32_on_cuda() -> None:
+    """On CUDA the weight gradient leaves the GEMM in fp32: closer to the fp32 gradient than
+    nn.Linear's (rounded to bf16 before the cast), with the same output and input gradient."""
+    from lmkit.model.layers import Linear
+
+    torch.manual_seed(0)
+    ours, ref = Linear(256, 384).cuda(), torch.nn.Linear(256, 384, bias=False).cuda()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 512, 256, device="cuda")
+    y, gx, gw = _linear_grads(ours, x, "cuda")
+    y_ref, gx_ref, gw_ref = _linear_grads(ref, x, "cuda")
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
+    # fp32 truth: the same bf16-rounded operands, multiplied in fp64
+    xb = x.to(torch.bfloat16).double().reshape(-1, 256)
+    g = (torch.ones_like(y, dtype=torch.float32) * torch.linspace(-1, 1, 384, device="cuda")).to(torch.bfloat16).double().reshape(-1, 384)
+    truth = g.t() @ xb
+    err, err_ref = (gw.double() - truth).abs().max(), (gw_ref.double() - truth).abs().max()
+    assert err < err_ref / 4, (err, err_ref)
