@@ -59,6 +59,12 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: in
             count[e.name] += 1
             spans.append((e.time_range.start, e.time_range.end, e.name))
     idle_ms, gaps = idle_gaps(spans)
+    spans.sort()
+    # What each memset prepares: the kernel launched right after it, counted by name.
+    before: dict[str, int] = defaultdict(int)
+    for (_, _, name), (_, _, after) in zip(spans, spans[1:]):
+        if name.startswith("Memset"):
+            before[after[:70]] += 1
     by_kind: dict[str, float] = defaultdict(float)
     for name, us in total.items():
         by_kind[kind_of(name)] += us / 1000 / units
@@ -71,6 +77,7 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: in
         "top": [(total[n] / 1000 / units, count[n] / units, kind_of(n), n[:110]) for n in ranked],
         "idle_ms": idle_ms / units,
         "gaps": gaps[:top],
+        "memset_before": sorted(((n / units, k) for k, n in before.items()), reverse=True)[:8],
     }
 
 
@@ -102,4 +109,7 @@ def render(label: str, p: dict) -> str:
     if "idle_ms" in p:
         lines.append(f"  GPU idle between kernels (gaps >= 5 us): {p['idle_ms']:.3f} ms per unit; largest:")
         lines += [f"    {us:8.1f} us after {a} / before {b}" for us, a, b in p["gaps"]]
+    if p.get("memset_before"):
+        lines.append("  memsets per rep, by the kernel that follows them:")
+        lines += [f"    {n:6.1f}x before {name}" for n, name in p["memset_before"]]
     return "\n".join(lines)
