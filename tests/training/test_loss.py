@@ -44,3 +44,28 @@ def test_no_grad_path_gives_same_loss():
     with torch.no_grad():
         a = fused_linear_cross_entropy(h, w, y, chunk_rows=3)
     assert torch.allclose(a, cross_entropy_loss(h @ w.t(), y), atol=1e-6)
+
+
+def test_lm_loss_under_autocast_same_as_fp32_hidden_states():
+    """lm_loss hands the LM head bf16 hidden states under autocast (it multiplies in bf16
+    anyway): the loss and every gradient are exactly those of the fp32 hidden states."""
+    from lmkit.model import ModelConfig, TransformerLM
+    from lmkit.training.loss import lm_loss
+
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=61, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64))
+    x, y = torch.randint(0, 61, (3, 16)), torch.randint(0, 61, (3, 16))
+
+    def run(loss_fn):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss, grads = run(lambda: lm_loss(model, x, y, chunk_rows=20))
+    ref_loss, ref_grads = run(lambda: fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, 20))
+    assert model.hidden(x).dtype == torch.float32  # the reference really had fp32 states
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
