@@ -92,7 +92,7 @@ class Variant:
     inductor: tuple[tuple[str, Any], ...] = ()  # torch.compile options= (Inductor config) for the loss
     stacked: bool = False  # q/k/v and w1/w3 as one parameter each (fused_proj.py)
     recompute: bool = False  # activation checkpointing (TransformerLM.set_activation_checkpointing)
-    bf16_residual: bool = False  # residual stream in bf16 (the embedding output cast), as torchtitan/Megatron run
+    bf16_residual: bool = True  # residual stream in bf16 (lmkit's default; False: --fp32-residual)
     ce_kernel: bool = True  # lmkit's Triton kernel for each fused-CE chunk (off: Inductor's version)
     fp32_wgrad: bool = True  # lmkit's Linear: weight gradients written in fp32 by the GEMM (off: F.linear)
     help: str = ""
@@ -119,8 +119,8 @@ VARIANTS: dict[str, Variant] = {
                             help="cg-fused4k with q/k/v and w1/w3 stacked into one parameter each"),
     "cg-ac": Variant(chunk_rows=4096, compile_mode="reduce-overhead", recompute=True,
                      help="cg-fused4k with activation checkpointing (--activation-checkpointing)"),
-    "cg-bf16res": Variant(chunk_rows=4096, compile_mode="reduce-overhead", bf16_residual=True,
-                          help="cg-fused4k with the residual stream in bf16 instead of fp32 (not what lmkit trains)"),
+    "cg-fp32res": Variant(chunk_rows=4096, compile_mode="reduce-overhead", bf16_residual=False,
+                          help="cg-fused4k with the residual stream in fp32 (--fp32-residual)"),
     "cg-noce": Variant(chunk_rows=4096, compile_mode="reduce-overhead", ce_kernel=False,
                        help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (ce_kernel.ENABLED off)"),
     "cg-nolin": Variant(chunk_rows=4096, compile_mode="reduce-overhead", fp32_wgrad=False,

@@ -170,7 +170,8 @@ class TransformerLM(nn.Module):
 
         Under bf16 autocast with fp32 weights the stream is fp32 by default (as in nanoGPT and
         HF): every block adds its bf16 output into fp32. ``torch.bfloat16`` halves the bytes
-        the stream moves, as Megatron and torchtitan run it; RMSNorm still computes in fp32.
+        the stream moves, as Megatron and torchtitan run it, and as ``lmkit train`` does unless
+        ``runtime.fp32_residual`` is set; RMSNorm still computes in fp32.
         Only meaningful under autocast to that dtype or with weights in it.
 
         Args:

@@ -16,9 +16,12 @@ _ARCHITECTURE = ("model",)
 _SAFE_SECTIONS = ("optim", "checkpoint", "logging", "generate")
 _SAFE_FIELDS = {
     "max_iters", "eval_interval", "eval_iters", "log_interval", "on_nan", "parallel", "grad_accum_steps",
-    "activation_checkpointing", "device", "dtype", "compile", "cuda_graphs", "val_data_path", "train_data_path",
-    "tokenizer_dir",
+    "activation_checkpointing", "device", "dtype", "compile", "cuda_graphs", "fp32_residual", "val_data_path",
+    "train_data_path", "tokenizer_dir",
 }
+# Settings whose default changed after checkpoints were first written without them: what such a
+# checkpoint's run actually used, so that resuming it lists the change instead of hiding it.
+_OLD_DEFAULTS = {("runtime", "fp32_residual"): True}
 
 
 def load_resume_state(resume: str, checkpoint_dir: Path, notice: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
@@ -68,6 +71,10 @@ def reconcile_settings(settings: Settings, state: dict[str, Any], path: Path, no
     saved = state.get("settings")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: checkpoint has no settings; cannot resume from it")
+    saved = {section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()}
+    for (section, key), value in _OLD_DEFAULTS.items():
+        if isinstance(saved.get(section), dict):
+            saved[section].setdefault(key, value)
     old = validate_tree(saved, f"{path} (saved settings)").model_dump(mode="json")
     new = settings.model_dump(mode="json")
     refused, applied = [], []

@@ -152,19 +152,38 @@ def test_activation_checkpointing_trains_the_same_and_can_be_switched_on_resume(
     assert any("activation_checkpointing: False -> True" in n and "cuda_graphs: None -> False" in n for n in notices)
 
 
-def test_bf16_residual_stream_setting_trains(tiny_overrides, tmp_path):
-    """--no-fp32-residual under bf16 autocast carries the stream in bf16 and still learns; in
-    float32 the setting changes nothing."""
+def test_bf16_residual_stream_by_default_under_bf16(tiny_overrides, tmp_path):
+    """Under bf16 autocast the stream between blocks is bf16 by default and the run learns;
+    --fp32-residual keeps it fp32; in float32 the setting changes nothing."""
     base = dict(tiny_overrides, max_iters=8, lr_decay_iters=8, log_interval=1, dtype="bfloat16")
     rec = Recorder()
-    trainer = Trainer(resolve_settings(overrides=dict(base, fp32_residual=False), environ={}), MultiSink([rec]))
+    trainer = Trainer(resolve_settings(overrides=base, environ={}), MultiSink([rec]))
     assert trainer.model.residual_dtype == torch.bfloat16
     assert trainer.run().step == 8
     losses = rec.losses()
     assert losses[8] < losses[1] - 0.1, losses
-    fp32 = Trainer(resolve_settings(overrides=dict(base, dtype="float32", fp32_residual=False,
-                                                   checkpoint_dir=str(tmp_path / "fp32")), environ={}))
-    assert fp32.model.residual_dtype is None
+    for more in (dict(fp32_residual=True), dict(dtype="float32")):
+        s = resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / str(len(more))), **more), environ={})
+        assert Trainer(s).model.residual_dtype is None, more
+
+
+def test_resuming_a_run_from_before_the_bf16_residual_default_lists_the_change(tiny_overrides, tmp_path):
+    """A checkpoint written before runtime.fp32_residual existed trained with an fp32 stream:
+    resuming it says that the stream is now bf16 (and --fp32-residual is accepted on resume)."""
+    from lmkit.training.checkpoint import save_checkpoint
+
+    run(tiny_overrides, max_iters=4)
+    path = Path(tiny_overrides["checkpoint_dir"]) / "latest.pt"
+    state = load_checkpoint(path)
+    del state["settings"]["runtime"]["fp32_residual"]
+    save_checkpoint(state, path)
+    notices = []
+    Trainer(resolve_settings(overrides=dict(tiny_overrides, max_iters=6), environ={}), notice=notices.append).run()
+    assert any("fp32_residual: True -> False" in n for n in notices), notices
+    notices.clear()
+    Trainer(resolve_settings(overrides=dict(tiny_overrides, max_iters=8, fp32_residual=True), environ={}),
+            notice=notices.append).run()
+    assert any("fp32_residual: False -> True" in n for n in notices), notices
 
 
 def test_resume_never_and_explicit_path(tiny_overrides, tmp_path):
