@@ -7,21 +7,14 @@ before triton is imported, hence a subprocess); the GPU tests run the compiled k
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_interpreter import requires_triton, run_interpreted
 
 from lmkit.model import ModelConfig, TransformerLM, decode_attention
 from lmkit.model.layers import apply_rope, precompute_rope
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def reference(qkv, cos, sin, k_cache, v_cache, pos):
@@ -112,12 +105,9 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@requires_triton
 def test_kernel_under_triton_interpreter_matches_sdpa_path():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    code = textwrap.dedent(_INTERPRETED_CHECKS)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_interpreted(_INTERPRETED_CHECKS)
 
 
 def test_supported_only_on_cuda_with_power_of_two_heads():

@@ -7,20 +7,13 @@ triton is imported, hence a subprocess); the GPU tests run the compiled kernel a
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from triton_interpreter import requires_triton, run_interpreted
 
 from lmkit.training import ce_kernel
 from lmkit.training.loss import _ce_chunk_grad, cross_entropy_loss, fused_linear_cross_entropy
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
@@ -86,12 +79,9 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@requires_triton
 def test_kernel_under_triton_interpreter_matches_torch():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    code = textwrap.dedent(_INTERPRETED_CHECKS)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_interpreted(_INTERPRETED_CHECKS)
 
 
 def test_cpu_logits_take_the_torch_path():

@@ -1,0 +1,29 @@
+"""Triton kernels on CPU: Triton's interpreter, run in a subprocess.
+
+``TRITON_INTERPRET=1`` must be set before triton is first imported, so the checks run in a fresh
+Python; they are plain functions of the test modules, imported there by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def run_interpreted(code: str, timeout: float = 300) -> None:
+    """Run ``code`` under Triton's interpreter from the repository root; it must print ``ok`` last."""
+    # The root for `tests.<module>` imports, tests/ for the helpers those modules import by name.
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests")))}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
