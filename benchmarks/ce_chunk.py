@@ -2,8 +2,7 @@
 
 Times, on one chunk of GPT-2-small logits (4096 x 50304 bf16 by default):
   - ``inductor``: ``loss._ce_chunk_grad`` compiled (what the fused loss ran before the kernel);
-  - ``kernel B/W/P``: ``ce_kernel.ce_loss_and_grad_`` with block B, W warps and P programs per
-    SM (``row``: one program per row), a small sweep;
+  - ``kernel B/W``: ``ce_kernel.ce_loss_and_grad_`` with block B and W warps (a small sweep);
 and then the whole fused LM head + loss forward and backward at the GPT-2-small step (16,384 rows)
 with the kernel (fastest configuration) on and off. GB/s counts one read and one write of the chunk (the least any
 version can move), so it reads as the fraction of the card's bandwidth achieved.
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=50304)
     p.add_argument("--d-model", type=int, default=768)
-    p.add_argument("--best-out", type=Path, default=None, help="write the fastest block,warps,programs-per-SM here")
+    p.add_argument("--best-out", type=Path, default=None, help="write the fastest block,warps here")
     p.add_argument("--step-rows", type=int, default=16384, help="rows of the whole-loss timing")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -72,17 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: |")
     print(f"| inductor (compiled torch) | {base:.3f} | {gbytes / base * 1e3:,.0f} | 1.00 |")
     best = (float("inf"), None)
-    # (block, warps, programs per SM; 0 = one program per row)
-    for block, warps, per_sm in ((8192, 8, 0), (16384, 16, 0), (8192, 16, 1), (8192, 16, 2), (8192, 16, 3),
-                                 (16384, 16, 2), (8192, 8, 4), (4096, 8, 4)):
-        ce_kernel.BLOCK, ce_kernel.NUM_WARPS, ce_kernel.PROGRAMS_PER_SM = block, warps, per_sm
+    for block, warps in ((4096, 8), (8192, 8), (8192, 16), (16384, 16), (16384, 32), (32768, 32)):
+        ce_kernel.BLOCK, ce_kernel.NUM_WARPS = block, warps
         ms = time_ms(kernel) - copy_ms
-        best = min(best, (ms, (block, warps, per_sm)))
-        print(f"| kernel {block}/{warps}/{per_sm or 'row'} | {ms:.3f} | {gbytes / ms * 1e3:,.0f} | {base / ms:.2f} |")
+        best = min(best, (ms, (block, warps)))
+        print(f"| kernel {block}/{warps} | {ms:.3f} | {gbytes / ms * 1e3:,.0f} | {base / ms:.2f} |")
     print(f"best: {','.join(map(str, best[1]))}")
     if args.best_out:
         args.best_out.write_text(",".join(map(str, best[1])))
-    ce_kernel.BLOCK, ce_kernel.NUM_WARPS, ce_kernel.PROGRAMS_PER_SM = best[1]
+    ce_kernel.BLOCK, ce_kernel.NUM_WARPS = best[1]
 
     # The whole fused loss at the training step's size, forward + backward, kernel on and off.
     N, D = args.step_rows, args.d_model

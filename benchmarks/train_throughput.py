@@ -516,7 +516,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--loader", action="store_true", help="also time lmkit's BatchLoader, alone and feeding fused8k")
     p.add_argument("--profile", action="store_true", help="print each variant's GPU kernels by group (kernels.py)")
-    p.add_argument("--ce-config", default=None, metavar="BLOCK,WARPS,PER_SM",
+    p.add_argument("--ce-config", default=None, metavar="BLOCK,WARPS",
                    help="lmkit CE chunk kernel's configuration (ce_chunk.py --best-out writes one)")
     p.add_argument("--profile-top", type=int, default=15, help="kernels (and idle gaps) listed per profile")
     p.add_argument("--mem-phases", action="store_true", help="peak memory of forward, backward and optimizer apart")
@@ -563,7 +563,7 @@ def environment(device: torch.device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.ce_config:
-        ce_kernel.BLOCK, ce_kernel.NUM_WARPS, ce_kernel.PROGRAMS_PER_SM = (int(v) for v in args.ce_config.split(","))
+        ce_kernel.BLOCK, ce_kernel.NUM_WARPS = (int(v) for v in args.ce_config.split(","))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible; use --device cpu --tiny for a smoke run", file=sys.stderr)
         return 2
@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bf16 8192^3 matmul: {fmt(peak, '.0f')} TFLOP/s measured; datasheet {DATASHEET_TFLOPS:.0f}")
     rows: list[dict] = []
     out = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "matmul_tflops": peak,
-           "datasheet_tflops": DATASHEET_TFLOPS, "ce_kernel": [ce_kernel.BLOCK, ce_kernel.NUM_WARPS, ce_kernel.PROGRAMS_PER_SM],
+           "datasheet_tflops": DATASHEET_TFLOPS, "ce_kernel": [ce_kernel.BLOCK, ce_kernel.NUM_WARPS],
            "variants": {k: asdict(v) for k, v in VARIANTS.items()}, "results": rows}
     with tempfile.TemporaryDirectory(prefix="lmkit-bench-") as tmp:
         for shape, name in plan(args):

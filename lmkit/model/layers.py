@@ -141,7 +141,8 @@ class _AutocastLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         g = grad_out.to(w.dtype)  # (..., out)
         grad_x = g @ w  # (..., in); autograd casts it to the input's dtype
-        grad_w = matmul_to(g.reshape(-1, g.shape[-1]).t(), x.reshape(-1, x.shape[-1]), ctx.weight_dtype)  # (out, in)
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (N, out), (N, in)
+        grad_w = matmul_to(g2.t(), x2, ctx.weight_dtype)  # (out, in)
         return grad_x, grad_w, None
 
 
@@ -165,7 +166,8 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)."""
         device = x.device.type
-        if FP32_WEIGHT_GRAD and torch.is_autocast_enabled(device) and torch.is_grad_enabled() and self.weight.requires_grad:
+        training = torch.is_grad_enabled() and self.weight.requires_grad
+        if FP32_WEIGHT_GRAD and training and torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
             if self.weight.dtype != dtype:
                 return _AutocastLinear.apply(x, self.weight, dtype)

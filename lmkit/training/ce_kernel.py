@@ -23,14 +23,12 @@ import torch
 
 # Off: the fused loss uses the compiled torch version (loss._ce_chunk_grad) instead.
 ENABLED = True
-# Columns per loop iteration, warps per program and programs per SM (0: one program per row):
-# read at launch, so benchmarks/ce_chunk.py can sweep them. On an H200 (4096 x 50304 bf16) one
-# program per row with 16384-column blocks and 16 warps was fastest (0.296 ms, 1.74x Inductor's
-# version); fewer programs walking the rows, so that pass 2 finds its row in L2, measured slower
-# at every size tried (0.32-0.46 ms): too little memory traffic in flight.
+# Columns per loop iteration and warps per row: read at launch, so benchmarks/ce_chunk.py can sweep
+# them. Fastest on an H200 (4096 x 50304 bf16): 0.296 ms, 1.74x Inductor's version. (Fewer
+# programs walking the rows, so that pass 2 would find its row in L2, measured slower at every
+# size tried: 0.32-0.46 ms, too little memory traffic in flight; benchmarks/NOTES.md, session 5.)
 BLOCK = 16384
 NUM_WARPS = 16
-PROGRAMS_PER_SM = 0
 
 
 def supported(logits: torch.Tensor) -> bool:
@@ -51,43 +49,37 @@ def _kernel() -> Callable:
     import triton.language as tl
 
     @triton.jit
-    def ce_grad_inplace(logits_ptr, row_stride, targets_ptr, loss_ptr, scale, n_rows, V, BLOCK: tl.constexpr):
-        # Program pid takes rows pid, pid + P, ... (P programs; by default P = n_rows, one row
-        # each). Fewer programs keep fewer rows in flight, so that pass 2 could find its row in L2.
-        # Base-2 exponentials throughout (x * log2(e)): exp2 is the hardware's instruction.
+    def ce_grad_inplace(logits_ptr, row_stride, targets_ptr, loss_ptr, scale, V, BLOCK: tl.constexpr):
+        # One program per row. Base-2 exponentials throughout (x * log2 e): exp2 is the
+        # hardware's instruction.
+        row = tl.program_id(0)
+        base = logits_ptr + tl.cast(row, tl.int64) * row_stride
+        target = tl.load(targets_ptr + row)
         cols = tl.arange(0, BLOCK)
-        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
-            base = logits_ptr + tl.cast(row, tl.int64) * row_stride
-            target = tl.load(targets_ptr + row)
-            # Pass 1: running max m and sum s of exp2(x - m). The first block is peeled off so m
-            # starts finite (it holds column 0 at least; padding loads as -inf and adds 0).
-            x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * 1.4426950408889634
-            m = tl.max(x, 0)
-            s = tl.sum(tl.exp2(x - m), 0)
-            for start in range(BLOCK, V, BLOCK):
-                x = tl.load(base + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32) * 1.4426950408889634
-                m_new = tl.maximum(m, tl.max(x, 0))
-                s = s * tl.exp2(m - m_new) + tl.sum(tl.exp2(x - m_new), 0)
-                m = m_new
-            lse2 = m + tl.log2(s)  # logsumexp of the row, base 2
-            x_target = tl.load(base + target).to(tl.float32)
-            tl.store(loss_ptr + row, lse2 * 0.6931471805599453 - x_target)  # ln 2 * lse2 = natural lse
-            # Pass 2: (softmax - onehot) * scale over the same row, in the logits' dtype, in place.
-            for start in range(0, V, BLOCK):
-                c = start + cols
-                x = tl.load(base + c, mask=c < V, other=0.0).to(tl.float32)
-                g = tl.exp2(x * 1.4426950408889634 - lse2)
-                g = tl.where(c == target, g - 1.0, g) * scale
-                tl.store(base + c, g.to(logits_ptr.dtype.element_ty), mask=c < V)
+        # Pass 1: running max m and sum s of exp2(x - m). The first block is peeled off so m
+        # starts finite (it holds column 0 at least; padding loads as -inf and adds 0).
+        x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        x *= 1.4426950408889634
+        m = tl.max(x, 0)
+        s = tl.sum(tl.exp2(x - m), 0)
+        for start in range(BLOCK, V, BLOCK):
+            x = tl.load(base + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32)
+            x *= 1.4426950408889634
+            m_new = tl.maximum(m, tl.max(x, 0))
+            s = s * tl.exp2(m - m_new) + tl.sum(tl.exp2(x - m_new), 0)
+            m = m_new
+        lse2 = m + tl.log2(s)  # logsumexp of the row, base 2
+        x_target = tl.load(base + target).to(tl.float32)
+        tl.store(loss_ptr + row, lse2 * 0.6931471805599453 - x_target)  # ln 2 * lse2 = natural lse
+        # Pass 2: (softmax - onehot) * scale over the same row, in the logits' dtype, in place.
+        for start in range(0, V, BLOCK):
+            c = start + cols
+            x = tl.load(base + c, mask=c < V, other=0.0).to(tl.float32)
+            g = tl.exp2(x * 1.4426950408889634 - lse2)
+            g = tl.where(c == target, g - 1.0, g) * scale
+            tl.store(base + c, g.to(logits_ptr.dtype.element_ty), mask=c < V)
 
     return ce_grad_inplace
-
-
-def _programs(n: int, device: torch.device) -> int:
-    """How many programs share the n rows (PROGRAMS_PER_SM per SM, at most one per row)."""
-    if not PROGRAMS_PER_SM or device.type != "cuda":
-        return n
-    return min(n, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def ce_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:
@@ -104,5 +96,5 @@ def ce_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, scale: float)
     """
     n, V = logits.shape
     losses = torch.empty(n, dtype=torch.float32, device=logits.device)  # (n,)
-    _kernel()[(_programs(n, logits.device),)](logits, logits.stride(0), targets, losses, scale, n, V, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _kernel()[(n,)](logits, logits.stride(0), targets, losses, scale, V, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return losses.sum()

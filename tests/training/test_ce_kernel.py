@@ -70,8 +70,6 @@ _INTERPRETED_CHECKS = """
 from lmkit.training import ce_kernel
 from tests.training.test_ce_kernel import fused_loss_through_kernel_matches_plain, kernel_matches_chunk_grad
 kernel_matches_chunk_grad("cpu", (5, 16, 48, 97), block=16)
-ce_kernel._programs = lambda n, device: 4  # several rows per program, as on a GPU
-kernel_matches_chunk_grad("cpu", (5, 97), block=16)
 ce_kernel.supported = lambda logits: True  # the interpreter runs on CPU tensors
 ce_kernel.BLOCK = 32
 fused_loss_through_kernel_matches_plain("cpu")
@@ -97,8 +95,6 @@ gpu = pytest.mark.gpu
 def test_kernel_matches_torch_on_cuda():
     kernel_matches_chunk_grad("cuda", (97, 8192, 50304), block=ce_kernel.BLOCK)
     kernel_matches_chunk_grad("cuda", (97, 1000), block=64)
-    with kernel_settings(PROGRAMS_PER_SM=0):  # one program per row
-        kernel_matches_chunk_grad("cuda", (97, 50304), block=ce_kernel.BLOCK)
     assert not ce_kernel.supported(torch.zeros(8, 4, device="cuda").t())  # column stride 8
 
 
