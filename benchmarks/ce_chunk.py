@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from train_throughput import time_steps
 
 from lmkit.training import ce_kernel
 from lmkit.training.loss import _ce_chunk_grad, _compiled, fused_linear_cross_entropy
@@ -27,15 +28,7 @@ def time_ms(fn, reps: int = 30) -> float:
     """Median milliseconds of ``fn()`` over ``reps`` calls (CUDA events; 3 warm-up calls)."""
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return statistics.median(time_steps(lambda i: fn(), reps, torch.device("cuda")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,15 @@ Python; they are plain functions of the test modules, imported there by name.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -27,3 +30,16 @@ def run_interpreted(code: str, timeout: float = 300) -> None:
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=timeout)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@contextlib.contextmanager
+def constants(module: ModuleType, **values) -> Iterator[None]:
+    """Set a kernel module's launch constants (e.g. BLOCK) for the duration, then restore them."""
+    saved = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)

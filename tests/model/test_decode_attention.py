@@ -6,12 +6,10 @@ before triton is imported, hence a subprocess); the GPU tests run the compiled k
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_interpreter import requires_triton, run_interpreted
+from triton_interpreter import constants, requires_triton, run_interpreted
 
 from lmkit.model import ModelConfig, TransformerLM, decode_attention
 from lmkit.model.layers import apply_rope, precompute_rope
@@ -32,15 +30,9 @@ def reference(qkv, cos, sin, k_cache, v_cache, pos):
     return y.transpose(1, 2).reshape(B, 1, D).to(qkv.dtype)
 
 
-@contextlib.contextmanager
 def small_splits(split: int = 16, block: int = 8):
     """Shrink the kernel's split and loop block so that short test caches span several splits."""
-    saved = decode_attention.SPLIT, decode_attention.BLOCK_N
-    decode_attention.SPLIT, decode_attention.BLOCK_N = split, block
-    try:
-        yield
-    finally:
-        decode_attention.SPLIT, decode_attention.BLOCK_N = saved
+    return constants(decode_attention, SPLIT=split, BLOCK_N=block)
 
 
 def kernel_matches_reference(device: str, dtype: torch.dtype, cache_dtype: torch.dtype, atol: float) -> None:

@@ -6,27 +6,17 @@ triton is imported, hence a subprocess); the GPU tests run the compiled kernel a
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from triton_interpreter import requires_triton, run_interpreted
+from triton_interpreter import constants, requires_triton, run_interpreted
 
 from lmkit.training import ce_kernel
 from lmkit.training.loss import _ce_chunk_grad, cross_entropy_loss, fused_linear_cross_entropy
 
 
-@contextlib.contextmanager
 def kernel_settings(**values):
     """Set ce_kernel's module constants (BLOCK, ENABLED, ...) for the duration."""
-    saved = {k: getattr(ce_kernel, k) for k in values}
-    for k, v in values.items():
-        setattr(ce_kernel, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(ce_kernel, k, v)
+    return constants(ce_kernel, **values)
 
 
 def kernel_matches_chunk_grad(device: str, vocab_sizes: tuple[int, ...], block: int) -> None:
