@@ -10,8 +10,8 @@ Here one program owns a row: an online max / sum-of-exponentials over it, then t
 the same row, written over the logits: 0.30 ms (2.8 TB/s), no second chunk-sized buffer
 (benchmarks/ce_chunk.py; -0.6 ms a training step at GPT-2 small, batch 16).
 
-Used by the fused loss on CUDA when Triton is importable (``ENABLED`` switches it off); the CPU
-and compile-free paths keep ``loss._ce_chunk_grad``, which this must equal (tests).
+Used by the fused loss on CUDA when Triton is importable, compiled or not (``ENABLED`` switches it
+off); elsewhere the loss keeps ``loss._ce_chunk_grad``, which this must equal (tests).
 """
 
 from __future__ import annotations
