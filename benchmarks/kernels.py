@@ -31,14 +31,15 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: int = 1) -> dict:
+def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: int = 1, keep_spans: bool = False) -> dict:
     """Run ``fn`` ``reps`` times under the profiler; per-unit GPU time by group and top kernels.
 
     A unit is one rep, or 1/per_rep of one (e.g. per_rep=256 for a call generating 256 tokens
     gives per-token figures). Returns a dict with ``wall_ms`` (host time per unit,
     synchronised), ``gpu_ms`` (sum of kernel times per unit; less than wall_ms when the GPU
     idles), ``kernels`` (launches per unit), ``by_kind`` {group: ms per unit} and ``top``
-    [(ms per unit, launches per unit, group, name)].
+    [(ms per unit, launches per unit, group, name)]; with ``keep_spans``, also ``spans``: every
+    kernel in launch order as (start us from the first, duration us, name), for reading offline.
     """
     units = reps * per_rep
     from torch.profiler import ProfilerActivity, profile
@@ -65,6 +66,8 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: in
     for (_, _, name), (_, _, after) in zip(spans, spans[1:]):
         if name.startswith("Memset"):
             before[after[:70]] += 1
+    t0_us = spans[0][0] if spans else 0.0
+    ordered = [(round(a - t0_us, 2), round(b - a, 2), n[:90]) for a, b, n in spans] if keep_spans else None
     by_kind: dict[str, float] = defaultdict(float)
     for name, us in total.items():
         by_kind[kind_of(name)] += us / 1000 / units
@@ -78,6 +81,7 @@ def profile_kernels(fn: Callable[[], Any], reps: int, top: int = 12, per_rep: in
         "idle_ms": idle_ms / units,
         "gaps": gaps[:top],
         "memset_before": sorted(((n / units, k) for k, n in before.items()), reverse=True)[:8],
+        **({"spans": ordered} if keep_spans else {}),
     }
 
 

@@ -426,7 +426,8 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
             if args.profile and device.type == "cuda":
                 from kernels import profile_kernels, render
 
-                row["profile"] = profile_kernels(lambda: one(args.warmup + args.steps + 1), reps=3, top=args.profile_top)
+                row["profile"] = profile_kernels(lambda: one(args.warmup + args.steps + 1), reps=3, top=args.profile_top,
+                                                keep_spans=args.profile_spans)
                 log(render(f"    profile {name}", row["profile"]))
             # Not for a whole-step compile (no separate phases) or CUDA graphs (replays allocate
             # nothing, so every phase would read as idle).
@@ -519,6 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ce-config", default=None, metavar="BLOCK,WARPS",
                    help="lmkit CE chunk kernel's configuration (ce_chunk.py --best-out writes one)")
     p.add_argument("--profile-top", type=int, default=15, help="kernels (and idle gaps) listed per profile")
+    p.add_argument("--profile-spans", action="store_true", help="keep every profiled kernel, in order, in --json")
     p.add_argument("--mem-phases", action="store_true", help="peak memory of forward, backward and optimizer apart")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--tiny", action="store_true", help="tiny shapes (for a CPU end-to-end check)")

@@ -110,12 +110,7 @@ class Trainer:
             model.set_residual_dtype(rt.dtype)
         self.model = model.to(rt.device)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        # The LM head + cross-entropy in chunks of 4096 rows never holds all (N, V) logits: on one
-        # GPU, with each chunk's softmax compiled on its own, it measured the plain compiled
-        # loss's speed with less peak memory than HF's (benchmarks/NOTES.md). Compiled across
-        # several processes it has not been measured yet, so those keep the plain loss there.
-        fused = not rt.compile or rt.world_size == 1
-        loss = LMLoss(self.model, fused=fused, compiled=rt.compile)
+        loss = LMLoss(self.model, fused=self._fused_loss(), compiled=rt.compile)
         self.wrapped = self.dist.wrap(loss, s.train.parallel)
         self.optimizer = build_optimizer(
             self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
@@ -134,6 +129,16 @@ class Trainer:
             self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
         )
         self.tokens_per_step = s.train.batch_size * s.model.context_length
+
+    def _fused_loss(self) -> bool:
+        """Whether the LM head + cross-entropy run fused, in chunks of 4096 rows.
+
+        The fused loss never holds all (N, V) logits: on one GPU, with each chunk's softmax
+        compiled on its own, it measured the plain compiled loss's speed with less peak memory
+        than HF's (benchmarks/NOTES.md). Compiled across several processes it has not been
+        measured yet, so those keep the plain loss there.
+        """
+        return not self.rt.compile or self.rt.world_size == 1
 
     def _use_cuda_graphs(self) -> bool:
         s, rt = self.settings, self.rt
