@@ -47,10 +47,10 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
 
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device)
-    # As the trainer runs one GPU: fused loss with compiled chunks, CUDA graphs (reduce-overhead).
+    # As the trainer runs one GPU: fused loss with compiled chunks, CUDA graphs, combo kernels.
     step_fn = LMLoss(model, compiled=device == "cuda")
     if device == "cuda":
-        step_fn = torch.compile(step_fn, mode="reduce-overhead")
+        step_fn = torch.compile(step_fn, options={"triton.cudagraphs": True, "combo_kernels": True})
     opt = build_optimizer(model, 6e-4, 0.1, (0.9, 0.95), 1e-8, device)
     T, V = shape["context_length"], shape["vocab_size"]
     data = [torch.randint(0, V, (batch, T + 1), device=device) for _ in range(4)]

@@ -24,6 +24,7 @@ Usage (device machine with 2 GPUs; pydantic wheels on PYTHONPATH, as for train_e
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -100,14 +101,99 @@ def trainer_args(a: argparse.Namespace, shape: dict, batch: int, steps: int) -> 
     return args
 
 
-def as_trainer(loss: str, argv: list[str]) -> None:
-    """Run the lmkit CLI with the N-process loss forced to ``loss`` (fused or plain)."""
+def as_trainer(spec: str, argv: list[str]) -> None:
+    """Run the lmkit CLI with tweaks for an experiment, ``spec`` a comma list of:
+    fused / plain (the N-process loss), mp (FSDP gathers bf16 parameters and reduces in fp32),
+    bucket=MB (DDP buckets of MB, gradients as views into them), nosplit (dynamo does not split
+    the DDP graph at buckets), profile (rank 0 profiles steps 40-44 into the run directory)."""
+    import torch
+
     from lmkit.cli.app import main
     from lmkit.training.trainer import Trainer
 
-    Trainer._fused_loss = lambda self: loss == "fused"
+    tweaks = dict(t.partition("=")[::2] for t in spec.split(",") if t)
+    if "fused" in tweaks or "plain" in tweaks:
+        Trainer._fused_loss = lambda self: "fused" in tweaks
+    if "mp" in tweaks:
+        import torch.distributed.fsdp as fsdp
+
+        shard = fsdp.fully_shard
+        policy = fsdp.MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        fsdp.fully_shard = lambda module, **kw: shard(module, mp_policy=policy, **kw)
+    if "bucket" in tweaks:
+        import torch.nn.parallel as parallel
+
+        mb = float(tweaks["bucket"])
+
+        class BucketDDP(parallel.DistributedDataParallel):  # a class: torch checks isinstance against it
+            def __init__(self, module, **kw):
+                super().__init__(module, bucket_cap_mb=mb, gradient_as_bucket_view=True, **kw)
+
+        parallel.DistributedDataParallel = BucketDDP
+    if "nosplit" in tweaks:
+        torch._dynamo.config.optimize_ddp = False
+    if "profile" in tweaks:
+        build = Trainer._build
+
+        def build_and_hook(self):
+            build(self)
+            if self.rt.is_main:
+                self.optimizer.register_step_post_hook(_StepProfiler(self.run_dir))
+
+        Trainer._build = build_and_hook
     sys.argv = ["lmkit", *argv]
     main()
+
+
+class _StepProfiler:
+    """Optimizer post-step hook: profile steps [start, start + n) and write a summary."""
+
+    def __init__(self, run_dir: Path, start: int = 40, n: int = 5):
+        self.run_dir, self.start, self.n, self.step, self.prof = run_dir, start, n, 0, None
+
+    def __call__(self, *_):
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        self.step += 1
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        if self.step == self.start:
+            sync()
+            self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+        elif self.step == self.start + self.n and self.prof is not None:
+            sync()
+            wall = (time.perf_counter() - self.t0) * 1000 / self.n
+            self.prof.__exit__(None, None, None)
+            (self.run_dir / "profile.txt").write_text(_summary(self.prof, wall, self.n))
+            self.prof = None
+
+
+def _summary(prof, wall_ms: float, steps: int) -> str:
+    import torch
+    from kernels import idle_gaps, kind_of
+
+    tot, cnt, spans = collections.defaultdict(float), collections.Counter(), []
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            tot[e.name] += e.device_time_total
+            cnt[e.name] += 1
+            spans.append((e.time_range.start, e.time_range.end, e.name))
+    idle, gaps = idle_gaps(spans)
+    kinds = collections.defaultdict(float)
+    for name, us in tot.items():
+        kinds["nccl" if "nccl" in name.lower() else kind_of(name)] += us / 1000 / steps
+    lines = [f"wall {wall_ms:.2f} ms/step, kernel sum {sum(tot.values()) / 1000 / steps:.2f} ms/step, "
+             f"{sum(cnt.values()) / steps:.0f} kernels/step, idle gaps >= 5 us {idle / steps:.2f} ms/step",
+             "by kind (ms/step): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))]
+    lines += [f"  {tot[n] / 1000 / steps:8.3f} ms {cnt[n] / steps:6.1f}x {n[:110]}" for n in sorted(tot, key=tot.get, reverse=True)[:25]]
+    lines.append("largest idle gaps (us, before / after):")
+    lines += [f"  {us:9.1f} {a} / {b}" for us, a, b in gaps[:12]]
+    lines.append("host ops by self CPU time (ms/step):")
+    lines += [f"  {e.self_cpu_time_total / 1000 / steps:8.3f} {e.count / steps:6.1f}x {e.key[:90]}"
+              for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -117,7 +203,8 @@ def main() -> None:
     p.add_argument("--shapes", default="small,medium", help="comma list of " + ",".join(SHAPES))
     p.add_argument("--parallel", default="ddp,fsdp", help="strategies for the N-GPU runs ('' for none)")
     p.add_argument("--no-1gpu", action="store_true", help="skip the 1-GPU runs (e.g. measured by an earlier call into --out)")
-    p.add_argument("--loss", default="auto", help="comma list of auto|fused|plain for the N-GPU runs")
+    p.add_argument("--loss", default="auto", help="';'-separated tweak sets for the N-GPU runs: auto (what lmkit does) or a "
+                   "comma list of fused, plain, mp, bucket=MB, nosplit, profile (see as_trainer)")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--per-gpu-batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=120)
@@ -138,7 +225,7 @@ def main() -> None:
     def record(row: dict) -> None:
         results.append(row)
         saved.write_text(json.dumps(results, indent=2))
-        print(json.dumps({k: v for k, v in row.items() if k != "stderr"}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("stderr", "profile")}), flush=True)
 
     last_dir = None
     for name in ["tiny"] if a.tiny else a.shapes.split(","):
@@ -148,12 +235,16 @@ def main() -> None:
             r = run_train(one, trainer_args(a, shape, a.per_gpu_batch, a.steps), a.out / f"{name}-1gpu", one_env)
             record({"shape": name, "run": "1gpu", "gpus": 1, **r})
         for strategy in filter(None, a.parallel.split(",")):
-            for loss in a.loss.split(","):
+            for loss in a.loss.split(";"):
                 launch = [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}"]
                 launch += ["-m", "lmkit"] if loss == "auto" else [__file__, "--as-trainer", loss]
                 run_dir = a.out / f"{name}-{strategy}-{loss}"
                 args = trainer_args(a, shape, a.per_gpu_batch * a.nproc, a.steps) + ["--parallel", strategy]
                 r = run_train(launch, args, run_dir, env)
+                prof = run_dir / "profile.txt"
+                if prof.exists():
+                    r["profile"] = prof.read_text()
+                    print(r["profile"], flush=True)
                 record({"shape": name, "run": f"{strategy}-{loss}", "gpus": a.nproc, **r})
                 if "error" not in r:
                     last_dir, last_row, last_shape = run_dir, r, shape
@@ -168,11 +259,11 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     base = {r["shape"]: r for r in results if r["run"] == "1gpu" and "tok_s" in r}
-    print(f"\n{'shape':<8}{'run':<18}{'gpus':>5}{'tok/s':>11}{'tok/s/GPU':>11}{'eff':>7}{'ms/step':>9}{'MFU':>7}"
+    print(f"\n{'shape':<8}{'run':<26}{'gpus':>5}{'tok/s':>11}{'tok/s/GPU':>11}{'eff':>7}{'ms/step':>9}{'MFU':>7}"
           f"{'allocGiB':>9}{'smiGiB':>8}{'wall_s':>7}  loss first->last")
     for r in results:
         if "error" in r:
-            print(f"{r['shape']:<8}{r['run']:<18}{r['gpus']:>5}  FAILED: {r['error']}")
+            print(f"{r['shape']:<8}{r['run']:<26}{r['gpus']:>5}  FAILED: {r['error']}")
             continue
         per_gpu = r["tok_s"] / r["gpus"]
         ref = base.get(r["shape"])
@@ -181,7 +272,7 @@ def print_table(results: list[dict]) -> None:
         smi = f"{r['smi_gib']:.2f}" if r.get("smi_gib") else "-"
         alloc = f"{r['alloc_gib']:.2f}" if r.get("alloc_gib") else "-"
         extra = f"  resume ok: {r['resume_ok']}" if "resume_ok" in r else ""
-        print(f"{r['shape']:<8}{r['run']:<18}{r['gpus']:>5}{r['tok_s']:>11,.0f}{per_gpu:>11,.0f}{eff:>7}{r['step_ms']:>9.2f}"
+        print(f"{r['shape']:<8}{r['run']:<26}{r['gpus']:>5}{r['tok_s']:>11,.0f}{per_gpu:>11,.0f}{eff:>7}{r['step_ms']:>9.2f}"
               f"{mfu:>7}{alloc:>9}{smi:>8}{r['wall_s']:>7.0f}  {r['first_loss']:.3f}->{r['last_loss']:.3f}{extra}")
 
 

@@ -97,6 +97,13 @@ class Variant:
     fp32_wgrad: bool = True  # lmkit's Linear: weight gradients written in fp32 by the GEMM (off: F.linear)
     help: str = ""
 
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.compile_mode == "reduce-overhead" or ("triton.cudagraphs", True) in self.inductor
+
+
+# Inductor options of `lmkit train`'s compile on one GPU: CUDA graphs + combo kernels.
+TRAINER = (("triton.cudagraphs", True), ("combo_kernels", True))
 
 VARIANTS: dict[str, Variant] = {
     "plain": Variant(fused=False, help="compile lm_loss, plain CE over full (N, V) logits"),
@@ -113,23 +120,23 @@ VARIANTS: dict[str, Variant] = {
     "cdt": Variant(fused=False, inductor=(("coordinate_descent_tuning", True),),
                    help="plain, Inductor coordinate-descent tuning of its Triton kernels"),
     "cg": Variant(fused=False, compile_mode="reduce-overhead", help="plain, CUDA graphs (reduce-overhead)"),
-    "cg-fused4k": Variant(chunk_rows=4096, compile_mode="reduce-overhead",
-                          help="fused4k + CUDA graphs: what `lmkit train` runs on one GPU"),
-    "cg-fusedproj": Variant(chunk_rows=4096, compile_mode="reduce-overhead", stacked=True,
+    "cg-fused4k": Variant(chunk_rows=4096, inductor=TRAINER,
+                          help="fused4k + CUDA graphs + combo kernels: what `lmkit train` runs on one GPU"),
+    "cg-nocombo": Variant(chunk_rows=4096, compile_mode="reduce-overhead",
+                          help="cg-fused4k without Inductor's combo_kernels (the trainer before session 6)"),
+    "cg-fusedproj": Variant(chunk_rows=4096, inductor=TRAINER, stacked=True,
                             help="cg-fused4k with q/k/v and w1/w3 stacked into one parameter each"),
-    "cg-ac": Variant(chunk_rows=4096, compile_mode="reduce-overhead", recompute=True,
+    "cg-ac": Variant(chunk_rows=4096, inductor=TRAINER, recompute=True,
                      help="cg-fused4k with activation checkpointing (--activation-checkpointing)"),
-    "cg-fp32res": Variant(chunk_rows=4096, compile_mode="reduce-overhead", bf16_residual=False,
+    "cg-fp32res": Variant(chunk_rows=4096, inductor=TRAINER, bf16_residual=False,
                           help="cg-fused4k with the residual stream in fp32 (--fp32-residual)"),
-    "cg-noce": Variant(chunk_rows=4096, compile_mode="reduce-overhead", ce_kernel=False,
+    "cg-noce": Variant(chunk_rows=4096, inductor=TRAINER, ce_kernel=False,
                        help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (ce_kernel.ENABLED off)"),
-    "cg-nolin": Variant(chunk_rows=4096, compile_mode="reduce-overhead", fp32_wgrad=False,
+    "cg-nolin": Variant(chunk_rows=4096, inductor=TRAINER, fp32_wgrad=False,
                         help="cg-fused4k with plain F.linear (weight gradients cast to fp32 by separate kernels)"),
-    "cg-combo": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("combo_kernels", True)),
-                        help="cg-fused4k with Inductor's combo_kernels (independent small kernels launched as one)"),
-    "cg-pdl": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("triton.enable_pdl", True)),
+    "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
                       help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
-    "cg-af": Variant(chunk_rows=4096, inductor=(("triton.cudagraphs", True), ("aggressive_fusion", True)),
+    "cg-af": Variant(chunk_rows=4096, inductor=TRAINER + (("aggressive_fusion", True),),
                      help="cg-fused4k with Inductor's aggressive_fusion"),
     "fusedproj": Variant(chunk_rows=4096, stacked=True, help="fused4k with stacked q/k/v and w1/w3 parameters"),
     "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
@@ -431,7 +438,7 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
                 log(render(f"    profile {name}", row["profile"]))
             # Not for a whole-step compile (no separate phases) or CUDA graphs (replays allocate
             # nothing, so every phase would read as idle).
-            phased = not v.whole_step and v.compile_mode != "reduce-overhead"
+            phased = not v.whole_step and not v.cuda_graphs
             if args.mem_phases and device.type == "cuda" and phased:
                 row["mem_phases"] = memory_phases(model, loss_fn, optimizer, pool[0] if pool else loader.step_batches(0)[0], device)
                 log("    memory peaks (GiB): " + ", ".join(f"{k} {g:.2f}" for k, g in row["mem_phases"].items()))

@@ -72,6 +72,19 @@ def test_fused_equals_plain_under_bf16_autocast_cuda(seed: int) -> None:
 
 @pytest.mark.gpu
 @requires_cuda
+def test_fused_honours_the_upstream_gradient_cuda() -> None:
+    """Backward scales the gradients stored in forward by the upstream gradient (bf16 grad_h
+    and fp32 grad_w, on CUDA): exactly, for a power of two."""
+    model, x, y = setup("cuda", 4)
+    loss_fn = partial(lm_loss, model, chunk_rows=CHUNK)
+    _, grads = loss_and_grads(model, loss_fn, x, y, autocast=True)
+    _, doubled = loss_and_grads(model, lambda x, y: 2.0 * loss_fn(x, y), x, y, autocast=True)
+    for name, g in grads.items():
+        torch.testing.assert_close(doubled[name], 2 * g, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.gpu
+@requires_cuda
 @pytest.mark.parametrize("fused", [True, False])
 def test_compiled_lm_loss_equals_eager_cuda(fused: bool) -> None:
     torch._dynamo.reset()
