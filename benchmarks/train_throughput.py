@@ -122,6 +122,8 @@ VARIANTS: dict[str, Variant] = {
     "cg": Variant(fused=False, compile_mode="reduce-overhead", help="plain, CUDA graphs (reduce-overhead)"),
     "cg-fused4k": Variant(chunk_rows=4096, inductor=TRAINER,
                           help="fused4k + CUDA graphs + combo kernels: what `lmkit train` runs on one GPU"),
+    "cg-fused8k": Variant(chunk_rows=8192, inductor=TRAINER,
+                          help="cg-fused4k with 8192-row loss chunks (bigger LM-head GEMMs, one more chunk's memory)"),
     "cg-nocombo": Variant(chunk_rows=4096, compile_mode="reduce-overhead",
                           help="cg-fused4k without Inductor's combo_kernels (the trainer before session 6)"),
     "cg-fusedproj": Variant(chunk_rows=4096, inductor=TRAINER, stacked=True,

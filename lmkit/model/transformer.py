@@ -165,6 +165,15 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             block.recompute = enabled
 
+    def compile_blocks(self, backend: str = "inductor") -> None:
+        """``torch.compile`` each block's computation, not its call: hooks on the block's call
+        (FSDP's parameter gathering) and activation checkpointing stay outside the compiled
+        code, where a whole-model compile traced around FSDP's hooks and ran 3x slower
+        (benchmarks/NOTES.md). Identical blocks share one compiled graph; the state dict is
+        unchanged. Irreversible."""
+        for block in self.blocks:
+            block._forward = torch.compile(block._forward, backend=backend)
+
     def set_residual_dtype(self, dtype: torch.dtype | None) -> None:
         """Carry the residual stream between blocks in ``dtype`` (None: the embedding's dtype).
 

@@ -110,6 +110,10 @@ class Trainer:
             model.set_residual_dtype(rt.dtype)
         self.model = model.to(rt.device)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
+        # FSDP compiles block by block (hooks stay eager); everything else compiles as a whole.
+        self.regional = rt.compile and rt.world_size > 1 and s.train.parallel == "fsdp"
+        if self.regional:
+            self.model.compile_blocks()
         loss = LMLoss(self.model, fused=self._fused_loss(), compiled=rt.compile)
         self.wrapped = self.dist.wrap(loss, s.train.parallel)
         self.optimizer = build_optimizer(
@@ -127,7 +131,8 @@ class Trainer:
         # before each matmul) together; -0.17 to -0.24 ms a step at GPT-2 small on one H200
         # (NOTES.md). Not measured across processes yet, so only on one GPU.
         options = {"triton.cudagraphs": self.cuda_graphs, "combo_kernels": rt.device.type == "cuda" and rt.world_size == 1}
-        self.loss_fn = torch.compile(self.wrapped, options=options) if rt.compile else self.wrapped
+        whole = rt.compile and not self.regional
+        self.loss_fn = torch.compile(self.wrapped, options=options) if whole else self.wrapped
         self.loader = BatchLoader(
             self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
         )
@@ -138,10 +143,11 @@ class Trainer:
 
         The fused loss never holds all (N, V) logits: on one GPU, with each chunk's softmax
         compiled on its own, it measured the plain compiled loss's speed with less peak memory
-        than HF's (benchmarks/NOTES.md). Compiled across several processes it has not been
-        measured yet, so those keep the plain loss there.
+        than HF's (benchmarks/NOTES.md). Under DDP with the model compiled as a whole the plain
+        loss measured faster (2 H200s: 40 vs 49 ms a step), so that keeps it; FSDP compiles
+        block by block and leaves the loss eager, where only the fused one is quick.
         """
-        return not self.rt.compile or self.rt.world_size == 1
+        return not self.rt.compile or self.rt.world_size == 1 or self.regional
 
     def _use_cuda_graphs(self) -> bool:
         s, rt = self.settings, self.rt

@@ -103,14 +103,16 @@ def test_killed_rank_makes_the_others_exit_with_a_message(base, tmp_path):
     assert load_checkpoint(latest)["iter"] > 0  # what was saved before the kill is intact
 
 
-def test_fsdp_with_activation_checkpointing_matches_one_process(tiny_overrides, tmp_path):
-    """Blocks recomputed in backward inside FSDP's parameter gathering: same losses as one
-    process without recomputation."""
+@pytest.mark.slow  # ~30 s: each process compiles the block with Inductor
+def test_fsdp_compiled_with_activation_checkpointing_matches_one_process(tiny_overrides, tmp_path):
+    """FSDP as it runs on GPUs -- each block compiled on its own, FSDP's parameter gathering
+    outside the compiled code -- with blocks recomputed in backward: the same losses as one
+    eager process without recomputation (to Inductor's reordering of float sums)."""
     base = dict(tiny_overrides, max_iters=4, lr_decay_iters=4, log_interval=1, eval_interval=4, checkpoint_interval=4)
     train(resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / "one")), environ={}), console_sinks=True, is_tty=False)
-    r = torchrun(dict(base, checkpoint_dir=str(tmp_path / "fsdp"), parallel="fsdp", activation_checkpointing=True))
+    r = torchrun(dict(base, checkpoint_dir=str(tmp_path / "fsdp"), parallel="fsdp", activation_checkpointing=True, compile=True))
     assert r.returncode == 0, r.stderr[-3000:]
     ref, got = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
     assert got.keys() == ref.keys()
     for step in ref:
-        assert got[step] == pytest.approx(ref[step], rel=1e-5), step
+        assert got[step] == pytest.approx(ref[step], rel=1e-4), step
