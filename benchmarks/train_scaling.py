@@ -8,7 +8,8 @@ command, `python -m lmkit train`, on one GPU, then under `torchrun --nproc-per-n
   efficiency  per-GPU tok/s over the 1-GPU run's;
   mem GiB     the trainer's peak ``max_memory_allocated`` on rank 0 (blind to a CUDA graph's
               pool, so the 1-GPU row reads low) and, from nvidia-smi polled every 0.25 s, the
-              highest memory any one GPU used (CUDA context and NCCL buffers included).
+              highest memory any one of the run's GPUs used (CUDA context and NCCL buffers
+              included; the 1-GPU runs use GPU 0).
 ``--loss fused`` / ``plain`` force the N-process runs' loss (``auto`` is what lmkit picks): this
 script then launches itself as the trainer with ``Trainer._fused_loss`` replaced.
 
@@ -27,6 +28,7 @@ import argparse
 import collections
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,15 +70,28 @@ class GpuMemory:
             self._reader.join(timeout=5)
 
 
-def run_train(launch: list[str], args: list[str], run_dir: Path, env: dict, after_step: int = 0) -> dict:
+def run_train(launch: list[str], args: list[str], run_dir: Path, env: dict, gpus: int, after_step: int = 0) -> dict:
     """Run one `lmkit train` and summarise its metrics.jsonl rows past ``after_step`` (a resumed
     run appends to the file of the run it continues)."""
     t = time.perf_counter()
     with GpuMemory() as mem:
-        proc = subprocess.run([*launch, *args, "--checkpoint-dir", str(run_dir)], capture_output=True, text=True, env=env)
+        # Its own process group, killed with this script: a run orphaned by a timeout kept
+        # training on the GPUs and slowed (and inflated the memory of) the runs after it.
+        proc = subprocess.Popen([*launch, *args, "--checkpoint-dir", str(run_dir)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        try:
+            _, stderr = proc.communicate()
+        finally:
+            if proc.poll() is None:  # SIGTERM first: torchrun then stops its workers (own sessions)
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
     wall = time.perf_counter() - t
     if proc.returncode:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300], "wall_s": wall, "stderr": proc.stderr[-3000:]}
+        return {"error": (stderr.strip().splitlines() or ["?"])[-1][:300], "wall_s": wall, "stderr": stderr[-3000:]}
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "tokens_per_s" in r and r["step"] > after_step]
     steady = logged[2:] or logged
@@ -85,7 +100,8 @@ def run_train(launch: list[str], args: list[str], run_dir: Path, env: dict, afte
         "step_ms": statistics.median(r["step_ms"] for r in steady),
         "mfu": statistics.median(r["mfu"] for r in steady) if "mfu" in steady[0] else None,
         "alloc_gib": max((r.get("gpu_mem_gb", 0.0) for r in logged), default=None),
-        "smi_gib": max(mem.peak.values()) / 1024 if mem.peak else None,
+        # The GPUs this run used (0..gpus-1): another job may be using the others.
+        "smi_gib": max((v for i, v in mem.peak.items() if i < gpus), default=0) / 1024 or None,
         "first_step": min(r["step"] for r in logged), "last_step": max(r["step"] for r in logged),
         "first_loss": logged[0]["loss"], "last_loss": logged[-1]["loss"], "wall_s": wall,
     }
@@ -199,6 +215,8 @@ def _summary(prof, wall_ms: float, steps: int) -> str:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--as-trainer":
         return as_trainer(sys.argv[2], sys.argv[3:])
+    # `timeout` sends SIGTERM: leave through the finally blocks that kill the running trainer.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="small,medium", help="comma list of " + ",".join(SHAPES))
     p.add_argument("--parallel", default="ddp,fsdp", help="strategies for the N-GPU runs ('' for none)")
@@ -232,7 +250,7 @@ def main() -> None:
         shape = SHAPES[name]
         one_env = dict(env, CUDA_VISIBLE_DEVICES="0") if a.device == "cuda" else env
         if not a.no_1gpu:
-            r = run_train(one, trainer_args(a, shape, a.per_gpu_batch, a.steps), a.out / f"{name}-1gpu", one_env)
+            r = run_train(one, trainer_args(a, shape, a.per_gpu_batch, a.steps), a.out / f"{name}-1gpu", one_env, 1)
             record({"shape": name, "run": "1gpu", "gpus": 1, **r})
         for strategy in filter(None, a.parallel.split(",")):
             for loss in a.loss.split(";"):
@@ -240,7 +258,7 @@ def main() -> None:
                 launch += ["-m", "lmkit"] if loss == "auto" else [__file__, "--as-trainer", loss]
                 run_dir = a.out / f"{name}-{strategy}-{loss}"
                 args = trainer_args(a, shape, a.per_gpu_batch * a.nproc, a.steps) + ["--parallel", strategy]
-                r = run_train(launch, args, run_dir, env)
+                r = run_train(launch, args, run_dir, env, a.nproc)
                 prof = run_dir / "profile.txt"
                 if prof.exists():
                     r["profile"] = prof.read_text()
@@ -251,7 +269,7 @@ def main() -> None:
     if last_dir is not None and a.resume_steps:
         # Same global batch (a different one would be a different run), now on one GPU.
         args = trainer_args(a, last_shape, a.per_gpu_batch * a.nproc, a.steps + a.resume_steps) + ["--resume", "auto"]
-        r = run_train(one, args, last_dir, dict(env, CUDA_VISIBLE_DEVICES="0") if a.device == "cuda" else env, a.steps)
+        r = run_train(one, args, last_dir, dict(env, CUDA_VISIBLE_DEVICES="0") if a.device == "cuda" else env, 1, a.steps)
         ok = "error" not in r and r["first_step"] == a.steps + 10 and abs(r["first_loss"] - last_row["last_loss"]) < 0.25
         record({"shape": "resume", "run": f"{last_dir.name} on 1", "gpus": 1, "resume_ok": ok, **r})
     print_table(results)

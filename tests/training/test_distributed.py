@@ -59,6 +59,19 @@ def test_ddp_and_fsdp_match_one_process(base, tmp_path):
     assert one.step == 6
 
 
+def test_ddp_with_gradient_accumulation_matches_one_process(base, tmp_path):
+    """Micro-steps accumulate into DDP's buckets (the gradients live there) without an
+    all-reduce, then one all-reduce per step: the same losses as one process."""
+    base = dict(base, grad_accum_steps=2, eval_interval=6, checkpoint_interval=6)
+    train(resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / "one")), environ={}), console_sinks=True, is_tty=False)
+    r = torchrun(dict(base, checkpoint_dir=str(tmp_path / "ddp")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(tmp_path / "one"), losses(tmp_path / "ddp")
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5), step
+
+
 def test_checkpoints_resume_across_world_sizes(base, tmp_path):
     ref_dir = tmp_path / "ref"
     train(resolve_settings(overrides=dict(base, checkpoint_dir=str(ref_dir)), environ={}), console_sinks=True, is_tty=False)
