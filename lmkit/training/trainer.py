@@ -128,8 +128,8 @@ class Trainer:
         # (small models); at GPT-2 small on an H200 it measured -0.7 %, within noise, since the
         # host already kept ahead there (benchmarks/NOTES.md).
         # combo_kernels: Inductor launches independent small kernels (such as the weight casts
-        # before each matmul) together; -0.17 to -0.24 ms a step at GPT-2 small on one H200
-        # (NOTES.md). Not measured across processes yet, so only on one GPU.
+        # before each matmul) together; -0.11 to -0.24 ms a step at GPT-2 small on one H200
+        # (three runs, NOTES.md). Not measured across processes yet, so only on one GPU.
         options = {"triton.cudagraphs": self.cuda_graphs, "combo_kernels": rt.device.type == "cuda" and rt.world_size == 1}
         whole = rt.compile and not self.regional
         self.loss_fn = torch.compile(self.wrapped, options=options) if whole else self.wrapped
