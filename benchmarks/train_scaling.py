@@ -11,7 +11,7 @@ command, `python -m lmkit train`, on one GPU, then under `torchrun --nproc-per-n
               highest memory any one of the run's GPUs used (CUDA context and NCCL buffers
               included; the 1-GPU runs use GPU 0).
 ``--loss fused`` / ``plain`` force the N-process runs' loss (``auto`` is what lmkit picks): this
-script then launches itself as the trainer with ``Trainer._fused_loss`` replaced.
+script then launches itself as the trainer with the compile plan's ``fused_loss`` replaced.
 
 Last, the checkpoint of the last N-GPU run is resumed on one GPU for a few more steps (the
 check that a checkpoint saved on N GPUs trains on 1, same global batch): the resumed run must
@@ -124,12 +124,16 @@ def as_trainer(spec: str, argv: list[str]) -> None:
     the DDP graph at buckets), profile (rank 0 profiles steps 40-44 into the run directory)."""
     import torch
 
+    import dataclasses
+
     from lmkit.cli.app import main
+    from lmkit.training import trainer
     from lmkit.training.trainer import Trainer
 
     tweaks = dict(t.partition("=")[::2] for t in spec.split(",") if t)
     if "fused" in tweaks or "plain" in tweaks:
-        Trainer._fused_loss = lambda self: "fused" in tweaks
+        plan = trainer.plan_compile
+        trainer.plan_compile = lambda *a: dataclasses.replace(plan(*a), fused_loss="fused" in tweaks)
     if "mp" in tweaks:
         import torch.distributed.fsdp as fsdp
 

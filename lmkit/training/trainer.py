@@ -26,6 +26,7 @@ from lmkit.model import ModelConfig, TransformerLM
 from lmkit.observe.base import MultiSink, RunInfo
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
+from lmkit.training.compile_plan import plan_compile
 from lmkit.training.distributed import Distributed
 from lmkit.training.loss import LMLoss
 from lmkit.training.optim import build_optimizer, clip_gradients
@@ -109,55 +110,23 @@ class Trainer:
             # over 9 paired seeds (+0.0014 +- 0.0068 nats; benchmarks/NOTES.md, session 5).
             model.set_residual_dtype(rt.dtype)
         self.model = model.to(rt.device)
-        # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        # FSDP compiles block by block (hooks stay eager); everything else compiles as a whole.
-        self.regional = rt.compile and rt.world_size > 1 and s.train.parallel == "fsdp"
-        if self.regional:
+        plan = plan_compile(s, rt, self.notice)
+        if plan.regional:
             self.model.compile_blocks()
-        loss = LMLoss(self.model, fused=self._fused_loss(), compiled=rt.compile)
-        self.wrapped = self.dist.wrap(loss, s.train.parallel)
+        # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
+        self.wrapped = self.dist.wrap(LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile), s.train.parallel)
         self.optimizer = build_optimizer(
             self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
         )
         if state is not None:
             self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
             self._restore_counters(state)
-        self.cuda_graphs = self._use_cuda_graphs()
-        # reduce-overhead: torch.compile records the forward and backward as CUDA graphs and
-        # replays them, one launch instead of ~900 a step. That matters when kernels are short
-        # (small models); at GPT-2 small on an H200 it measured -0.7 %, within noise, since the
-        # host already kept ahead there (benchmarks/NOTES.md).
-        # combo_kernels: Inductor launches independent small kernels (such as the weight casts
-        # before each matmul) together; -0.11 to -0.24 ms a step at GPT-2 small on one H200
-        # (three runs, NOTES.md). Not measured across processes yet, so only on one GPU.
-        options = {"triton.cudagraphs": self.cuda_graphs, "combo_kernels": rt.device.type == "cuda" and rt.world_size == 1}
-        whole = rt.compile and not self.regional
-        self.loss_fn = torch.compile(self.wrapped, options=options) if whole else self.wrapped
+        self.cuda_graphs = plan.cuda_graphs
+        self.loss_fn = plan.apply(self.wrapped)
         self.loader = BatchLoader(
             self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
         )
         self.tokens_per_step = s.train.batch_size * s.model.context_length
-
-    def _fused_loss(self) -> bool:
-        """Whether the LM head + cross-entropy run fused, in chunks of 4096 rows.
-
-        The fused loss never holds all (N, V) logits: on one GPU, with each chunk's softmax
-        compiled on its own, it measured the plain compiled loss's speed with less peak memory
-        than HF's (benchmarks/NOTES.md). Under DDP with the model compiled as a whole the plain
-        loss measured faster (2 H200s: 40 vs 49 ms a step), so that keeps it; FSDP compiles
-        block by block and leaves the loss eager, where only the fused one is quick.
-        """
-        return not self.rt.compile or self.rt.world_size == 1 or self.regional
-
-    def _use_cuda_graphs(self) -> bool:
-        s, rt = self.settings, self.rt
-        wanted = s.runtime.cuda_graphs
-        # A graph replays fixed memory: gradients accumulated across micro-steps and the
-        # collectives of several processes would need more than one, so those run without.
-        possible = rt.compile and rt.device.type == "cuda" and rt.world_size == 1 and s.train.grad_accum_steps == 1
-        if wanted and not possible:
-            self.notice("cuda_graphs needs compile on one CUDA device and grad_accum_steps 1; running without")
-        return possible if wanted is None else bool(wanted and possible)
 
     def _restore_counters(self, state: dict[str, Any]) -> None:
         self.step = int(state["iter"])
