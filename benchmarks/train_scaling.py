@@ -122,9 +122,9 @@ def as_trainer(spec: str, argv: list[str]) -> None:
     fused / plain (the N-process loss), mp (FSDP gathers bf16 parameters and reduces in fp32),
     bucket=MB (DDP buckets of MB, gradients as views into them), nosplit (dynamo does not split
     the DDP graph at buckets), profile (rank 0 profiles steps 40-44 into the run directory)."""
-    import torch
-
     import dataclasses
+
+    import torch
 
     from lmkit.cli.app import main
     from lmkit.training import trainer
@@ -147,7 +147,7 @@ def as_trainer(spec: str, argv: list[str]) -> None:
 
         class BucketDDP(parallel.DistributedDataParallel):  # a class: torch checks isinstance against it
             def __init__(self, module, **kw):
-                super().__init__(module, bucket_cap_mb=mb, gradient_as_bucket_view=True, **kw)
+                super().__init__(module, **{**kw, "bucket_cap_mb": mb, "gradient_as_bucket_view": True})
 
         parallel.DistributedDataParallel = BucketDDP
     if "nosplit" in tweaks:
