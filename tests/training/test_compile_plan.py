@@ -13,7 +13,7 @@ from lmkit.training.runtime import Runtime
 
 def plan(device="cuda", compile=True, world_size=1, parallel="ddp", accum=1, cuda_graphs=None):
     said: list[str] = []
-    settings = Settings.model_validate({"train": {"parallel": parallel, "grad_accum_steps": accum, "batch_size": 32},
+    settings = Settings.model_validate({"train": {"parallel": parallel, "grad_accum_steps": accum},
                                         "runtime": {"cuda_graphs": cuda_graphs}})
     rt = Runtime(torch.device(device), torch.bfloat16 if device == "cuda" else torch.float32, compile, world_size=world_size)
     return plan_compile(settings, rt, said.append), said
