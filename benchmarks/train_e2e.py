@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,17 +79,14 @@ def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
 
 
 def run_cli(prefix: list[str], args: list[str], run_dir: Path) -> dict:
-    t = time.perf_counter()
-    proc = subprocess.run([*prefix, *args, "--checkpoint-dir", str(run_dir)], capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        print(proc.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"{' '.join(prefix)} failed with {proc.returncode}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
-    mfu = [r["mfu"] for r in rows if "mfu" in r][2:]
-    steps = max(r.get("step", 0) for r in rows)
-    return {"steady_tok_s": statistics.median(rates), "mfu": statistics.median(mfu) if mfu else None, "wall_s": wall, "steps": steps}
+    """One `lmkit train` run (train_scaling.run_train), with its failure made fatal."""
+    from train_scaling import run_train
+
+    r = run_train(prefix, args, run_dir, dict(os.environ), gpus=1)
+    if "error" in r:
+        print(r["stderr"], file=sys.stderr)
+        raise SystemExit(f"{' '.join(prefix)} failed: {r['error']}")
+    return {"steady_tok_s": r["tok_s"], "mfu": r["mfu"], "wall_s": r["wall_s"], "steps": r["last_step"]}
 
 
 def main() -> None:
