@@ -95,7 +95,6 @@ class Variant:
     bf16_residual: bool = True  # residual stream in bf16 (lmkit's default; False: --fp32-residual)
     ce_kernel: bool = True  # lmkit's Triton kernel for each fused-CE chunk (off: Inductor's version)
     fp32_wgrad: bool = True  # lmkit's Linear: weight gradients written in fp32 by the GEMM (off: F.linear)
-    stacked_proj: bool = True  # q/k/v and w1/w3 as one GEMM each over their stacked weights (layers.project)
     help: str = ""
 
     @property
@@ -137,8 +136,6 @@ VARIANTS: dict[str, Variant] = {
                        help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (ce_kernel.ENABLED off)"),
     "cg-nolin": Variant(chunk_rows=4096, inductor=TRAINER, fp32_wgrad=False,
                         help="cg-fused4k with plain F.linear (weight gradients cast to fp32 by separate kernels)"),
-    "cg-sepproj": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=False,
-                          help="cg-fused4k with separate q/k/v and w1/w3 GEMMs (the trainer before session 7)"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
                       help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
     "cg-af": Variant(chunk_rows=4096, inductor=TRAINER + (("aggressive_fusion", True),),
@@ -191,7 +188,6 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         return model, loss
     # Read when the model is traced (its first step), which happens before the next variant is built.
     ce_kernel.ENABLED, layers.FP32_WEIGHT_GRAD = v.ce_kernel, v.fp32_wgrad
-    layers.STACKED_PROJECTIONS = v.stacked_proj
     model = TransformerLM(cfg)
     if v.stacked:
         from fused_proj import stack_projections
