@@ -6,9 +6,11 @@ state exists), then times each of these (median ms of ``--reps`` calls, CUDA eve
 it into effective GB/s from the fewest bytes it must move (N = number of parameters, fp32):
   - ``copy``: ``dst.copy_(src)`` of one flat buffer of N floats (8 B/param): the reference;
   - ``norm``: ``torch.nn.utils.get_total_norm`` over the grads (4 B/param);
-  - ``adamw``: ``opt.step()`` of lmkit's ``build_optimizer``, ``grad_scale`` None (28 B/param:
-    read p, g, m, v; write p, m, v);
+  - ``adamw``: ``opt.step()`` of lmkit's ``build_optimizer`` (on CUDA its Triton kernel,
+    adamw_kernel.py), ``grad_scale`` None (28 B/param: read p, g, m, v; write p, m, v);
   - ``clip+adamw``: ``clip_gradients`` then ``opt.step()``, what the trainer runs (32 B/param);
+  - ``adamw-kernel B/W``: lmkit's kernel with BLOCK=B elements and W warps a program (``--sweep``);
+  - ``adamw-torch-fused``: torch's fused AdamW over the same param groups (lmkit before session 7);
   - ``adamw-flat``: the same fused AdamW over ONE flat parameter of N floats (one tensor, not ~110);
   - ``adamw-foreach``: ``AdamW(foreach=True, fused=False)`` over the model's param groups.
 The last column is each row's GB/s as a fraction of ``copy``'s.
@@ -31,6 +33,7 @@ import torch
 from train_throughput import GPT2_MEDIUM, GPT2_SMALL, TINY, time_steps
 
 from lmkit.model import ModelConfig, TransformerLM
+from lmkit.training import adamw_kernel
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 
 LR, WEIGHT_DECAY, BETAS, EPS, CLIP = 6e-4, 0.1, (0.9, 0.95), 1e-8, 1.0
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny model shape (CPU smoke test)")
     p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--sweep", action="store_true", help="also time lmkit's kernel at other BLOCK / warps")
+    p.add_argument("--best-out", type=Path, default=None, help="with --sweep: write the fastest block,warps here")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(2):  # warm-up: creates the Adam state
         clip_gradients(opt, params, CLIP)
         opt.step()
-    lmkit_note = "fused" if opt.defaults.get("fused") else "unfused (build_optimizer: cuda only)"
+    lmkit_note = ("lmkit Triton kernel" if type(opt) is not torch.optim.AdamW else
+                  "torch fused" if opt.defaults.get("fused") else "torch unfused (build_optimizer: cuda only)")
     rows: list[dict[str, Any]] = []
 
     def row(name: str, fn: Callable[[], Any], bytes_per_param: int, note: str = "") -> None:
@@ -108,6 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     row("adamw", step, 28, lmkit_note)
     row("clip+adamw", clip_step, 32, lmkit_note)
     opt.grad_scale = None  # type: ignore[attr-defined]
+    if args.sweep and type(opt) is not torch.optim.AdamW:
+        default = adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS
+        for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (4096, 16), (8192, 8), (8192, 16)):
+            adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS = block, warps
+            row(f"adamw-kernel {block}/{warps}", step, 28, "default" if (block, warps) == default else "")
+        adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS = default
+        if args.best_out:
+            best = min((r for r in rows if r["name"].startswith("adamw-kernel ")), key=lambda r: r["ms"])
+            args.best_out.write_text(best["name"].split()[1].replace("/", ","))
+
+    tf_opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS, fused=device.type == "cuda")
+    tf_opt.step()
+    tf_opt.step()
+    row("adamw-torch-fused", tf_opt.step, 28, "fused" if device.type == "cuda" else "unfused (cpu)")
+    del tf_opt
 
     flat = torch.nn.Parameter(torch.zeros(n, device=device))
     flat.grad = torch.randn_like(flat) * 1e-3

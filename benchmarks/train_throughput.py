@@ -2,8 +2,10 @@
 
 One process, one table: ms/step, tokens/s, MFU, peak GPU memory and compile time for each
 (shape, variant). Both systems train the same way the lmkit trainer does: bf16 autocast,
-torch.compile, torch's fused AdamW (decay on >= 2-D weights), the LR set every step,
-grad clipping at 1.0, ``zero_grad(set_to_none=True)``. The HF model is configured to the identical
+torch.compile, a fused AdamW (decay on >= 2-D weights), the LR set every step,
+grad clipping at 1.0, ``zero_grad(set_to_none=True)``. The AdamW is each system's own: lmkit's
+``build_optimizer`` (on CUDA lmkit's one-launch Triton kernel, the same update as torch's) and
+torch's fused AdamW for HF; ``cg-torchadam`` / ``hf-lmkitadam`` swap them. The HF model is configured to the identical
 shape (untied head, no biases, SDPA attention, fp32 parameters) and trained on the same plain
 cross-entropy as lmkit's ``fused=False`` path, so the only differences are the model code and
 lmkit's optional fused LM-head + CE.
@@ -54,7 +56,7 @@ import torch
 from torch import nn
 
 from lmkit.model import ModelConfig, TransformerLM, flops_per_token, layers
-from lmkit.training import ce_kernel
+from lmkit.training import adamw_kernel, ce_kernel
 from lmkit.training.loss import cross_entropy_loss, fused_linear_cross_entropy, lm_loss
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 from lmkit.training.schedule import get_lr
@@ -95,7 +97,14 @@ class Variant:
     bf16_residual: bool = True  # residual stream in bf16 (lmkit's default; False: --fp32-residual)
     ce_kernel: bool = True  # lmkit's Triton kernel for each fused-CE chunk (off: Inductor's version)
     fp32_wgrad: bool = True  # lmkit's Linear: weight gradients written in fp32 by the GEMM (off: F.linear)
+    # build_optimizer's AdamW (lmkit's Triton kernel on CUDA) or torch's fused one; None: lmkit's for
+    # lmkit, torch's for hf (what each system's users run)
+    lmkit_adamw: bool | None = None
     help: str = ""
+
+    @property
+    def lmkit_optimizer(self) -> bool:
+        return self.lmkit_adamw if self.lmkit_adamw is not None else self.system == "lmkit"
 
     @property
     def cuda_graphs(self) -> bool:
@@ -136,6 +145,10 @@ VARIANTS: dict[str, Variant] = {
                        help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (ce_kernel.ENABLED off)"),
     "cg-nolin": Variant(chunk_rows=4096, inductor=TRAINER, fp32_wgrad=False,
                         help="cg-fused4k with plain F.linear (weight gradients cast to fp32 by separate kernels)"),
+    "cg-torchadam": Variant(chunk_rows=4096, inductor=TRAINER, lmkit_adamw=False,
+                            help="cg-fused4k with torch's fused AdamW instead of lmkit's kernel (the trainer before session 7)"),
+    "hf-lmkitadam": Variant(system="hf", fused=False, lmkit_adamw=True,
+                            help="hf with lmkit's AdamW kernel instead of torch's fused AdamW"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
                       help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
     "cg-af": Variant(chunk_rows=4096, inductor=TRAINER + (("aggressive_fusion", True),),
@@ -143,7 +156,7 @@ VARIANTS: dict[str, Variant] = {
     "fusedproj": Variant(chunk_rows=4096, stacked=True, help="fused4k with stacked q/k/v and w1/w3 parameters"),
     "hf-cdt": Variant(system="hf", fused=False, inductor=(("coordinate_descent_tuning", True),),
                       help="HF with coordinate-descent tuning"),
-    "hf": Variant(system="hf", fused=False, help="HF LlamaForCausalLM, compiled, plain CE"),
+    "hf": Variant(system="hf", fused=False, help="HF LlamaForCausalLM, compiled, plain CE, torch's fused AdamW"),
     "hf-eager": Variant(system="hf", fused=False, compile_mode=None, help="HF, no compile"),
     "hf-fused8k": Variant(system="hf", help="HF body + lmkit fused CE on its lm_head"),
     "fused8k+loader": Variant(loader=True, help="fused8k fed by lmkit BatchLoader"),
@@ -390,7 +403,11 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
             param_groups(model, WEIGHT_DECAY), lr=torch.tensor(LR, device=device), betas=BETAS, eps=ADAM_EPS, fused=True
         )
     else:
-        optimizer = build_optimizer(model, LR, WEIGHT_DECAY, BETAS, ADAM_EPS, device.type)
+        if v.lmkit_optimizer:
+            optimizer = build_optimizer(model, LR, WEIGHT_DECAY, BETAS, ADAM_EPS, device.type)
+        else:  # the reference: torch's fused AdamW (its unfused one off CUDA)
+            optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=ADAM_EPS,
+                                          fused=device.type == "cuda")
         if v.compile_mode is not None and not v.regional:
             if v.inductor:
                 loss_fn = torch.compile(loss_fn, options=dict(v.inductor))
@@ -528,6 +545,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="print each variant's GPU kernels by group (kernels.py)")
     p.add_argument("--ce-config", default=None, metavar="BLOCK,WARPS",
                    help="lmkit CE chunk kernel's configuration (ce_chunk.py --best-out writes one)")
+    p.add_argument("--adamw-config", default=None, metavar="BLOCK,WARPS",
+                   help="lmkit AdamW kernel's configuration (optim_step.py --sweep --best-out writes one)")
     p.add_argument("--profile-top", type=int, default=15, help="kernels (and idle gaps) listed per profile")
     p.add_argument("--profile-spans", action="store_true", help="keep every profiled kernel, in order, in --json")
     p.add_argument("--mem-phases", action="store_true", help="peak memory of forward, backward and optimizer apart")
@@ -575,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.ce_config:
         ce_kernel.BLOCK, ce_kernel.NUM_WARPS = (int(v) for v in args.ce_config.split(","))
+    if args.adamw_config:
+        adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS = (int(v) for v in args.adamw_config.split(","))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible; use --device cpu --tiny for a smoke run", file=sys.stderr)
         return 2
@@ -590,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bf16 8192^3 matmul: {fmt(peak, '.0f')} TFLOP/s measured; datasheet {DATASHEET_TFLOPS:.0f}")
     rows: list[dict] = []
     out = {"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "matmul_tflops": peak,
-           "datasheet_tflops": DATASHEET_TFLOPS, "ce_kernel": [ce_kernel.BLOCK, ce_kernel.NUM_WARPS],
+           "datasheet_tflops": DATASHEET_TFLOPS, "ce_kernel": [ce_kernel.BLOCK, ce_kernel.NUM_WARPS], "adamw_kernel": [adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS],
            "variants": {k: asdict(v) for k, v in VARIANTS.items()}, "results": rows}
     with tempfile.TemporaryDirectory(prefix="lmkit-bench-") as tmp:
         for shape, name in plan(args):

@@ -1,0 +1,108 @@
+"""lmkit's AdamW (one Triton launch per parameter group) against torch's AdamW.
+
+On CPU the kernel runs under Triton's interpreter (in a subprocess); the ``gpu`` test compares it
+with torch's fused AdamW at GPT-2-small-like sizes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from triton_interpreter import constants, requires_triton, run_interpreted
+
+from lmkit.training import adamw_kernel
+from lmkit.training.optim import AdamW, build_optimizer, clip_gradients, param_groups
+
+
+def _model(device: str, sizes=(8, 300, 7)) -> torch.nn.Module:
+    torch.manual_seed(0)
+    d_in, d_hidden, d_out = sizes
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, d_hidden), torch.nn.RMSNorm(d_hidden), torch.nn.Linear(d_hidden, d_out, bias=False)
+    ).to(device)
+
+
+def _train(model, opt, device: str, steps: range, ref: bool, skip_grad_at: int | None = None) -> None:
+    """``steps`` of a toy regression with a changing LR and the gradient clipped to 0.5; at step
+    ``skip_grad_at`` the last weight gets no gradient (so its step count falls behind)."""
+    for step in steps:
+        g = torch.Generator().manual_seed(step)
+        x = (torch.randn(16, model[0].in_features, generator=g) * 10).to(device)
+        model(x).pow(2).mean().backward()
+        if step == skip_grad_at:
+            model[2].weight.grad = None
+        for group in opt.param_groups:
+            group["lr"] = 1e-2 / (1 + step)
+        if ref:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        else:
+            clip_gradients(opt, list(model.parameters()), 0.5)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def kernel_step_matches_torch(device: str, fused_ref: bool = False) -> None:
+    """Several steps (clip folded in, LR changing, one parameter skipping a step, a checkpoint
+    moved between the two optimizers) leave the same parameters as torch's AdamW."""
+    hyper = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours, ref = _model(device), _model(device)
+    opt = AdamW(param_groups(ours, 0.1), **hyper)
+    opt_ref = torch.optim.AdamW(param_groups(ref, 0.1), **hyper, fused=fused_ref, foreach=False if not fused_ref else None)
+    _train(ours, opt, device, range(3), ref=False)
+    _train(ref, opt_ref, device, range(3), ref=True)
+    assert opt._plans, "the kernel path did not run"
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # Resume each from the other's state dict: the two formats are one.
+    state, state_ref = opt.state_dict(), opt_ref.state_dict()
+    opt, opt_ref = AdamW(param_groups(ours, 0.1), **hyper), torch.optim.AdamW(param_groups(ref, 0.1), **hyper)
+    opt.load_state_dict(state_ref)
+    opt_ref.load_state_dict(state)
+    _train(ours, opt, device, range(3, 6), ref=False, skip_grad_at=4)
+    _train(ref, opt_ref, device, range(3, 6), ref=True, skip_grad_at=4)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [float(s["step"]) for s in opt.state.values()] == [float(s["step"]) for s in opt_ref.state.values()]
+
+
+_INTERPRETED_CHECKS = """
+from lmkit.training import adamw_kernel
+from tests.training.test_adamw_kernel import kernel_step_matches_torch
+adamw_kernel.DEVICES = ("cuda", "cpu")  # the interpreter runs on CPU tensors
+adamw_kernel.BLOCK = 256  # several programs per tensor, the last one masked
+kernel_step_matches_torch("cpu")
+print("ok")
+"""
+
+
+@requires_triton
+def test_kernel_under_triton_interpreter_matches_torch_adamw() -> None:
+    run_interpreted(_INTERPRETED_CHECKS)
+
+
+def test_build_optimizer_picks_the_kernel_only_where_it_runs() -> None:
+    model = _model("cpu")
+    assert type(build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")) is torch.optim.AdamW
+    assert not adamw_kernel.supported(list(model.parameters()))  # CPU tensors
+    assert not adamw_kernel.supported([torch.zeros(3, dtype=torch.bfloat16, device="meta")])
+    with constants(adamw_kernel, ENABLED=False):
+        assert not adamw_kernel.supported(list(model.parameters()))
+
+
+@pytest.mark.gpu
+def test_kernel_matches_fused_adamw_cuda() -> None:
+    kernel_step_matches_torch("cuda", fused_ref=True)
+    # GPT-2-small-like tensors: many programs, the tables' int64 offsets.
+    sizes = [(50304, 768), (768, 768), (2048, 768), (768,)]
+    params = [torch.randn(s, device="cuda") for s in sizes]
+    ref = [p.clone() for p in params]
+    opt = AdamW([{"params": params, "weight_decay": 0.1}], lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt_ref = torch.optim.AdamW([{"params": ref, "weight_decay": 0.1}], lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    for step in range(3):
+        for p, r in zip(params, ref):
+            p.grad = torch.randn_like(p)
+            r.grad = p.grad.clone()
+        opt.step()
+        opt_ref.step()
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
