@@ -37,7 +37,8 @@ class AdamW(torch.optim.AdamW):
     takes_grad_scale = True
 
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        # Unfused: the fallback step keeps the step counts on the CPU, where this class keeps them.
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=False)
         self.grad_scale: torch.Tensor | None = None
         self._plans: dict[int, adamw_kernel.Plan] = {}
 
@@ -50,7 +51,7 @@ class AdamW(torch.optim.AdamW):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            if group["amsgrad"] or group["maximize"] or not adamw_kernel.supported(params + [p.grad for p in params]):
+            if group["amsgrad"] or group["maximize"]:
                 return self._torch_step()
             for p in params:
                 if not self.state[p]:
@@ -59,6 +60,8 @@ class AdamW(torch.optim.AdamW):
             plan = self._plans.get(i)
             if plan is None or plan.block != adamw_kernel.BLOCK or plan.key != tuple(t.data_ptr() for ts in tensors for t in ts):
                 # New tensors (first step, a resume, a parameter that had no gradient before).
+                if not adamw_kernel.supported([t for ts in tensors for t in ts]):
+                    return self._torch_step()
                 for p in params:  # the step count on the CPU (as torch's unfused AdamW keeps it): no sync to read
                     self.state[p]["step"] = self.state[p]["step"].float().cpu()
                 if len({float(self.state[p]["step"]) for p in params}) != 1:

@@ -87,6 +87,14 @@ def test_build_optimizer_picks_the_kernel_only_where_it_runs() -> None:
     assert not adamw_kernel.supported([torch.zeros(3, dtype=torch.bfloat16, device="meta")])
     with constants(adamw_kernel, ENABLED=False):
         assert not adamw_kernel.supported(list(model.parameters()))
+    # What would break its 16-byte vectors: a size not a multiple of 4, an unaligned or strided view.
+    with constants(adamw_kernel, DEVICES=("cpu",)):
+        assert adamw_kernel.supported(list(model.parameters()))
+        base = torch.zeros(64)
+        assert not adamw_kernel.supported([torch.zeros(6)])
+        assert not adamw_kernel.supported([base[1:9]])
+        assert not adamw_kernel.supported([base.view(8, 8)[:, :4]])
+        assert adamw_kernel.supported([base[4:12]])
 
 
 @pytest.mark.gpu
