@@ -67,14 +67,22 @@ class AdamW(torch.optim.AdamW):
                 if len({float(self.state[p]["step"]) for p in params}) != 1:
                     return self._torch_step()
                 plan = self._plans[i] = adamw_kernel.Plan(tensors, adamw_kernel.BLOCK)
-            work.append((group, plan, [self.state[p]["step"] for p in params]))
-        for group, plan, steps in work:
+            work.append((group, plan, tensors[0], [self.state[p]["step"] for p in params]))
+        for group, plan, bases, steps in work:
             torch._foreach_add_(steps, 1.0)
             beta1, beta2 = group["betas"]
             adamw_kernel.adamw_update_(
-                plan, self.grad_scale, float(group["lr"]), group["weight_decay"], beta1, beta2, group["eps"], int(steps[0])
+                plan, bases, self.grad_scale, float(group["lr"]), group["weight_decay"], beta1, beta2, group["eps"], int(steps[0])
             )
         return None
+
+    def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102 (torch.optim.Optimizer.load_state_dict)
+        super().load_state_dict(state_dict)
+        # A state dict from torch's fused AdamW carries fused=True into the groups; the fallback
+        # step must stay torch's unfused one, which takes the CPU step counts kept here.
+        for group in self.param_groups:
+            group.update(fused=False, capturable=False)
+        self._plans.clear()
 
     def _torch_step(self):
         """torch's own step over everything, the clip (``grad_scale``) applied to the gradients first."""

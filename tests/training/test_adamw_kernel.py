@@ -6,6 +6,9 @@ with torch's fused AdamW at GPT-2-small-like sizes.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from triton_interpreter import constants, requires_triton, run_interpreted
@@ -58,6 +61,8 @@ def kernel_step_matches_torch(device: str, fused_ref: bool = False) -> None:
     opt, opt_ref = AdamW(param_groups(ours, 0.1), **hyper), torch.optim.AdamW(param_groups(ref, 0.1), **hyper)
     opt.load_state_dict(state_ref)
     opt_ref.load_state_dict(state)
+    # Its fallback step is torch's unfused one, even after loading a fused optimizer's groups.
+    assert not any(group["fused"] for group in opt.param_groups)
     _train(ours, opt, device, range(3, 6), ref=False, skip_grad_at=4)
     _train(ref, opt_ref, device, range(3, 6), ref=True, skip_grad_at=4)
     for a, b in zip(ours.parameters(), ref.parameters()):
@@ -65,12 +70,29 @@ def kernel_step_matches_torch(device: str, fused_ref: bool = False) -> None:
     assert [float(s["step"]) for s in opt.state.values()] == [float(s["step"]) for s in opt_ref.state.values()]
 
 
+def keeps_no_gradient_alive(device: str) -> None:
+    """After ``step`` and ``zero_grad`` nothing of the optimizer holds a gradient: under CUDA
+    graphs the gradients are graph outputs, which the next replay overwrites."""
+    model = _model(device)
+    opt = AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for _ in range(2):
+        model(torch.randn(4, 8, device=device)).sum().backward()
+        grads = [weakref.ref(p.grad) for p in model.parameters()]
+        opt.step()
+        assert opt._plans, "the kernel path did not run"
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        assert all(g() is None for g in grads)
+
+
 _INTERPRETED_CHECKS = """
 from lmkit.training import adamw_kernel
-from tests.training.test_adamw_kernel import kernel_step_matches_torch
+from tests.training.test_adamw_kernel import keeps_no_gradient_alive, kernel_step_matches_torch
 adamw_kernel.DEVICES = ("cuda", "cpu")  # the interpreter runs on CPU tensors
 adamw_kernel.BLOCK = 256  # several programs per tensor, the last one masked
 kernel_step_matches_torch("cpu")
+kernel_step_matches_torch("cpu", fused_ref=True)
+keeps_no_gradient_alive("cpu")
 print("ok")
 """
 
@@ -100,6 +122,7 @@ def test_build_optimizer_picks_the_kernel_only_where_it_runs() -> None:
 @pytest.mark.gpu
 def test_kernel_matches_fused_adamw_cuda() -> None:
     kernel_step_matches_torch("cuda", fused_ref=True)
+    keeps_no_gradient_alive("cuda")
     # GPT-2-small-like tensors: many programs, the tables' int64 offsets.
     sizes = [(50304, 768), (768, 768), (2048, 768), (768,)]
     params = [torch.randn(s, device="cuda") for s in sizes]
