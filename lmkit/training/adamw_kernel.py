@@ -1,9 +1,10 @@
 """AdamW's update of every fp32 tensor of a parameter group in one Triton kernel launch.
 
 torch's fused AdamW (``multi_tensor_apply``) reads parameter, gradient and both moments and
-writes three of them back: 28 bytes a parameter, 4.6 GB a step at GPT-2 small's 163 M. On an H200
-it ran at 0.83 of a device-to-device copy's bandwidth (1.31 ms against 1.09, with one flat tensor
-instead of 111 no faster; benchmarks/optim_step.py). Here each program updates one BLOCK-sized
+writes three of them back: 28 bytes a parameter, 4.5 GB a step at GPT-2 small's 162 M. On an H200
+it ran at 0.84 of a device-to-device copy's bandwidth (1.31 ms against 1.09, with one flat tensor
+instead of 111 no faster); this kernel at 1.00-1.02 (1.08-1.10 ms; at GPT-2 medium 2.72-2.79 ms
+against torch's 3.33; benchmarks/optim_step.py). Here each program updates one BLOCK-sized
 slice of one tensor, found through small tables (which tensor, where in it) that are built once
 and rebuilt only when a tensor's address changes. Every access is a 16-byte vector: the tensors'
 addresses are given as element offsets from one base tensor per kind, with alignment hints that
