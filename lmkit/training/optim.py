@@ -62,17 +62,21 @@ class AdamW(torch.optim.AdamW):
                 # New tensors (first step, a resume, a parameter that had no gradient before).
                 if not adamw_kernel.supported([t for ts in tensors for t in ts]):
                     return self._torch_step()
-                for p in params:  # the step count on the CPU (as torch's unfused AdamW keeps it): no sync to read
-                    self.state[p]["step"] = self.state[p]["step"].float().cpu()
-                if len({float(self.state[p]["step"]) for p in params}) != 1:
+                steps = {float(self.state[p]["step"]) for p in params}
+                if len(steps) != 1:
                     return self._torch_step()
+                # One step count for the group, on the CPU (as torch's unfused AdamW keeps it):
+                # read without a device sync, and one increment a step instead of one per tensor.
+                shared = torch.tensor(steps.pop(), dtype=torch.float32)
+                for p in params:
+                    self.state[p]["step"] = shared
                 plan = self._plans[i] = adamw_kernel.Plan(tensors, adamw_kernel.BLOCK)
-            work.append((group, plan, tensors[0], [self.state[p]["step"] for p in params]))
-        for group, plan, bases, steps in work:
-            torch._foreach_add_(steps, 1.0)
+            work.append((group, plan, tensors[0], self.state[params[0]]["step"]))
+        for group, plan, bases, step in work:
+            step += 1
             beta1, beta2 = group["betas"]
             adamw_kernel.adamw_update_(
-                plan, bases, self.grad_scale, float(group["lr"]), group["weight_decay"], beta1, beta2, group["eps"], int(steps[0])
+                plan, bases, self.grad_scale, float(group["lr"]), group["weight_decay"], beta1, beta2, group["eps"], int(step)
             )
         return None
 
@@ -84,9 +88,19 @@ class AdamW(torch.optim.AdamW):
             group.update(fused=False, capturable=False)
         self._plans.clear()
 
+    def state_dict(self) -> dict:  # noqa: D102 (torch.optim.Optimizer.state_dict)
+        # A group's tensors share one step count here (see step); the state dict gives each its
+        # own, as torch's AdamW, which increments each in place, expects.
+        out = super().state_dict()
+        out["state"] = {k: {**v, "step": v["step"].clone()} if "step" in v else v for k, v in out["state"].items()}
+        return out
+
     def _torch_step(self):
         """torch's own step over everything, the clip (``grad_scale``) applied to the gradients first."""
         self._plans.clear()
+        for state in self.state.values():  # one step count each again: torch increments each
+            if "step" in state:
+                state["step"] = state["step"].clone()
         if self.grad_scale is not None:
             grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
             torch._foreach_div_(grads, self.grad_scale)

@@ -6,6 +6,7 @@ with torch's fused AdamW at GPT-2-small-like sizes.
 
 from __future__ import annotations
 
+import copy
 import gc
 import weakref
 
@@ -85,14 +86,36 @@ def keeps_no_gradient_alive(device: str) -> None:
         assert all(g() is None for g in grads)
 
 
+def resumes_through_distributed_checkpoint(device: str) -> None:
+    """The trainer saves and loads optimizer state through torch.distributed.checkpoint's
+    helpers (keyed by parameter name); resumed from them, training continues exactly."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+
+    hyper = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    model = _model(device)
+    opt = AdamW(param_groups(model, 0.1), **hyper)
+    _train(model, opt, device, range(2), ref=False)
+    options = StateDictOptions(full_state_dict=True)
+    # A copy, as a checkpoint file gives: the state dict holds the optimizer's own moment tensors.
+    state = copy.deepcopy(get_optimizer_state_dict(model, opt, options=options))
+    resumed = copy.deepcopy(model)
+    opt_resumed = AdamW(param_groups(resumed, 0.1), **hyper)
+    set_optimizer_state_dict(resumed, opt_resumed, state, options=options)
+    _train(model, opt, device, range(2, 4), ref=False)
+    _train(resumed, opt_resumed, device, range(2, 4), ref=False)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 _INTERPRETED_CHECKS = """
 from lmkit.training import adamw_kernel
-from tests.training.test_adamw_kernel import keeps_no_gradient_alive, kernel_step_matches_torch
+from tests.training.test_adamw_kernel import keeps_no_gradient_alive, kernel_step_matches_torch, resumes_through_distributed_checkpoint
 adamw_kernel.DEVICES = ("cuda", "cpu")  # the interpreter runs on CPU tensors
 adamw_kernel.BLOCK = 256  # several programs per tensor, the last one masked
 kernel_step_matches_torch("cpu")
 kernel_step_matches_torch("cpu", fused_ref=True)
 keeps_no_gradient_alive("cpu")
+resumes_through_distributed_checkpoint("cpu")
 print("ok")
 """
 
@@ -123,6 +146,7 @@ def test_build_optimizer_picks_the_kernel_only_where_it_runs() -> None:
 def test_kernel_matches_fused_adamw_cuda() -> None:
     kernel_step_matches_torch("cuda", fused_ref=True)
     keeps_no_gradient_alive("cuda")
+    resumes_through_distributed_checkpoint("cuda")
     # GPT-2-small-like tensors: many programs, the tables' int64 offsets.
     sizes = [(50304, 768), (768, 768), (2048, 768), (768,)]
     params = [torch.randn(s, device="cuda") for s in sizes]
