@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import torch
 
+from lmkit.model.triton_support import triton_available
+
 LOG2E = 1.4426950408889634
 # Off: every decode step takes the SDPA path (benchmarks/generate.py --sdpa-too times both).
 # Read by TransformerLM.setup_cache.
@@ -39,11 +41,7 @@ def supported(head_dim: int, device: torch.device) -> bool:
     """Whether the kernel can serve this model's decode steps on ``device``."""
     if device.type != "cuda" or head_dim < 16 or head_dim & (head_dim - 1):
         return False  # tl.arange needs a power-of-two half head width
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return triton_available()
 
 
 @functools.lru_cache(maxsize=1)

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lmkit.model.triton_support import triton_available
+
 # Off: build_optimizer returns torch's fused AdamW (benchmarks compare).
 ENABLED = True
 # Elements per program and warps per program: read at launch (benchmarks/optim_step.py sweeps them).
@@ -47,11 +49,7 @@ def supported(tensors: Sequence[torch.Tensor]) -> bool:
             return False
         if not t.is_contiguous() or t.numel() % 4 or t.data_ptr() % 16:
             return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return triton_available()
 
 
 @functools.cache

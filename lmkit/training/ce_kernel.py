@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from lmkit.model.triton_support import triton_available
+
 # Off: the fused loss uses the compiled torch version (loss._ce_chunk_grad) instead.
 ENABLED = True
 # Columns per loop iteration and warps per row: read at launch, so benchmarks/ce_chunk.py can sweep
@@ -35,11 +37,7 @@ def supported(logits: torch.Tensor) -> bool:
     """Whether the kernel can take these logits: a CUDA (n, V) tensor with unit column stride."""
     if not ENABLED or not logits.is_cuda or logits.dim() != 2 or logits.stride(1) != 1:
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return triton_available()
 
 
 @functools.cache
