@@ -124,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             best = min((r for r in rows if r["name"].startswith("adamw-kernel ")), key=lambda r: r["ms"])
             args.best_out.write_text(best["name"].split()[1].replace("/", ","))
 
-    tf_opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS, fused=device.type == "cuda")
-    tf_opt.step()
-    tf_opt.step()
-    row("adamw-torch-fused", tf_opt.step, 28, "fused" if device.type == "cuda" else "unfused (cpu)")
+    tf_opt, note = adamw(param_groups(model, WEIGHT_DECAY), device)
+    row("adamw-torch-fused", tf_opt.step, 28, note)
     del tf_opt
 
     flat = torch.nn.Parameter(torch.zeros(n, device=device))
