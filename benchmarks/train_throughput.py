@@ -100,6 +100,8 @@ class Variant:
     # build_optimizer's AdamW (lmkit's Triton kernel on CUDA) or torch's fused one; None: lmkit's for
     # lmkit, torch's for hf (what each system's users run)
     lmkit_adamw: bool | None = None
+    # projections run as one GEMM over stacked weights (layers.STACKED_PROJECTIONS): "qkv", "w13"
+    stacked_proj: tuple[str, ...] = ()
     help: str = ""
 
     @property
@@ -113,6 +115,12 @@ class Variant:
 
 # Inductor options of `lmkit train`'s compile on one GPU: CUDA graphs + combo kernels.
 TRAINER = (("triton.cudagraphs", True), ("combo_kernels", True))
+
+# Inductor lowers a cat of computed inputs either as one pointwise kernel with a masked load per
+# input, or by having each producer write straight into its slice of the output (ConcatKernel).
+# These options leave only the second (a cat of stacked projections' gradients ran 7x slower
+# as the first). Options a torch version lacks are dropped at compile time.
+CONCAT_KERNEL = (("max_pointwise_cat_inputs", 1), ("max_complex_pointwise_cat_inputs", 1))
 
 VARIANTS: dict[str, Variant] = {
     "plain": Variant(fused=False, help="compile lm_loss, plain CE over full (N, V) logits"),
@@ -153,6 +161,14 @@ VARIANTS: dict[str, Variant] = {
                         help="cg-fused4k without Inductor's mix-order reductions (RMSNorm backward's gain gradient apart)"),
     "cg-mixtune": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.mix_order_reduction_autotune_split_size", True),),
                           help="cg-fused4k with Inductor's mix-order reductions' split size autotuned"),
+    "cg-catk": Variant(chunk_rows=4096, inductor=TRAINER + CONCAT_KERNEL,
+                       help="cg-fused4k with every cat lowered as producers writing into slices (no pointwise cat)"),
+    "cg-stack": Variant(chunk_rows=4096, inductor=TRAINER + CONCAT_KERNEL, stacked_proj=("qkv", "w13"),
+                        help="cg-catk with q/k/v and w1/w3 as one GEMM each (stacked weights, separate parameters)"),
+    "cg-stackqkv": Variant(chunk_rows=4096, inductor=TRAINER + CONCAT_KERNEL, stacked_proj=("qkv",),
+                           help="cg-catk with q/k/v as one GEMM"),
+    "cg-stackpw": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=("qkv", "w13"),
+                          help="cg-stack with Inductor's default cat lowering (session 7: 300 us RoPE-backward+cat kernels)"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
                       help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
     "cg-af": Variant(chunk_rows=4096, inductor=TRAINER + (("aggressive_fusion", True),),
@@ -205,6 +221,7 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         return model, loss
     # Read when the model is traced (its first step), which happens before the next variant is built.
     ce_kernel.ENABLED, layers.FP32_WEIGHT_GRAD = v.ce_kernel, v.fp32_wgrad
+    layers.STACKED_PROJECTIONS = frozenset(v.stacked_proj)
     model = TransformerLM(cfg)
     if v.stacked:
         from fused_proj import stack_projections
@@ -263,6 +280,24 @@ def sdpa_context(backend: str | None):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend])
+
+
+def inductor_options(options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """``options`` as torch.compile's options=, less those this torch's Inductor does not have."""
+    import torch._inductor.config as inductor_config
+
+    def has(name: str) -> bool:
+        obj = inductor_config
+        for part in name.split("."):
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+
+    known = {k: v for k, v in options if has(k)}
+    if dropped := sorted({k for k, _ in options} - known.keys()):
+        print(f"  (Inductor options not in torch {torch.__version__}, dropped: {', '.join(dropped)})")
+    return known
 
 
 def no_compile_caches() -> contextlib.ExitStack:
@@ -414,7 +449,7 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
                                           fused=device.type == "cuda")
         if v.compile_mode is not None and not v.regional:
             if v.inductor:
-                loss_fn = torch.compile(loss_fn, options=dict(v.inductor))
+                loss_fn = torch.compile(loss_fn, options=inductor_options(v.inductor))
             else:
                 loss_fn = torch.compile(loss_fn, mode=None if v.compile_mode == "default" else v.compile_mode)
     step = make_step(model, loss_fn, optimizer, device)

@@ -116,6 +116,9 @@ def concat_weights(*layers: nn.Linear, out: torch.Tensor | None = None) -> torch
 
 # Off: every Linear runs plain F.linear under autocast (benchmarks/train_throughput.py compares).
 FP32_WEIGHT_GRAD = True
+# Which projections run as one GEMM over stacked weights in training: "qkv" (attention), "w13"
+# (SwiGLU). Empty: separate GEMMs (benchmarks/train_throughput.py's cg-stack* variants compare).
+STACKED_PROJECTIONS: frozenset[str] = frozenset()
 
 
 def matmul_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -127,14 +130,18 @@ def matmul_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 
 class _AutocastLinear(torch.autograd.Function):
-    """``x @ weight.T`` in a low-precision ``dtype`` whose weight gradient comes out in weight's dtype."""
+    """``x @ W.T`` in a low-precision ``dtype``, W the given weights stacked along their output
+    dimension; each weight's gradient comes out in that weight's dtype, straight from the GEMM."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        x, w = x.to(dtype), weight.to(dtype)  # (..., in), (out, in)
-        ctx.save_for_backward(x, w)
-        ctx.weight_dtype = weight.dtype
-        return x @ w.t()  # (..., out)
+    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, *weights: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype)  # (..., in)
+        # The cast to dtype happens anyway; stacking in the same kernel costs nothing more.
+        w = torch.cat([w.to(dtype) for w in weights]) if len(weights) > 1 else weights[0].to(dtype)
+        ctx.save_for_backward(x, w)  # w: (out1+out2+..., in)
+        ctx.weight_dtype = weights[0].dtype
+        ctx.splits = [w.shape[0] for w in weights]
+        return x @ w.t()  # (..., out1+out2+...)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -143,7 +150,7 @@ class _AutocastLinear(torch.autograd.Function):
         grad_x = g @ w  # (..., in); autograd casts it to the input's dtype
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (N, out), (N, in)
         grad_w = matmul_to(g2.t(), x2, ctx.weight_dtype)  # (out, in)
-        return grad_x, grad_w, None
+        return grad_x, None, *grad_w.split(ctx.splits)
 
 
 class Linear(nn.Linear):
@@ -163,15 +170,37 @@ class Linear(nn.Linear):
         """
         super().__init__(in_features, out_features, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out)."""
+    def autocast_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype to run ``x @ weight.T`` in through ``_AutocastLinear``, or None for F.linear."""
         device = x.device.type
         training = torch.is_grad_enabled() and self.weight.requires_grad
         if FP32_WEIGHT_GRAD and training and torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
             if self.weight.dtype != dtype:
-                return _AutocastLinear.apply(x, self.weight, dtype)
+                return dtype
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out)."""
+        if (dtype := self.autocast_dtype(x)) is not None:
+            return _AutocastLinear.apply(x, dtype, self.weight)
         return F.linear(x, self.weight)
+
+
+def project(x: torch.Tensor, *layers: Linear, name: str) -> tuple[torch.Tensor, ...]:
+    """Several projections of the same input: ``(layer(x) for layer in layers)``, (..., out_i) each.
+
+    When ``name`` ("qkv", "w13") is in STACKED_PROJECTIONS, in training under autocast they run
+    as one GEMM over the layers' weights stacked (cast and
+    stacked by one kernel), and backward as one data-gradient and one weight-gradient GEMM
+    instead of one of each per layer plus the adds of the data gradients. The parameters stay
+    separate (state dict, optimizer, HF export unchanged); only the computation is shared.
+    """
+    dtype = layers[0].autocast_dtype(x)
+    if name in STACKED_PROJECTIONS and dtype is not None and all(l.autocast_dtype(x) == dtype for l in layers):
+        y = _AutocastLinear.apply(x, dtype, *(layer.weight for layer in layers))  # (..., sum out_i)
+        return y.split([layer.out_features for layer in layers], dim=-1)
+    return tuple(layer(x) for layer in layers)
 
 
 class SwiGLU(nn.Module):
@@ -195,9 +224,7 @@ class SwiGLU(nn.Module):
         if self.decode_w13 is not None and not torch.is_grad_enabled():
             gate, value = F.linear(x, self.decode_w13).chunk(2, dim=-1)  # (..., F) each
         else:
-            # Training: two GEMMs measured faster than one over concatenated weights (the cat of
-            # the fp32 weights and of their gradients every step costs more than it saves).
-            gate, value = self.w1(x), self.w3(x)  # (..., F) each
+            gate, value = project(x, self.w1, self.w3, name="w13")  # (..., F) each
         return self.w2(F.silu(gate) * value)
 
 
@@ -265,7 +292,7 @@ class CausalSelfAttention(nn.Module):
                 return self.o_proj(y)  # y: (B, 1, D)
             q, k, v = qkv.split(D, dim=-1)  # (B, T, D) each
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
+            q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj, name="qkv")  # (B, T, D) each
         H, hd = self.num_heads, self.head_dim
         q, k, v = (t.view(B, T, H, hd) for t in (q, k, v))  # (B, T, H, hd) each
         # Training rotates before moving the head axis forward: q and k stay in (B, T, H, hd) order,
