@@ -116,12 +116,6 @@ class Variant:
 # Inductor options of `lmkit train`'s compile on one GPU: CUDA graphs + combo kernels.
 TRAINER = (("triton.cudagraphs", True), ("combo_kernels", True))
 
-# Inductor lowers a cat of computed inputs either as one pointwise kernel with a masked load per
-# input, or by having each producer write straight into its slice of the output (ConcatKernel).
-# These options leave only the second (a cat of stacked projections' gradients ran 7x slower
-# as the first). Options a torch version lacks are dropped at compile time.
-CONCAT_KERNEL = (("max_pointwise_cat_inputs", 1), ("max_complex_pointwise_cat_inputs", 1))
-
 VARIANTS: dict[str, Variant] = {
     "plain": Variant(fused=False, help="compile lm_loss, plain CE over full (N, V) logits"),
     "fused8k": Variant(chunk_rows=8192, help="compile the model, fused chunked CE outside its graph, 8192 rows"),
@@ -161,14 +155,10 @@ VARIANTS: dict[str, Variant] = {
                         help="cg-fused4k without Inductor's mix-order reductions (RMSNorm backward's gain gradient apart)"),
     "cg-mixtune": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.mix_order_reduction_autotune_split_size", True),),
                           help="cg-fused4k with Inductor's mix-order reductions' split size autotuned"),
-    "cg-catk": Variant(chunk_rows=4096, inductor=TRAINER + CONCAT_KERNEL,
-                       help="cg-fused4k with every cat lowered as producers writing into slices (no pointwise cat)"),
-    "cg-stack": Variant(chunk_rows=4096, inductor=TRAINER + CONCAT_KERNEL, stacked_proj=("qkv", "w13"),
-                        help="cg-catk with q/k/v and w1/w3 as one GEMM each (stacked weights, separate parameters)"),
-    "cg-stackqkv": Variant(chunk_rows=4096, inductor=TRAINER + CONCAT_KERNEL, stacked_proj=("qkv",),
-                           help="cg-catk with q/k/v as one GEMM"),
-    "cg-stackpw": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=("qkv", "w13"),
-                          help="cg-stack with Inductor's default cat lowering (session 7: 300 us RoPE-backward+cat kernels)"),
+    "cg-stack": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=("qkv", "w13"),
+                        help="cg-fused4k with q/k/v and w1/w3 as one GEMM each (stacked weights, separate parameters)"),
+    "cg-stackqkv": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=("qkv",),
+                           help="cg-fused4k with q/k/v as one GEMM"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
                       help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
     "cg-af": Variant(chunk_rows=4096, inductor=TRAINER + (("aggressive_fusion", True),),

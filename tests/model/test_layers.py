@@ -181,10 +181,30 @@ def test_stacked_projections_equal_separate_layers(compile: bool, monkeypatch: p
     assert all(g.dtype == torch.float32 and g.shape == layer.weight.shape for g, layer in zip(gws, layers))
     for got, want in zip((*outs, gx, *gws), (*outs_ref, gx_ref, *gws_ref)):
         torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    # An output that takes no part in the loss: its weight gets a zero gradient, the others theirs.
+    x = x0.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, _, v = stacked(x, *layers)
+    for layer in layers:
+        layer.weight.grad = None
+    (q.float().sum() + v.float().sum()).backward()
+    assert layers[1].weight.grad is not None and not layers[1].weight.grad.any()
+    assert layers[0].weight.grad.abs().sum() > 0
     # Without autocast (fp32 training, evaluation) the layers run one by one, unchanged.
     with torch.no_grad():
         for got, layer in zip(project(x0, *layers), layers):
             torch.testing.assert_close(got, layer(x0), rtol=0, atol=0)
+
+
+def test_stacked_gradient_cat_op_passes_opcheck() -> None:
+    """The stacked projections' gradient cat is a custom op (opaque to Inductor): its fake
+    (meta) version must give what the real one gives, so torch.compile traces it correctly."""
+    from lmkit.model.layers import _cat_last_dim
+
+    parts = [torch.randn(2, 3, n) for n in (4, 1, 5)]
+    parts[1] = parts[1].expand(2, 3, 1)  # a non-contiguous part
+    torch.library.opcheck(_cat_last_dim, (parts,))
+    torch.testing.assert_close(_cat_last_dim(parts), torch.cat(parts, dim=-1), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
