@@ -29,7 +29,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmkit.model import decode_attention
-from lmkit.model.layers import apply_rope, precompute_rope
+from lmkit.model.rope import apply_rope, precompute_rope
 
 H, HD, S = 12, 64, 1024
 CALLS = 200

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.model import TransformerLM
-from lmkit.model.layers import CausalSelfAttention, SwiGLU, apply_rope
+from lmkit.model.layers import CausalSelfAttention, SwiGLU
+from lmkit.model.rope import apply_rope
 
 
 class StackedAttention(nn.Module):

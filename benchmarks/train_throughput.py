@@ -100,8 +100,7 @@ class Variant:
     # build_optimizer's AdamW (lmkit's Triton kernel on CUDA) or torch's fused one; None: lmkit's for
     # lmkit, torch's for hf (what each system's users run)
     lmkit_adamw: bool | None = None
-    # projections run as one GEMM over stacked weights (layers.STACKED_PROJECTIONS): "qkv", "w13"
-    stacked_proj: tuple[str, ...] = ()
+    stacked_qkv: bool = True  # q/k/v as one GEMM over their stacked weights (layers.STACKED_QKV)
     help: str = ""
 
     @property
@@ -155,10 +154,8 @@ VARIANTS: dict[str, Variant] = {
                         help="cg-fused4k without Inductor's mix-order reductions (RMSNorm backward's gain gradient apart)"),
     "cg-mixtune": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.mix_order_reduction_autotune_split_size", True),),
                           help="cg-fused4k with Inductor's mix-order reductions' split size autotuned"),
-    "cg-stack": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=("qkv", "w13"),
-                        help="cg-fused4k with q/k/v and w1/w3 as one GEMM each (stacked weights, separate parameters)"),
-    "cg-stackqkv": Variant(chunk_rows=4096, inductor=TRAINER, stacked_proj=("qkv",),
-                           help="cg-fused4k with q/k/v as one GEMM"),
+    "cg-sepqkv": Variant(chunk_rows=4096, inductor=TRAINER, stacked_qkv=False,
+                         help="cg-fused4k with q/k/v as three GEMMs (the trainer before session 8)"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
                       help="cg-fused4k with programmatic dependent launch for Inductor's Triton kernels"),
     "cg-af": Variant(chunk_rows=4096, inductor=TRAINER + (("aggressive_fusion", True),),
@@ -211,7 +208,7 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         return model, loss
     # Read when the model is traced (its first step), which happens before the next variant is built.
     ce_kernel.ENABLED, layers.FP32_WEIGHT_GRAD = v.ce_kernel, v.fp32_wgrad
-    layers.STACKED_PROJECTIONS = frozenset(v.stacked_proj)
+    layers.STACKED_QKV = v.stacked_qkv
     model = TransformerLM(cfg)
     if v.stacked:
         from fused_proj import stack_projections

@@ -2,7 +2,8 @@
 
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
-from lmkit.model.layers import CausalSelfAttention, RMSNorm, SwiGLU, apply_rope, precompute_rope
+from lmkit.model.layers import CausalSelfAttention, RMSNorm, SwiGLU
+from lmkit.model.rope import apply_rope, precompute_rope
 from lmkit.model.transformer import Block, TransformerLM, flops_per_token, linear_weight_count
 
 __all__ = [

@@ -88,7 +88,7 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
             v2 = tl.load(row + 2 * D + HALF + d)
             cos = tl.load(cos_ptr + d)
             sin = tl.load(sin_ptr + d)
-            # RoPE ("rotate_half" pairing, as layers.apply_rope), rounded to the activations'
+            # RoPE ("rotate_half" pairing, as rope.apply_rope), rounded to the activations'
             # dtype as there, so the result matches the SDPA path.
             act = qkv_ptr.dtype.element_ty
             cache = k_cache_ptr.dtype.element_ty

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.model.kv_cache import KVCache
+from lmkit.model.rope import apply_rope, rope_qkv
 
 
 class RMSNorm(nn.Module):
@@ -48,60 +49,6 @@ class RMSNorm(nn.Module):
         return (xf * self.weight.float()).type_as(x)
 
 
-def precompute_rope(
-    head_dim: int,
-    context_length: int,
-    theta: float = 10000.0,
-    device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine and sine tables for rotary position embedding, in fp32.
-
-    Frequency i (of head_dim/2) rotates at ``theta ** (-2i / head_dim)`` radians per position.
-
-    Args:
-        head_dim: width of one attention head (even).
-        context_length: number of positions to tabulate.
-        theta: base period.
-        device: where to build the tables.
-
-    Returns:
-        ``(cos, sin)``, each of shape (context_length, head_dim // 2), dtype float32.
-    """
-    if head_dim % 2:
-        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-    even = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)  # (hd/2,)
-    inv_freq = theta ** (-even / head_dim)  # (hd/2,)
-    pos = torch.arange(context_length, device=device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)  # (context_length, hd/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate query or key vectors by their positions' angles.
-
-    Pairing convention ("rotate_half", as in Meta's HF Llama export): dimension j is paired
-    with dimension j + hd/2, not with its neighbour j + 1. Weights exported to a HuggingFace
-    ``LlamaForCausalLM`` therefore need no row permutation of q_proj / k_proj, and weights from
-    one load directly. (The original Meta checkpoints pair interleaved neighbours instead.)
-
-    Args:
-        x: (..., T, hd) queries or keys, e.g. (B, H, T, hd); or (B, T, H, hd) with cos and sin
-            given as (T, 1, hd/2).
-        cos: (T, hd/2) table rows for the T positions of ``x`` (``precompute_rope`` output,
-            indexed by position), broadcastable against ``x[..., :hd/2]``.
-        sin: likewise.
-
-    Returns:
-        The rotated tensor, same shape and dtype as ``x``.
-    """
-    # In fp32 so that large angles (late positions) keep their precision under bf16.
-    xf = x.float()
-    half = xf.shape[-1] // 2
-    x1, x2 = xf[..., :half], xf[..., half:]  # (..., T, hd/2) each
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (..., T, hd)
-    return out.type_as(x)
-
-
 def concat_weights(*layers: nn.Linear, out: torch.Tensor | None = None) -> torch.Tensor:
     """The layers' weights stacked along the output dimension: (N1+N2+..., D).
 
@@ -116,9 +63,9 @@ def concat_weights(*layers: nn.Linear, out: torch.Tensor | None = None) -> torch
 
 # Off: every Linear runs plain F.linear under autocast (benchmarks/train_throughput.py compares).
 FP32_WEIGHT_GRAD = True
-# Which projections run as one GEMM over stacked weights in training: "qkv" (attention), "w13"
-# (SwiGLU). Empty: separate GEMMs (benchmarks/train_throughput.py's cg-stack* variants compare).
-STACKED_PROJECTIONS: frozenset[str] = frozenset()
+# Training under autocast runs q/k/v as one GEMM over their stacked weights, RoPE's backward
+# writing the stacked gradient (qkv_rope.py). Off: three GEMMs (train_throughput.py's cg-sepqkv).
+STACKED_QKV = True
 
 
 def matmul_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -129,44 +76,24 @@ def matmul_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return (a @ b).to(dtype)
 
 
-@torch.library.custom_op("lmkit::cat_last_dim", mutates_args=())
-def _cat_last_dim(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts, dim=-1)``, opaque to torch.compile.
-
-    Inductor (torch 2.11) lowers a cat of computed tensors as one pointwise kernel that
-    recomputes each part's producer under a mask; for the stacked q/k/v gradient (RoPE backward
-    + cat) that kernel ran 300 us a layer against 40 for RoPE backward alone. Behind this op the
-    producers run as they do without stacking and one copy kernel stacks their outputs.
-    """
-    return torch.cat(parts, dim=-1)
-
-
-@_cat_last_dim.register_fake
-def _(parts: list[torch.Tensor]) -> torch.Tensor:
-    return parts[0].new_empty((*parts[0].shape[:-1], sum(p.shape[-1] for p in parts)))
-
-
 class _AutocastLinear(torch.autograd.Function):
     """``x @ W.T`` in a low-precision ``dtype``, W the given weights stacked along their output
-    dimension, one output per weight; each weight's gradient comes out in that weight's dtype,
-    straight from the GEMM."""
+    dimension; each weight's gradient comes out in that weight's dtype, straight from the GEMM."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, *weights: torch.Tensor) -> torch.Tensor:
         x = x.to(dtype)  # (..., in)
         # The cast to dtype happens anyway; stacking in the same kernel costs nothing more.
         w = torch.cat([w.to(dtype) for w in weights]) if len(weights) > 1 else weights[0].to(dtype)
         ctx.save_for_backward(x, w)  # w: (out1+out2+..., in)
         ctx.weight_dtype = weights[0].dtype
         ctx.splits = [w.shape[0] for w in weights]
-        y = x @ w.t()  # (..., out1+out2+...)
-        return (y,) if len(weights) == 1 else y.split(ctx.splits, dim=-1)  # (..., out_i) each
+        return x @ w.t()  # (..., out1+out2+...)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None):
+    def backward(ctx, grad_out: torch.Tensor):
         x, w = ctx.saved_tensors
-        parts = [g.to(w.dtype) if g is not None else x.new_zeros((*x.shape[:-1], n)) for g, n in zip(grads, ctx.splits)]
-        g = parts[0] if len(parts) == 1 else _cat_last_dim(parts)  # (..., out)
+        g = grad_out.to(w.dtype)  # (..., out)
         grad_x = g @ w  # (..., in); autograd casts it to the input's dtype
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (N, out), (N, in)
         grad_w = matmul_to(g2.t(), x2, ctx.weight_dtype)  # (out, in)
@@ -203,23 +130,22 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)."""
         if (dtype := self.autocast_dtype(x)) is not None:
-            return _AutocastLinear.apply(x, dtype, self.weight)[0]
+            return _AutocastLinear.apply(x, dtype, self.weight)
         return F.linear(x, self.weight)
 
 
-def project(x: torch.Tensor, *layers: Linear, name: str) -> tuple[torch.Tensor, ...]:
-    """Several projections of the same input: ``(layer(x) for layer in layers)``, (..., out_i) each.
+def stacked_linear(x: torch.Tensor, *layers: Linear) -> torch.Tensor | None:
+    """``cat([layer(x) for layer in layers], -1)`` as one GEMM over the stacked weights, (..., sum out_i),
+    when training under autocast; None otherwise (run the layers one by one).
 
-    When ``name`` ("qkv", "w13") is in STACKED_PROJECTIONS, in training under autocast they run
-    as one GEMM over the layers' weights stacked (cast and
-    stacked by one kernel), and backward as one data-gradient and one weight-gradient GEMM
-    instead of one of each per layer plus the adds of the data gradients. The parameters stay
-    separate (state dict, optimizer, HF export unchanged); only the computation is shared.
+    Backward is one data-gradient and one weight-gradient GEMM (no split-K reductions: the
+    stacked weight gradient is wide enough to fill the GPU). The parameters stay separate
+    (state dict, optimizer, HF export unchanged); only the computation is shared.
     """
     dtype = layers[0].autocast_dtype(x)
-    if name in STACKED_PROJECTIONS and dtype is not None and all(l.autocast_dtype(x) == dtype for l in layers):
-        return _AutocastLinear.apply(x, dtype, *(layer.weight for layer in layers))  # (..., out_i) each
-    return tuple(layer(x) for layer in layers)
+    if dtype is None or any(layer.autocast_dtype(x) != dtype for layer in layers):
+        return None
+    return _AutocastLinear.apply(x, dtype, *(layer.weight for layer in layers))
 
 
 class SwiGLU(nn.Module):
@@ -243,7 +169,9 @@ class SwiGLU(nn.Module):
         if self.decode_w13 is not None and not torch.is_grad_enabled():
             gate, value = F.linear(x, self.decode_w13).chunk(2, dim=-1)  # (..., F) each
         else:
-            gate, value = project(x, self.w1, self.w3, name="w13")  # (..., F) each
+            # Training: two GEMMs. One over [w1; w3] saved GEMM time, but stacking the gradient
+            # again cost more (benchmarks/NOTES.md, sessions 7-8).
+            gate, value = self.w1(x), self.w3(x)  # (..., F) each
         return self.w2(F.silu(gate) * value)
 
 
@@ -310,8 +238,14 @@ class CausalSelfAttention(nn.Module):
                 y = self.decode_kernel(qkv, cos, sin, cache.k, cache.v, cache.arrivals, input_pos)
                 return self.o_proj(y)  # y: (B, 1, D)
             q, k, v = qkv.split(D, dim=-1)  # (B, T, D) each
+        elif self.kv_cache is None and STACKED_QKV and (qkv := stacked_linear(x, self.q_proj, self.k_proj, self.v_proj)) is not None:
+            # Training under autocast: one GEMM, and RoPE's backward writes the stacked gradient
+            # (rope.py); the rotation and its (B, T, H, hd) order are as below.
+            q, k, v = rope_qkv(qkv.view(B, T, 3, self.num_heads, self.head_dim), cos, sin)  # (B, T, H, hd) each
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, D))  # y: (B, H, T, hd) -> (B, T, D)
         else:
-            q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj, name="qkv")  # (B, T, D) each
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
         H, hd = self.num_heads, self.head_dim
         q, k, v = (t.view(B, T, H, hd) for t in (q, k, v))  # (B, T, H, hd) each
         # Training rotates before moving the head axis forward: q and k stay in (B, T, H, hd) order,

@@ -33,7 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from lmkit.model import decode_attention
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
-from lmkit.model.layers import CausalSelfAttention, Linear, RMSNorm, SwiGLU, concat_weights, precompute_rope
+from lmkit.model.layers import CausalSelfAttention, Linear, RMSNorm, SwiGLU, concat_weights
+from lmkit.model.rope import precompute_rope
 
 # GPT-2's init scale for every weight matrix.
 INIT_STD = 0.02

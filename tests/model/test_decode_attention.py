@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from triton_interpreter import constants, requires_triton, run_interpreted
 
 from lmkit.model import ModelConfig, TransformerLM, decode_attention
-from lmkit.model.layers import apply_rope, precompute_rope
+from lmkit.model.rope import apply_rope, precompute_rope
 
 
 def reference(qkv, cos, sin, k_cache, v_cache, pos):

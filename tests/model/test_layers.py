@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,64 +145,6 @@ def test_linear_under_autocast_matches_nn_linear(compile: bool) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("compile", [False, True])
-def test_stacked_projections_equal_separate_layers(compile: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``project`` runs q/k/v (or w1/w3) as one GEMM in training under autocast; outputs and
-    every weight's gradient must be what the layers give one by one, and the parameters stay
-    separate (own gradient each, fp32)."""
-    from lmkit.model import layers as layers_mod
-    from lmkit.model.layers import Linear
-
-    monkeypatch.setattr(layers_mod, "STACKED_PROJECTIONS", frozenset({"qkv"}))
-    project = partial(layers_mod.project, name="qkv")
-    torch.manual_seed(0)
-    layers = [Linear(16, n) for n in (24, 8, 24)]
-    x0 = torch.randn(2, 5, 16)
-
-    def run(fn):
-        for layer in layers:
-            layer.weight.grad = None
-        x = x0.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outs = fn(x, *layers)
-        sum((o.float() * torch.linspace(-1, i + 1, o.shape[-1])).sum() for i, o in enumerate(outs)).backward()
-        return outs, x.grad, [layer.weight.grad for layer in layers]
-
-    stacked = torch.compile(project, backend="aot_eager") if compile else project
-    outs, gx, gws = run(stacked)
-    outs_ref, gx_ref, gws_ref = run(lambda x, *ls: tuple(layer(x) for layer in ls))
-    assert [o.shape[-1] for o in outs] == [24, 8, 24]
-    if not compile:  # one GEMM: the outputs are views of one (..., 56) result
-        assert len({o.untyped_storage().data_ptr() for o in outs}) == 1
-    assert all(g.dtype == torch.float32 and g.shape == layer.weight.shape for g, layer in zip(gws, layers))
-    for got, want in zip((*outs, gx, *gws), (*outs_ref, gx_ref, *gws_ref)):
-        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-    # An output that takes no part in the loss: its weight gets a zero gradient, the others theirs.
-    x = x0.clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        q, _, v = stacked(x, *layers)
-    for layer in layers:
-        layer.weight.grad = None
-    (q.float().sum() + v.float().sum()).backward()
-    assert layers[1].weight.grad is not None and not layers[1].weight.grad.any()
-    assert layers[0].weight.grad.abs().sum() > 0
-    # Without autocast (fp32 training, evaluation) the layers run one by one, unchanged.
-    with torch.no_grad():
-        for got, layer in zip(project(x0, *layers), layers):
-            torch.testing.assert_close(got, layer(x0), rtol=0, atol=0)
-
-
-def test_stacked_gradient_cat_op_passes_opcheck() -> None:
-    """The stacked projections' gradient cat is a custom op (opaque to Inductor): its fake
-    (meta) version must give what the real one gives, so torch.compile traces it correctly."""
-    from lmkit.model.layers import _cat_last_dim
-
-    parts = [torch.randn(2, 3, n) for n in (4, 1, 5)]
-    parts[1] = parts[1].expand(2, 3, 1)  # a non-contiguous part
-    torch.library.opcheck(_cat_last_dim, (parts,))
-    torch.testing.assert_close(_cat_last_dim(parts), torch.cat(parts, dim=-1), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
