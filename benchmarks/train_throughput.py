@@ -55,7 +55,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lmkit.model import ModelConfig, TransformerLM, flops_per_token, layers
+from lmkit.model import ModelConfig, TransformerLM, flops_per_token, layers, rope
 from lmkit.training import adamw_kernel, ce_kernel
 from lmkit.training.loss import cross_entropy_loss, fused_linear_cross_entropy, lm_loss
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
@@ -101,6 +101,7 @@ class Variant:
     # lmkit, torch's for hf (what each system's users run)
     lmkit_adamw: bool | None = None
     stacked_qkv: bool = True  # q/k/v as one GEMM over their stacked weights (layers.STACKED_QKV)
+    copy_v: bool = True  # with stacked_qkv: v copied out of the GEMM output (rope.COPY_V), not a view of it
     help: str = ""
 
     @property
@@ -154,6 +155,8 @@ VARIANTS: dict[str, Variant] = {
                         help="cg-fused4k without Inductor's mix-order reductions (RMSNorm backward's gain gradient apart)"),
     "cg-mixtune": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.mix_order_reduction_autotune_split_size", True),),
                           help="cg-fused4k with Inductor's mix-order reductions' split size autotuned"),
+    "cg-vview": Variant(chunk_rows=4096, inductor=TRAINER, copy_v=False,
+                        help="cg-fused4k with v left a view of the stacked q/k/v output (no copy; the whole output stays saved)"),
     "cg-sepqkv": Variant(chunk_rows=4096, inductor=TRAINER, stacked_qkv=False,
                          help="cg-fused4k with q/k/v as three GEMMs (the trainer before session 8)"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
@@ -208,7 +211,7 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         return model, loss
     # Read when the model is traced (its first step), which happens before the next variant is built.
     ce_kernel.ENABLED, layers.FP32_WEIGHT_GRAD = v.ce_kernel, v.fp32_wgrad
-    layers.STACKED_QKV = v.stacked_qkv
+    layers.STACKED_QKV, rope.COPY_V = v.stacked_qkv, v.copy_v
     model = TransformerLM(cfg)
     if v.stacked:
         from fused_proj import stack_projections

@@ -26,10 +26,12 @@ def attention_grads(attn: CausalSelfAttention, x0: torch.Tensor, stacked: bool, 
     return [y, x.grad, *(p.grad for p in attn.parameters())]
 
 
-@pytest.mark.parametrize("compile", [None, "aot_eager", "inductor"])
-def test_stacked_qkv_attention_equals_separate_projections(compile: str | None) -> None:
-    """Same output and gradients (input and all four weights, fp32) as three separate GEMMs;
-    the parameters and their state dict stay the separate ones."""
+@pytest.mark.parametrize(("compile", "copy_v"), [(None, True), (None, False), ("aot_eager", True), ("inductor", True)])
+def test_stacked_qkv_attention_equals_separate_projections(compile: str | None, copy_v: bool, monkeypatch) -> None:
+    """Same output and gradients (input and all four weights, fp32) as three separate GEMMs,
+    whether v is copied out of the stacked output or left a view of it; the parameters and
+    their state dict stay the separate ones."""
+    monkeypatch.setattr(rope, "COPY_V", copy_v)
     torch.manual_seed(0)
     attn = CausalSelfAttention(d_model=48, num_heads=3)
     x0 = torch.randn(2, 7, 48)
