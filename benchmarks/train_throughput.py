@@ -101,7 +101,7 @@ class Variant:
     # lmkit, torch's for hf (what each system's users run)
     lmkit_adamw: bool | None = None
     stacked_qkv: bool = True  # q/k/v as one GEMM over their stacked weights (layers.STACKED_QKV)
-    copy_v: bool = True  # with stacked_qkv: v copied out of the GEMM output (rope.COPY_V), not a view of it
+    copy_v: bool = False  # with stacked_qkv: v copied out of the GEMM output (rope.COPY_V), not a view of it
     help: str = ""
 
     @property
@@ -155,8 +155,8 @@ VARIANTS: dict[str, Variant] = {
                         help="cg-fused4k without Inductor's mix-order reductions (RMSNorm backward's gain gradient apart)"),
     "cg-mixtune": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.mix_order_reduction_autotune_split_size", True),),
                           help="cg-fused4k with Inductor's mix-order reductions' split size autotuned"),
-    "cg-vview": Variant(chunk_rows=4096, inductor=TRAINER, copy_v=False,
-                        help="cg-fused4k with v left a view of the stacked q/k/v output (no copy; the whole output stays saved)"),
+    "cg-vcopy": Variant(chunk_rows=4096, inductor=TRAINER, copy_v=True,
+                        help="cg-fused4k with v copied out of the stacked q/k/v output (less memory, slower)"),
     "cg-sepqkv": Variant(chunk_rows=4096, inductor=TRAINER, stacked_qkv=False,
                          help="cg-fused4k with q/k/v as three GEMMs (the trainer before session 8)"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
