@@ -129,3 +129,18 @@ def test_fsdp_compiled_with_activation_checkpointing_matches_one_process(tiny_ov
     assert got.keys() == ref.keys()
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=1e-4), step
+
+
+def test_fsdp_under_bf16_autocast_matches_one_process(tiny_overrides, tmp_path):
+    """bf16 autocast on CPU takes the training-only paths (q/k/v as one GEMM, RoPE's stacked
+    backward op, fp32 weight gradients from the GEMMs) through FSDP's parameter gathering and
+    block-by-block compile: the same losses as one process to bf16's precision."""
+    base = dict(tiny_overrides, max_iters=4, lr_decay_iters=4, log_interval=1, eval_interval=4, checkpoint_interval=4,
+                dtype="bfloat16")
+    train(resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / "one")), environ={}), console_sinks=True, is_tty=False)
+    r = torchrun(dict(base, checkpoint_dir=str(tmp_path / "fsdp"), parallel="fsdp", compile=True))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=2e-2), step
