@@ -64,7 +64,7 @@ def concat_weights(*layers: nn.Linear, out: torch.Tensor | None = None) -> torch
 # Off: every Linear runs plain F.linear under autocast (benchmarks/train_throughput.py compares).
 FP32_WEIGHT_GRAD = True
 # Training under autocast runs q/k/v as one GEMM over their stacked weights, RoPE's backward
-# writing the stacked gradient (qkv_rope.py). Off: three GEMMs (train_throughput.py's cg-sepqkv).
+# writing the stacked gradient (rope.py). Off: three GEMMs (train_throughput.py's cg-sepqkv).
 STACKED_QKV = True
 
 
@@ -230,7 +230,7 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x.shape
         if self.decode_qkv is not None and not torch.is_grad_enabled():
             # Decoding is one token of matrix-vector products: one launch instead of three
-            # matters there. (In training the concatenated GEMM measured 4.7% slower.)
+            # matters there. (Training stacks the fp32 weights' casts instead: stacked_linear.)
             qkv = F.linear(x, self.decode_qkv)  # (B, T, 3D)
             if T == 1 and self.decode_kernel is not None:
                 # RoPE, the cache write and attention over the filled slots in one kernel.
@@ -238,12 +238,17 @@ class CausalSelfAttention(nn.Module):
                 y = self.decode_kernel(qkv, cos, sin, cache.k, cache.v, cache.arrivals, input_pos)
                 return self.o_proj(y)  # y: (B, 1, D)
             q, k, v = qkv.split(D, dim=-1)  # (B, T, D) each
-        elif self.kv_cache is None and STACKED_QKV and (qkv := stacked_linear(x, self.q_proj, self.k_proj, self.v_proj)) is not None:
+        elif (
+            self.kv_cache is None
+            and STACKED_QKV
+            and (qkv := stacked_linear(x, self.q_proj, self.k_proj, self.v_proj)) is not None
+        ):
             # Training under autocast: one GEMM, and RoPE's backward writes the stacked gradient
             # (rope.py); the rotation and its (B, T, H, hd) order are as below.
-            q, k, v = rope_qkv(qkv.view(B, T, 3, self.num_heads, self.head_dim), cos, sin)  # (B, T, H, hd) each
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-            return self.o_proj(y.transpose(1, 2).reshape(B, T, D))  # y: (B, H, T, hd) -> (B, T, D)
+            qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)
+            q, k, v = (t.transpose(1, 2) for t in rope_qkv(qkv, cos, sin))  # (B, H, T, hd) each
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, D) each
         H, hd = self.num_heads, self.head_dim

@@ -116,14 +116,16 @@ def rope_qkv_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos:
     Returns:
         (B, T, 3, H, hd) contiguous: [rotated-back dq, rotated-back dk, dv] per position.
     """
-    if not (supported(dq) and supported(dk) and supported(dv) and cos.stride(-1) == 1 and sin.stride() == cos.stride()):
+    tables_ok = cos.stride(-1) == 1 and sin.stride() == cos.stride()
+    if not (tables_ok and supported(dq) and supported(dk) and supported(dv)):
         return _backward_torch(dq, dk, dv, cos, sin)
-    B, T, H, hd = dv.shape
-    out = dv.new_empty((B, T, 3, H, hd))
     from lmkit.model.rope_kernel import rope_qkv_backward_kernel  # imports triton: only when used
 
-    rope_qkv_backward_kernel[(B * T,)](dq, *dq.stride()[:3], dk, *dk.stride()[:3], dv, *dv.stride()[:3], cos, sin, cos.stride(0),
-                        out, T, H, HP=1 << (H - 1).bit_length(), HALF=hd // 2)  # HP: H up to a power of 2
+    B, T, H, hd = dv.shape
+    out = dv.new_empty((B, T, 3, H, hd))
+    strides = (*dq.stride()[:3], *dk.stride()[:3], *dv.stride()[:3])  # (b, t, h) of each
+    rope_qkv_backward_kernel[(B * T,)](dq, dk, dv, *strides, cos, sin, cos.stride(0), out, T, H,
+                                       HP=1 << (H - 1).bit_length(), HALF=hd // 2)  # HP: H up to a power of 2
     return out
 
 
@@ -134,6 +136,8 @@ def _(dq, dk, dv, cos, sin):
 
 
 class _RopeQKV(torch.autograd.Function):
+    """rope_qkv's forward in torch (Inductor fuses it as before); its backward is the one op."""
+
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         ctx.save_for_backward(cos, sin)
@@ -149,7 +153,7 @@ class _RopeQKV(torch.autograd.Function):
         return rope_qkv_backward(dq, dk, dv, cos, sin), None, None
 
 
-def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Queries and keys rotated, values as they are, from one stacked projection.
 
     Args:

@@ -19,7 +19,7 @@ def _part(src, s_b, s_t, s_h, b, t, h, j, mask, c, s, dst, HALF: tl.constexpr, R
 
 
 @triton.jit
-def rope_qkv_backward_kernel(dq, sq_b, sq_t, sq_h, dk, sk_b, sk_t, sk_h, dv, sv_b, sv_t, sv_h,
+def rope_qkv_backward_kernel(dq, dk, dv, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
                              cos, sin, sc_t, out, T, H, HP: tl.constexpr, HALF: tl.constexpr):
     # One program per position (b, t): all heads of dq, dk and dv there, as (HP, HALF) tiles of
     # first and second halves (HP: H rounded up to a power of 2, masked). out is (B, T, 3, H, hd)
@@ -28,7 +28,7 @@ def rope_qkv_backward_kernel(dq, sq_b, sq_t, sq_h, dk, sk_b, sk_t, sk_h, dv, sv_
     b, t = row // T, row % T
     h = tl.arange(0, HP)[:, None]
     j = tl.arange(0, HALF)[None, :]
-    mask = (h < H) & (j < HALF)
+    mask = (h < H) & (j < HALF)  # (HP, HALF): the padded heads off
     c = tl.load(cos + t * sc_t + j).to(tl.float32)  # (1, HALF)
     s = tl.load(sin + t * sc_t + j).to(tl.float32)
     D = H * 2 * HALF

@@ -26,8 +26,10 @@ def attention_grads(attn: CausalSelfAttention, x0: torch.Tensor, stacked: bool, 
     return [y, x.grad, *(p.grad for p in attn.parameters())]
 
 
-@pytest.mark.parametrize(("compile", "copy_v"), [(None, False), (None, True), ("aot_eager", False), ("inductor", False)])
-def test_stacked_qkv_attention_equals_separate_projections(compile: str | None, copy_v: bool, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("compile", "copy_v"), [(None, False), (None, True), ("aot_eager", False), ("inductor", False)]
+)
+def test_stacked_qkv_attention_equals_separate_projections(compile, copy_v, monkeypatch) -> None:
     """Same output and gradients (input and all four weights, fp32) as three separate GEMMs,
     whether v is copied out of the stacked output or left a view of it; the parameters and
     their state dict stay the separate ones."""
@@ -61,7 +63,7 @@ def test_stacked_qkv_runs_only_when_training_under_autocast() -> None:
     torch.testing.assert_close(fp32_s, fp32, rtol=0, atol=0)
 
 
-def backward_matches_autograd(device: str, dtype: torch.dtype, B: int = 2, T: int = 5, H: int = 3, hd: int = 8) -> None:
+def backward_matches_autograd(device: str, dtype: torch.dtype, B=2, T=5, H=3, hd=8) -> None:
     """rope_qkv_backward = autograd through apply_rope on q and k, with v passed through, stacked;
     for gradients of any strides (cuDNN's come back in (B, H, T, hd) order)."""
     torch.manual_seed(H * hd)
