@@ -77,21 +77,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
-def _rotate_back(d: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The gradient through ``apply_rope``: rotation by minus the angle, in fp32.
-
-    d: (B, T, H, hd) gradient of the rotated tensor; cos, sin: (T, 1, hd/2). Returns (B, T, H, hd) fp32.
-    """
-    g = d.float()
-    half = g.shape[-1] // 2
-    g1, g2 = g[..., :half], g[..., half:]  # (B, T, H, hd/2) each
-    return torch.cat((g1 * cos + g2 * sin, g2 * cos - g1 * sin), dim=-1)
-
-
 def _backward_torch(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor) -> torch.Tensor:
-    cos, sin = cos[:, None].float(), sin[:, None].float()  # (T, 1, hd/2): broadcast over heads
-    parts = (_rotate_back(dq, cos, sin).to(dv.dtype), _rotate_back(dk, cos, sin).to(dv.dtype), dv)
+    # RoPE's gradient is the rotation by minus the angle (in fp32, rounded once, as the kernel).
+    cos, sin = cos[:, None], -sin[:, None]  # (T, 1, hd/2): broadcast over heads
+    parts = (apply_rope(dq, cos, sin).to(dv.dtype), apply_rope(dk, cos, sin).to(dv.dtype), dv)
     return torch.stack(parts, dim=2)  # (B, T, 3, H, hd)
 
 

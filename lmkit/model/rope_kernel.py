@@ -11,7 +11,7 @@ def _part(src, s_b, s_t, s_h, b, t, h, j, mask, c, s, dst, HALF: tl.constexpr, R
     p = src + b * s_b + t * s_t + h * s_h + j  # (HP, HALF): the first halves of the heads
     g1 = tl.load(p, mask=mask)
     g2 = tl.load(p + HALF, mask=mask)
-    if ROTATE:  # as rope._rotate_back: in fp32, rounded once to the output's dtype
+    if ROTATE:  # apply_rope by minus the angle: in fp32, rounded once to the output's dtype
         g1, g2 = g1.to(tl.float32), g2.to(tl.float32)
         g1, g2 = g1 * c + g2 * s, g2 * c - g1 * s
     tl.store(dst, g1.to(dst.dtype.element_ty), mask=mask)
