@@ -143,6 +143,10 @@ class RuntimeSettings(Section):
         description="Under bfloat16 autocast, keep the residual stream between blocks in float32 (as nanoGPT and HF do) instead of bfloat16 (as Megatron and torchtitan do, and lmkit by default: about 3% faster at GPT-2 small, no loss difference measured). No effect in float32.",
     )
     seed: int = Field(42, description="Random seed: weights and data order when training, sampling when generating.")
+    memory_check: bool = Field(
+        True, examples=[False],
+        description="Before building the model, estimate the memory a training step needs (weights, gradients, AdamW state, activations, logits) and refuse, naming what to lower, when it exceeds what the device has free. Off: try anyway.",
+    )
 
 
 class GenerateSettings(Section):

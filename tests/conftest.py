@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,20 @@ def tiny_overrides(tmp_path: Path, token_data) -> dict:
         eval_interval=10, eval_iters=2, log_interval=5, checkpoint_interval=10, train_data_path=str(train),
         val_data_path=str(val), checkpoint_dir=str(tmp_path / "run"), wandb=False, device="cpu", seed=1,
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_tf32():
+    """Give every test the TF32 flags it started with.
+
+    ``resolve_runtime`` turns TF32 on for the process when it picks CUDA (what a training or
+    generation process wants); left on, it changed later tests' fp32 matmuls, and a reference
+    comparison such as test_adamw_kernel's failed only when a CUDA test ran before it.
+    """
+    torch = sys.modules.get("torch")  # no import here: tests that never load torch stay quick
+    if torch is None:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

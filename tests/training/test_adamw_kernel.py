@@ -143,7 +143,11 @@ def test_build_optimizer_picks_the_kernel_only_where_it_runs() -> None:
 
 
 @pytest.mark.gpu
-def test_kernel_matches_fused_adamw_cuda() -> None:
+def test_kernel_matches_fused_adamw_cuda(monkeypatch) -> None:
+    # The toy models' fp32 matmuls must be fp32: under TF32 (which any CUDA training or
+    # generation in this process turns on) the two runs' last-bit differences grow past the
+    # tolerance within three steps.
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     kernel_step_matches_torch("cuda", fused_ref=True)
     keeps_no_gradient_alive("cuda")
     resumes_through_distributed_checkpoint("cuda")
