@@ -238,17 +238,22 @@ def read_dir(directory: Path) -> tuple[Path, dict[str, bytes | None]]:
 def _read_at(dir_fd: int, directory: Path, name: str) -> bytes | None:
     path = directory / name
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0), dir_fd=dir_fd)
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer (regular files ignore it).
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0), dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read it ({e.strerror or e})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TokenizerError(f"{path}: not a regular file; a tokenizer directory holds {', '.join(files.TOKENIZER_FILES)}")
         if st.st_size > files.MAX_FILE_BYTES:
             raise TokenizerError(f"{path}: {st.st_size:,} bytes is too large for a tokenizer file (limit {files.MAX_FILE_BYTES:,})")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         try:
             return f.read()
         except OSError as e:
