@@ -162,7 +162,7 @@ def test_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
     from lmkit.tokenizer import pretokenize
 
     path = tmp_path / "t.txt"
-    path.write_text("the cat sat on the mat " * 500)
+    path.write_text("the cat sat on the mat " * 20_000)  # several 64 KB chunks, so a pool is asked for
     started: list[int] = []
 
     class InProcessPool:  # the process boundary: record how many were asked for, run in-process
