@@ -57,6 +57,15 @@ class TokenizerOutput:
         self.force = force
         self.lock: OutputLock = lock_output(self.real, hint="wait for it to finish, or pick another --output")
 
+    def check(self) -> None:
+        """Refuse now what entering would refuse, without creating or locking anything.
+
+        Lets a caller refuse before spending time; entering checks again under the lock.
+        """
+        if self.real.exists() and not self.real.is_dir():
+            raise TokenizerError(f"{self.directory}: exists and is not a directory; pick another --output")
+        self._check_replaceable()
+
     def __enter__(self) -> TokenizerOutput:
         if self.real.exists() and not self.real.is_dir():
             raise TokenizerError(f"{self.directory}: exists and is not a directory; pick another --output")

@@ -157,11 +157,19 @@ def train_bpe(
         DataError: missing, empty or non-UTF-8 input.
     """
     specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
-    counts = count_pretokens(files, specials, workers=workers, errors=errors, progress=progress)
-    word_counts = {w.encode("utf-8"): c for w, c in counts.items()}
-    del counts
-    merges = learn_merges(word_counts, vocab_size - BYTE_TOKENS - len(specials), progress)
+    word_counts = _count_words(files, specials, workers, errors, progress)
+    return _learn_vocab(word_counts, vocab_size, specials, progress)
 
+
+def _count_words(files: list[Path], specials: list[str], workers: int | None, errors: str,
+                 progress: ProgressFn | None) -> dict[bytes, int]:
+    counts = count_pretokens(files, specials, workers=workers, errors=errors, progress=progress)
+    return {w.encode("utf-8"): c for w, c in counts.items()}
+
+
+def _learn_vocab(word_counts: dict[bytes, int], vocab_size: int, specials: list[str],
+                 progress: ProgressFn | None) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    merges = learn_merges(word_counts, vocab_size - BYTE_TOKENS - len(specials), progress)
     vocab = {b: bytes([b]) for b in range(BYTE_TOKENS)}
     for left, right in merges:
         vocab[len(vocab)] = left + right
@@ -215,9 +223,11 @@ def train_and_save(
 ) -> Tokenizer:
     """Train a tokenizer (``train_bpe``) and write it to ``output`` as one unit.
 
-    The output is claimed first (locked, and refused if it already holds a tokenizer and not
-    ``force``), so a refusal comes before any time is spent training; the lock is held until
-    the files are in place, so two trainings never write one directory.
+    An output that already holds a tokenizer (and not ``force``) is refused before any time is
+    spent. The output is then locked after the input has been read and pretokenized (where bad
+    input fails, so a failure leaves nothing behind, not even a lock file) and before merges are
+    learned; the lock is held until the files are in place, so two trainings never write one
+    directory: the second is refused.
 
     Args:
         input_path, vocab_size, special_tokens, workers, errors, progress: As for ``train_bpe``.
@@ -231,10 +241,13 @@ def train_and_save(
         TokenizerError, DataError: as ``train_bpe``, and as ``Tokenizer.save``.
         LockHeldError: another lmkit process is writing ``output``.
     """
-    _check_arguments(input_path, vocab_size, special_tokens, errors)
-    with claim_output(Path(output), force=force) as out:
-        vocab, merges = train_bpe(input_path, vocab_size, special_tokens, workers=workers, errors=errors, progress=progress)
-        tok = Tokenizer(vocab, merges, list(dict.fromkeys(special_tokens)))
+    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
+    claim = claim_output(Path(output), force=force)
+    claim.check()
+    word_counts = _count_words(files, specials, workers, errors, progress)
+    with claim as out:  # checks again, now under the lock
+        vocab, merges = _learn_vocab(word_counts, vocab_size, specials, progress)
+        tok = Tokenizer(vocab, merges, specials)
         out.write(tok.serialize())
     return tok
 
