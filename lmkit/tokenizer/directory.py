@@ -99,7 +99,17 @@ class TokenizerOutput:
     def _check_replaceable(self) -> None:
         if not self.real.is_dir():
             return
-        entries = sorted(p.name for p in self.real.iterdir())
+        cwd = Path(os.path.realpath(os.getcwd()))
+        if cwd == self.real or self.real in cwd.parents:
+            # Replacing it would leave the shell in a deleted directory.
+            raise TokenizerError(
+                f"{self.directory}: is the current directory or holds it; a tokenizer directory is replaced "
+                "as a whole, so pick a directory of its own, e.g. --output tok/"
+            )
+        try:
+            entries = sorted(p.name for p in self.real.iterdir())
+        except OSError as e:
+            raise TokenizerError(f"{self.directory}: cannot list it ({e.strerror or e}); fix permissions or pick another --output") from None
         if not entries:
             return
         foreign = [n for n in entries if n not in files.TOKENIZER_FILES]

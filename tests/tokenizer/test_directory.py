@@ -217,3 +217,14 @@ def test_symlinked_output_is_replaced_where_it_points(tmp_path, two):
     (tmp_path / "tok").symlink_to("v1")
     new.save(tmp_path / "tok", force=True)
     assert (tmp_path / "tok").is_symlink() and Tokenizer.from_dir(tmp_path / "v1").hash == new.hash
+
+
+def test_current_directory_is_never_replaced(tmp_path, two, monkeypatch):
+    old, _ = two
+    here = tmp_path / "work"
+    (here / "sub").mkdir(parents=True)
+    for cwd in (here, here / "sub"):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(TokenizerError, match="is the current directory or holds it"):
+            old.save(here)
+    assert (here / "sub").is_dir() and not (here / "vocab.json").exists()
