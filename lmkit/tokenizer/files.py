@@ -31,9 +31,9 @@ META_VERSION = 1
 MERGES_HEADER = "#version: 0.2"
 # The files a tokenizer directory holds; a directory holding anything else is not replaced.
 TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE, META_FILE)
-# Larger files are refused before they are read: GPT-2's vocab.json is 1 MB, and parsing turns
+# Larger files (128 MiB) are refused before they are read: GPT-2's vocab.json is 1 MB, and parsing turns
 # each byte into far more than a byte of Python objects.
-MAX_FILE_BYTES = 1 << 30
+MAX_FILE_BYTES = 1 << 27
 HASH_RE = re.compile(r"sha256:[0-9a-f]{16}")
 
 

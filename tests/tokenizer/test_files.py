@@ -191,3 +191,13 @@ def test_missing_files(tok_dir, tmp_path):
     (tok_dir / "merges.txt").unlink()
     with pytest.raises(TokenizerError, match="merges.txt: not found"):
         Tokenizer.from_dir(tok_dir)
+
+
+def test_oversized_file_is_refused_before_it_is_read(tok_dir):
+    from lmkit.tokenizer.files import MAX_FILE_BYTES
+
+    with open(tok_dir / "vocab.json", "r+b") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk, and reading it would cost 128 MiB+
+    for load in (lambda: Tokenizer.from_dir(tok_dir), lambda: Tokenizer.from_files(tok_dir / "vocab.json", tok_dir / "merges.txt")):
+        with pytest.raises(TokenizerError, match="vocab.json: 134,217,729 bytes is too large"):
+            load()
