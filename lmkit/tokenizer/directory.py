@@ -41,8 +41,8 @@ def backup_path(directory: Path) -> Path:
 class TokenizerOutput:
     """A tokenizer directory claimed for writing: locked, recovered, checked replaceable.
 
-    Use as a context manager (``claim_output``); the checks run on entry, so a command can
-    claim its output before spending time on training.
+    Use as a context manager (``claim_output``): entering takes the lock and checks; ``check()``
+    runs the same checks without the lock, so a command can refuse before spending any time.
 
     Args:
         directory: The tokenizer directory to (re)write.
@@ -168,7 +168,10 @@ class TokenizerOutput:
         # Renamed away before deletion, so a deletion cut short never leaves a partial
         # directory under the backup name that readers fall back to.
         trash = self.real.parent / f".{self.real.name}.{TEMP_TAG}-{secrets.token_hex(4)}.tmp"
-        os.rename(backup, trash)
+        try:
+            os.rename(backup, trash)
+        except OSError:
+            return  # the new tokenizer is in place; the next writer deletes the leftover
         shutil.rmtree(trash, ignore_errors=True)
 
 
