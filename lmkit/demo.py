@@ -77,7 +77,7 @@ def prepare_demo_data(settings: Settings, notice: Callable[[str], None] = lambda
         notice(f"demo: training a {DEMO_VOCAB_SIZE}-token BPE tokenizer on {size_kb:.0f} KB of Python documentation (once; cached in {root})")
         vocab, merges = train_bpe(corpus, DEMO_VOCAB_SIZE, [EOT])
         tok = Tokenizer(vocab, merges, [EOT])
-        tok.save(tok_dir)
+        tok.save(tok_dir, force=True)  # our own cache: a tokenizer left by an interrupted demo is replaced
         corpus.unlink(missing_ok=True)
         for path, text in ((train_bin, texts["train"]), (val_bin, texts["val"])):
             ids = np.asarray(tok.encode(text), dtype=dtype_for_vocab(DEMO_VOCAB_SIZE))

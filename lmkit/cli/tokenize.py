@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmkit.cli.app import app
-from lmkit.errors import TokenizerError
+from lmkit.errors import LmkitError, TokenizerError
 
 tokenize_app = typer.Typer(
     name="tokenize",
@@ -121,19 +121,21 @@ def train(
     special_token: SpecialOpt = None,
     errors: ErrorsOpt = Errors.strict,
     workers: WorkersOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the tokenizer already in --output (runs and token files that cite its hash will no longer match it). Example: --force")] = False,
 ) -> None:
     """Train a byte-level BPE tokenizer; writes vocab.json, merges.txt (GPT-2 format) and tokenizer.json.
 
+    An --output that already holds a tokenizer is refused unless --force; the three files are
+    replaced together, never one by one.
+
     Example: lmkit tokenize train --input data/tinyshakespeare.txt --vocab-size 10000 --special-token '<|endoftext|>' --output tok/
     """
-    from lmkit.tokenizer import Tokenizer, train_bpe
+    from lmkit.tokenizer.train import train_and_save
 
-    specials = special_token or []
     with Progress() as progress:
-        vocab, merges = train_bpe(input, vocab_size, specials, workers=workers, errors=errors.value, progress=progress)
-    tok = Tokenizer(vocab, merges, specials)
-    tok.save(output)
-    typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(merges)} merges, hash {tok.hash})")
+        tok = train_and_save(input, vocab_size, output, special_token or [], force=force, workers=workers,
+                             errors=errors.value, progress=progress)
+    typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(tok.merges)} merges, hash {tok.hash})")
 
 
 @tokenize_app.command("encode")
@@ -207,8 +209,13 @@ def decode(
     from lmkit.data.corpus import decode_token_file, parse_ids
 
     tok = _load_tokenizer(tokenizer, vocab, merges, None)
+    # A closed stdin or stdout (`<&-`, `>&-`) is None in Python, not an empty stream.
+    if sys.stdout is None:
+        raise LmkitError("stdout is closed, so there is nowhere to write the text; redirect it, e.g. > text.txt")
     if input is not None:
         pieces = decode_token_file(tok, input)
+    elif sys.stdin is None or sys.stdin.closed:
+        raise LmkitError("stdin is closed, so there are no ids to decode; pipe ids in (echo 15496 995 | lmkit tokenize decode ...) or pass --input FILE.bin")
     else:
         pieces = tok.decode_chunks(parse_ids(sys.stdin, "<stdin>", tok.vocab_size))
     # Bytes, not text: stdout's encoding may not cover every character (LANG=C).

@@ -6,16 +6,20 @@ token like b" the" is written ``"Ġthe"``. lmkit writes the same two files so ot
 (tiktoken, HuggingFace) can read its tokenizers, plus ``tokenizer.json``, which records what
 the GPT-2 files cannot: which tokens are special, and a content hash that token files cite.
 
-Every reader error names the file and the line (or entry) at fault.
+Every reader validates what it reads and raises ``TokenizerError`` naming the file and the line
+(or key) at fault and what to do; no file content reaches the ``Tokenizer`` unchecked. Readers take
+the file's bytes (``parse_*``) so a directory can be read as one unit (``directory.read_dir``);
+``read_*`` are the same for a single path.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import re
 from pathlib import Path
 
-from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import TokenizerError
 
 VOCAB_FILE = "vocab.json"
@@ -25,6 +29,12 @@ META_FORMAT = "lmkit-tokenizer"
 META_VERSION = 1
 # The header GPT-2's original merges file carried; readers accept files with or without it.
 MERGES_HEADER = "#version: 0.2"
+# The files a tokenizer directory holds; a directory holding anything else is not replaced.
+TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE, META_FILE)
+# Larger files (128 MiB) are refused before they are read: GPT-2's vocab.json is 1 MB, and parsing turns
+# each byte into far more than a byte of Python objects.
+MAX_FILE_BYTES = 1 << 27
+HASH_RE = re.compile(r"sha256:[0-9a-f]{16}")
 
 
 @functools.cache
@@ -69,76 +79,136 @@ def str_to_token(text: str) -> bytes | None:
         return None
 
 
+def file_digest(data: bytes) -> str:
+    """``sha256:`` + the first 16 hex digits of the bytes' sha256, as ``tokenizer.json`` records files."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise TokenizerError(f"{path}: {path.stat().st_size:,} bytes is too large for a {what} (limit {MAX_FILE_BYTES:,})")
+        if not path.is_file():
+            raise TokenizerError(f"{path}: not a regular file; expected a {what}")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
+def _decode(data: bytes, path: Path, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 (byte offset {e.start}); is this a {what}?") from None
+
+
+class _Pairs(list):
+    """A JSON object kept as its ``(key, value)`` pairs, in order, duplicates included."""
+
+
+def _load_json(text: str, path: Path, hint: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}:{e.lineno}: malformed JSON at column {e.colno} ({e.msg}); {hint}") from None
+    except (ValueError, RecursionError) as e:  # an integer of 5,000 digits; nesting 100,000 deep
+        raise TokenizerError(f"{path}: unreadable JSON ({str(e)[:80] or type(e).__name__}); {hint}") from None
+
+
 def read_vocab(path: Path) -> dict[int, bytes]:
-    """Read a GPT-2 style ``vocab.json`` (mapped token string -> id).
+    """Read a GPT-2 style ``vocab.json`` (mapped token string -> id); see ``parse_vocab``."""
+    return parse_vocab(_read_bytes(path, "vocabulary file"), Path(path))
+
+
+def parse_vocab(data: bytes, path: Path) -> dict[int, bytes]:
+    """Parse a GPT-2 style ``vocab.json``: one JSON object, mapped token string -> id.
+
+    Ids must be dense, ``0..N-1`` for ``N`` entries: the vocabulary size is what models embed
+    and what token-file statistics are sized by, so one stray id of 10**9 would cost gigabytes.
 
     Args:
-        path: The file.
+        data: The file's bytes.
+        path: Where they came from, for messages.
 
     Returns:
         id -> token bytes.
 
     Raises:
-        TokenizerError: unreadable or malformed JSON (with its line and column), a non-integer
-            or negative id, an id used twice, or a token with characters outside GPT-2's byte map.
+        TokenizerError: not UTF-8, malformed JSON (with its line and column), not an object, an
+            id that is not an integer in ``0..N-1``, an id or token used twice, an empty token,
+            or a token with characters outside GPT-2's byte map.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: vocabulary file not found") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 (byte offset {e.start}); is this a vocab.json?") from None
-    try:
-        pairs = json.loads(text, object_pairs_hook=list)
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path}:{e.lineno}: malformed JSON at column {e.colno} ({e.msg})") from None
-    if not isinstance(pairs, list) or not pairs:
-        raise TokenizerError(f"{path}: expected a JSON object mapping tokens to ids, got {type(pairs).__name__}")
+    hint = "restore the file, or train a new tokenizer with `lmkit tokenize train`"
+    text = _decode(data, path, "vocab.json")
+    pairs = _load_json(text, path, hint)
+    if not isinstance(pairs, _Pairs) or not pairs:
+        got = "an empty object" if isinstance(pairs, _Pairs) else f"a JSON {_json_type(pairs)}"
+        raise TokenizerError(f"{path}: expected a JSON object mapping tokens to ids, got {got}; {hint}")
     vocab: dict[int, bytes] = {}
-    for n, (key, idx) in enumerate(pairs, 1):
+    seen: dict[bytes, int] = {}
+    n = len(pairs)
+    for entry, (key, idx) in enumerate(pairs, 1):
         token = str_to_token(key)
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            problem = f"id {idx!r} is not a non-negative integer"
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            problem = f"has id {_short(idx)}, not an integer"
+        elif not 0 <= idx < n:
+            problem = f"has id {_short(idx)}, outside 0..{n - 1}: ids must number the {n:,} entries densely"
+        elif not key:
+            problem = "is an empty token"
         elif token is None:
             problem = "has characters outside GPT-2's byte-to-unicode map"
         elif idx in vocab:
-            problem = f"id {idx} is used twice"
+            problem = f"reuses id {idx} (already {token_to_str(vocab[idx])!r})"
+        elif token in seen:
+            problem = f"appears twice (ids {seen[token]} and {idx})"
         else:
             vocab[idx] = token
+            seen[token] = idx
             continue
-        raise TokenizerError(f"{path}:{_line_of(text, key)}: entry {n} ({key!r}) {problem}")
-    return vocab
+        raise TokenizerError(f"{path}:{_line_of(text, key)}: entry {entry} ({_short(key)}) {problem}; {hint}")
+    return vocab  # n distinct ids, each in 0..n-1: dense
+
+
+def _json_type(value: object) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _line_of(text: str, key: str) -> int:
     # json does not report where a valid entry sits; find it for the error message only.
-    pos = text.find(json.dumps(key)[:-1])
+    pos = text.find(json.dumps(key, ensure_ascii=False)[:-1])
     return text.count("\n", 0, pos) + 1 if pos >= 0 else 0
 
 
 def read_merges(path: Path) -> tuple[list[tuple[bytes, bytes]], list[int]]:
-    """Read a GPT-2 style ``merges.txt``: one ``left right`` pair per line in rank order.
+    """Read a GPT-2 style ``merges.txt``; see ``parse_merges``."""
+    return parse_merges(_read_bytes(path, "merges file"), Path(path))
+
+
+def parse_merges(data: bytes, path: Path) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+    """Parse a GPT-2 style ``merges.txt``: one ``left right`` pair per line in rank order.
 
     An optional ``#version`` header and blank lines are skipped.
 
     Args:
-        path: The file.
+        data: The file's bytes.
+        path: Where they came from, for messages.
 
     Returns:
         The merges, and the line number each came from (for later error messages).
 
     Raises:
-        TokenizerError: a line that is not two space-separated tokens, or a token with
-            characters outside GPT-2's byte map.
+        TokenizerError: not UTF-8, a line that is not two space-separated tokens, or a token
+            with characters outside GPT-2's byte map.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: merges file not found") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 (byte offset {e.start}); is this a merges.txt?") from None
+    lines = _decode(data, path, "merges.txt").split("\n")
     merges: list[tuple[bytes, bytes]] = []
     line_numbers: list[int] = []
     for lineno, line in enumerate(lines, 1):
@@ -147,66 +217,88 @@ def read_merges(path: Path) -> tuple[list[tuple[bytes, bytes]], list[int]]:
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise TokenizerError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
+            raise TokenizerError(f"{path}:{lineno}: expected two tokens separated by one space, got {_short(line)}")
         left, right = str_to_token(parts[0]), str_to_token(parts[1])
         if left is None or right is None:
-            raise TokenizerError(f"{path}:{lineno}: {line!r} has characters outside GPT-2's byte-to-unicode map")
+            raise TokenizerError(f"{path}:{lineno}: {_short(line)} has characters outside GPT-2's byte-to-unicode map")
         merges.append((left, right))
         line_numbers.append(lineno)
     return merges, line_numbers
 
 
 def read_meta(path: Path) -> dict:
-    """Read lmkit's ``tokenizer.json``.
+    """Read lmkit's ``tokenizer.json``; see ``parse_meta``."""
+    return parse_meta(_read_bytes(path, "tokenizer metadata file"), Path(path))
+
+
+def parse_meta(data: bytes, path: Path) -> dict:
+    """Parse lmkit's ``tokenizer.json``, checking the type of every field it uses.
 
     Returns:
-        The metadata dict (``format``, ``version``, ``special_tokens``, ``hash``, ...).
+        The metadata dict: ``format``, ``version``, ``special_tokens`` (a list, ``[]`` when
+        absent), and where present ``vocab_size``, ``hash`` and ``files`` (file name -> digest).
 
     Raises:
-        TokenizerError: malformed JSON, a foreign file, or one written by a newer lmkit.
+        TokenizerError: malformed JSON, a foreign file, a field of the wrong type, or a file
+            written by a newer lmkit (a version number above this lmkit's, and only then).
     """
-    path = Path(path)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path}:{e.lineno}: malformed JSON at column {e.colno} ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 (byte offset {e.start})") from None
-    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+    hint = "restore it, or train a new tokenizer with `lmkit tokenize train`"
+    raw = _load_json(_decode(data, path, "tokenizer.json"), path, hint)
+    if not isinstance(raw, _Pairs):
+        raise TokenizerError(f"{path}: expected a JSON object, got a JSON {_json_type(raw)}; {hint}")
+    meta = _plain(raw)
+    if meta.get("format") != META_FORMAT:
         raise TokenizerError(f"{path}: not an lmkit tokenizer metadata file (expected format {META_FORMAT!r})")
-    if not isinstance(meta.get("version"), int) or meta["version"] > META_VERSION:
-        raise TokenizerError(f"{path}: written by a newer lmkit (version {meta.get('version')!r}); upgrade lmkit")
-    specials = meta.get("special_tokens", [])
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TokenizerError(f"{path}: version must be a positive integer, got {_short(version)}; {hint}")
+    if version > META_VERSION:
+        raise TokenizerError(f"{path}: written by a newer lmkit (version {version}; this one reads {META_VERSION}); upgrade lmkit")
+    meta.setdefault("special_tokens", [])
+    specials = meta["special_tokens"]
     if not isinstance(specials, list) or not all(isinstance(s, str) and s for s in specials):
-        raise TokenizerError(f"{path}: special_tokens must be a list of non-empty strings")
+        raise TokenizerError(f"{path}: special_tokens must be a list of non-empty strings, got {_short(specials)}; {hint}")
+    size = meta.get("vocab_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 256):
+        raise TokenizerError(f"{path}: vocab_size must be an integer of at least 256, got {_short(size)}; {hint}")
+    digest = meta.get("hash")
+    if digest is not None and not (isinstance(digest, str) and HASH_RE.fullmatch(digest)):
+        raise TokenizerError(f"{path}: hash must look like 'sha256:' + 16 hex digits, got {_short(digest)}; {hint}")
+    recorded = meta.get("files")
+    if recorded is not None and not (
+        isinstance(recorded, dict) and all(isinstance(v, str) and HASH_RE.fullmatch(v) for v in recorded.values())
+    ):
+        raise TokenizerError(f"{path}: files must map file names to 'sha256:' digests, got {_short(recorded)}; {hint}")
     return meta
 
 
-def write_files(
-    directory: Path, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], meta: dict
-) -> None:
-    """Write ``vocab.json``, ``merges.txt`` and ``tokenizer.json`` into ``directory``.
+def _plain(value: object) -> object:
+    # Back from _Pairs to dicts (the last of duplicate keys wins, as in plain json.loads).
+    if isinstance(value, _Pairs):
+        return {k: _plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
-    Each file goes to a temporary name and is renamed when complete, and ``tokenizer.json``
-    is written last, so a reader never sees a directory that claims to be complete but is not.
+
+def serialize(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], meta: dict) -> dict[str, bytes]:
+    """The bytes of ``vocab.json``, ``merges.txt`` and ``tokenizer.json`` for one tokenizer.
+
+    ``tokenizer.json`` records a digest of each of the other two files, so a reader can say
+    which one changed when the content hash no longer matches.
 
     Args:
-        directory: Created if missing.
         vocab: id -> token bytes.
         merges: In rank order.
-        meta: The ``tokenizer.json`` content (format and version are filled in).
+        meta: The rest of ``tokenizer.json`` (format, version and files are filled in).
 
-    Raises:
-        TokenizerError: the directory cannot be created or written.
+    Returns:
+        file name -> content, in the order ``TOKENIZER_FILES``.
     """
-    directory = Path(directory)
-    vocab_json = json.dumps({token_to_str(vocab[i]): i for i in sorted(vocab)}, ensure_ascii=False)
+    vocab_json = json.dumps({token_to_str(vocab[i]): i for i in sorted(vocab)}, ensure_ascii=False) + "\n"
     merges_txt = "\n".join([MERGES_HEADER, *(f"{token_to_str(a)} {token_to_str(b)}" for a, b in merges)]) + "\n"
-    meta_json = json.dumps({"format": META_FORMAT, "version": META_VERSION, **meta}, indent=2, ensure_ascii=False)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / VOCAB_FILE, (vocab_json + "\n").encode("utf-8"))
-        atomic_write_bytes(directory / MERGES_FILE, merges_txt.encode("utf-8"))
-        atomic_write_bytes(directory / META_FILE, (meta_json + "\n").encode("utf-8"))
-    except OSError as e:
-        raise TokenizerError(f"cannot write tokenizer files to {directory}: {e.strerror or e}") from None
+    out = {VOCAB_FILE: vocab_json.encode("utf-8"), MERGES_FILE: merges_txt.encode("utf-8")}
+    digests = {name: file_digest(data) for name, data in out.items()}
+    full = {"format": META_FORMAT, "version": META_VERSION, **meta, "files": digests}
+    out[META_FILE] = (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return out

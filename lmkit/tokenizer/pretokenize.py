@@ -53,6 +53,8 @@ def list_text_files(path: Path) -> list[Path]:
         if not files:
             raise DataError(f"{path}: directory has no text files ({', '.join('*' + s for s in TEXT_SUFFIXES)})")
         return files
+    if path.exists():  # a device, FIFO or socket: its size says nothing, and reading may never end
+        raise DataError(f"{path}: not a regular file or directory; pass a text file or a directory of them")
     raise DataError(f"{path}: input not found")
 
 
@@ -223,8 +225,12 @@ def count_pretokens(
         distinct pretokens, not with the input size.
     """
     total = sum(f.stat().st_size for f in files)
+    cores = os.cpu_count() or 1
     if workers is None:
-        workers = (os.cpu_count() or 1) if total > (4 << 20) else 1
+        workers = cores if total > (4 << 20) else 1
+    # More processes than cores only adds memory (each spawned worker imports Python anew), and
+    # a typed `--workers 1000000` must not start a million of them; counts do not depend on it.
+    workers = max(1, min(workers, cores))
     # Several chunks per worker so a slow chunk does not leave the others idle.
     chunks = plan_chunks(files, workers * 4 if workers > 1 else len(files), special_tokens)
     jobs = [(path, start, end, special_tokens, errors) for path, start, end in chunks]

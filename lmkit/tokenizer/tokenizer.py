@@ -5,8 +5,9 @@ with GPT-2's pattern, and turn each pretoken's bytes into ids by applying merges
 lowest-ranked (earliest learned) adjacent pair first. A pretoken's ids never depend on its
 neighbours, so they are cached: real text repeats a small set of words.
 
-Ids are whatever the vocabulary says; lmkit-trained vocabularies number the 256 bytes 0..255,
-then merges in order, then special tokens, while GPT-2 files keep GPT-2's own ids.
+Ids are whatever the vocabulary says, as long as they are dense (``0..N-1``): lmkit-trained
+vocabularies number the 256 bytes 0..255, then merges in order, then special tokens, while GPT-2
+files keep GPT-2's own ids.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lmkit.errors import TokenizerError
+from lmkit.tokenizer import directory as tokdir
 from lmkit.tokenizer import files
 from lmkit.tokenizer.pretokenize import PRETOKEN_RE, safe_cut, special_splitter
 
@@ -32,7 +34,8 @@ class Tokenizer:
     """Byte-level BPE tokenizer.
 
     Args:
-        vocab: id -> token bytes. Must hold all 256 single bytes and every merge result.
+        vocab: id -> token bytes, ids dense (``0..N-1``). Must hold all 256 single bytes and
+            every merge result.
         merges: ``(left, right)`` byte pairs in rank order (the order they were learned).
         special_tokens: Strings encoded as one id each wherever they occur in text; each must
             be in ``vocab``. ``None`` treats as special every vocabulary entry that is neither a
@@ -40,8 +43,9 @@ class Tokenizer:
         merge_location: Describes merge ``i`` in error messages (file readers pass ``file:line``).
 
     Raises:
-        TokenizerError: a merge whose parts or result are not in the vocabulary, a missing
-            byte, duplicate token bytes, or a special token the vocabulary lacks.
+        TokenizerError: ids that are not ``0..N-1``, a merge whose parts or result are not in
+            the vocabulary, a missing byte, duplicate token bytes, or a special token the
+            vocabulary lacks.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Tokenizer:
     ):
         self.vocab = dict(vocab)
         self.merges = list(merges)
+        _check_dense(self.vocab)
         where = merge_location or (lambda i: f"merge {i + 1}")
         self._id_of: dict[bytes, int] = {}
         for idx, token in self.vocab.items():
@@ -117,23 +122,54 @@ class Tokenizer:
     def from_dir(cls, directory: Path, special_tokens: Sequence[str] | None = None) -> Tokenizer:
         """Load a tokenizer directory (``vocab.json``, ``merges.txt``, optional ``tokenizer.json``).
 
+        The three files are read as one unit (``directory.read_dir``), and the content hash that
+        ``tokenizer.json`` records is checked against them.
+
         Args:
             directory: As written by ``save`` or ``lmkit tokenize train``.
             special_tokens: The specials to recognise in text; default: those recorded in
                 ``tokenizer.json``, or detected from the vocabulary when it is absent.
-        """
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise TokenizerError(f"{directory}: tokenizer directory not found")
-        meta_path = directory / files.META_FILE
-        if special_tokens is None and meta_path.is_file():
-            special_tokens = files.read_meta(meta_path)["special_tokens"]
-        return cls.from_files(directory / files.VOCAB_FILE, directory / files.MERGES_FILE, special_tokens)
 
-    def save(self, directory: Path) -> None:
-        """Write ``vocab.json``, ``merges.txt`` (GPT-2 format) and ``tokenizer.json``."""
+        Raises:
+            TokenizerError: a missing or malformed file (naming it, and the line or key), or
+                files that no longer match the hash ``tokenizer.json`` records (naming the file
+                that changed).
+        """
+        where, raw = tokdir.read_dir(Path(directory))
+        vocab_path, merges_path, meta_path = (where / name for name in files.TOKENIZER_FILES)
+        for path in (vocab_path, merges_path):
+            if raw[path.name] is None:
+                raise TokenizerError(f"{path}: not found; is {directory} a tokenizer directory from `lmkit tokenize train`?")
+        meta = files.parse_meta(raw[files.META_FILE], meta_path) if raw[files.META_FILE] is not None else None
+        vocab = files.parse_vocab(raw[files.VOCAB_FILE], vocab_path)
+        merges, lines = files.parse_merges(raw[files.MERGES_FILE], merges_path)
+        if special_tokens is None and meta is not None:
+            special_tokens = meta["special_tokens"]
+        tok = cls(vocab, merges, special_tokens, merge_location=lambda i: f"{merges_path}:{lines[i]}")
+        if meta is not None:
+            _check_recorded(tok, meta, raw, where)
+        return tok
+
+    def save(self, directory: Path, *, force: bool = False) -> None:
+        """Write ``vocab.json``, ``merges.txt`` (GPT-2 format) and ``tokenizer.json`` as one unit.
+
+        Args:
+            directory: Created if missing.
+            force: Replace a directory that already holds a tokenizer (runs and token files
+                may cite it by hash, so this is refused by default).
+
+        Raises:
+            TokenizerError: the directory holds a tokenizer (and not ``force``) or other files,
+                or cannot be written.
+            LockHeldError: another lmkit process is writing it.
+        """
+        with tokdir.claim_output(Path(directory), force=force) as out:
+            out.write(self.serialize())
+
+    def serialize(self) -> dict[str, bytes]:
+        """The three files' bytes (``files.serialize``), e.g. for ``TokenizerOutput.write``."""
         meta = {"special_tokens": self.special_tokens, "vocab_size": self.vocab_size, "hash": self.hash}
-        files.write_files(Path(directory), self.vocab, self.merges, meta)
+        return files.serialize(self.vocab, self.merges, meta)
 
     # --- properties ---------------------------------------------------------------------------
 
@@ -149,14 +185,7 @@ class Tokenizer:
         The specials part is every special the vocabulary holds, so choosing which of them to
         recognise in text (``special_tokens=[...]``) does not change the hash.
         """
-        specials = sorted(set(self.special_tokens) | set(self.vocab_specials))
-        content = {
-            "vocab": [[i, self.vocab[i].hex()] for i in sorted(self.vocab)],
-            "merges": [[a.hex(), b.hex()] for a, b in self.merges],
-            "special_tokens": specials,
-        }
-        digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
-        return f"sha256:{digest[:16]}"
+        return content_hash(self.vocab, self.merges, set(self.special_tokens) | set(self.vocab_specials))
 
     def token_id(self, special: str) -> int:
         """The id of a registered special token, e.g. ``token_id("<|endoftext|>")``."""
@@ -284,3 +313,54 @@ class Tokenizer:
         for chunk in id_chunks:
             yield decoder.decode(self.decode_bytes(chunk))
         yield decoder.decode(b"", final=True)
+
+
+def content_hash(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], specials: Iterable[str]) -> str:
+    """The hash ``Tokenizer.hash`` gives for this vocab, merges and set of special tokens."""
+    content = {
+        "vocab": [[i, vocab[i].hex()] for i in sorted(vocab)],
+        "merges": [[a.hex(), b.hex()] for a, b in merges],
+        "special_tokens": sorted(set(specials)),
+    }
+    digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def _check_dense(vocab: dict[int, bytes]) -> None:
+    # The vocabulary size is max id + 1: models embed that many rows and statistics are sized by
+    # it, so an id of 10**9 among 300 tokens would cost gigabytes. Dense ids rule that out.
+    if not vocab:
+        raise TokenizerError("vocabulary is empty")
+    bad = next((i for i in vocab if not isinstance(i, int) or isinstance(i, bool)), None)
+    if bad is not None:
+        raise TokenizerError(f"vocabulary id {bad!r} is not an integer")
+    if min(vocab) != 0 or max(vocab) != len(vocab) - 1:
+        outside = next(i for i in sorted(vocab) if not 0 <= i < len(vocab))
+        raise TokenizerError(
+            f"vocabulary ids must be 0..{len(vocab) - 1} for its {len(vocab):,} tokens, but it holds id {outside}"
+        )
+
+
+def _check_recorded(tok: Tokenizer, meta: dict, raw: dict[str, bytes | None], where: Path) -> None:
+    # The hash is what runs and token files cite; compare it with one computed from the files,
+    # over the specials tokenizer.json records (not those the caller chose to recognise).
+    meta_path = where / files.META_FILE
+    recorded = meta.get("hash")
+    if recorded is not None:
+        actual = content_hash(tok.vocab, tok.merges, set(meta["special_tokens"]) | set(tok.vocab_specials))
+        if actual != recorded:
+            digests = meta.get("files") or {}
+            changed = [n for n in (files.VOCAB_FILE, files.MERGES_FILE)
+                       if n in digests and raw[n] is not None and files.file_digest(raw[n]) != digests[n]]
+            which = " and ".join(str(where / n) for n in changed) if changed else f"{where / files.VOCAB_FILE} or {where / files.MERGES_FILE}"
+            verb = "were" if len(changed) > 1 else "was"
+            raise TokenizerError(
+                f"{which} {verb} changed after {meta_path} recorded hash {recorded} (the files now give {actual}); "
+                "restore the original files, or train a new tokenizer with `lmkit tokenize train --force`"
+            )
+    size = meta.get("vocab_size")
+    if size is not None and size != tok.vocab_size:
+        raise TokenizerError(
+            f"{meta_path}: records vocab_size {size}, but {where / files.VOCAB_FILE} holds {tok.vocab_size} ids; "
+            "restore the original files, or train a new tokenizer with `lmkit tokenize train --force`"
+        )

@@ -23,9 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lmkit.errors import DataError, TokenizerError
+from lmkit.tokenizer.directory import claim_output
 from lmkit.tokenizer.pretokenize import ProgressFn, count_pretokens, list_text_files
+from lmkit.tokenizer.tokenizer import Tokenizer
 
 BYTE_TOKENS = 256
+# Token files store ids as uint32 at most. (Memory does not grow with vocab_size itself:
+# training stops when the text has no pairs left to merge.)
+MAX_VOCAB_SIZE = 2**32
 
 
 def _descending(token: bytes) -> tuple[int, ...]:
@@ -147,35 +152,104 @@ def train_bpe(
         is smaller than ``vocab_size`` only if the text ran out of pairs to merge.
 
     Raises:
-        TokenizerError: ``vocab_size`` below 256 + the number of special tokens, or an empty
-            special token.
+        TokenizerError: ``vocab_size`` below 256 + the number of special tokens or above
+            ``MAX_VOCAB_SIZE``, or a special token that is empty or a single byte.
         DataError: missing, empty or non-UTF-8 input.
     """
-    specials = list(dict.fromkeys(special_tokens))
-    if any(not s for s in specials):
-        raise TokenizerError("special tokens must be non-empty strings")
-    if vocab_size < BYTE_TOKENS + len(specials):
-        raise TokenizerError(
-            f"vocab size {vocab_size} is too small: it must be at least {BYTE_TOKENS + len(specials)} "
-            f"(256 bytes + {len(specials)} special token{'s' * (len(specials) != 1)})"
-        )
-    if errors not in ("strict", "replace"):
-        raise TokenizerError(f"errors must be 'strict' or 'replace', not {errors!r}")
-    paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
-    files = [f for p in paths for f in list_text_files(Path(p))]
-    _require_text(files)
+    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
+    word_counts = _count_words(files, specials, workers, errors, progress)
+    return _learn_vocab(word_counts, vocab_size, specials, progress)
 
+
+def _count_words(files: list[Path], specials: list[str], workers: int | None, errors: str,
+                 progress: ProgressFn | None) -> dict[bytes, int]:
     counts = count_pretokens(files, specials, workers=workers, errors=errors, progress=progress)
-    word_counts = {w.encode("utf-8"): c for w, c in counts.items()}
-    del counts
-    merges = learn_merges(word_counts, vocab_size - BYTE_TOKENS - len(specials), progress)
+    return {w.encode("utf-8"): c for w, c in counts.items()}
 
+
+def _learn_vocab(word_counts: dict[bytes, int], vocab_size: int, specials: list[str],
+                 progress: ProgressFn | None) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    merges = learn_merges(word_counts, vocab_size - BYTE_TOKENS - len(specials), progress)
     vocab = {b: bytes([b]) for b in range(BYTE_TOKENS)}
     for left, right in merges:
         vocab[len(vocab)] = left + right
     for s in specials:
         vocab[len(vocab)] = s.encode("utf-8")
     return vocab, merges
+
+
+def _check_arguments(
+    input_path: str | Path | Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str], errors: str
+) -> tuple[list[str], list[Path]]:
+    # Everything train_bpe can refuse without reading the text, so callers can refuse early.
+    specials = list(dict.fromkeys(special_tokens))
+    if any(not isinstance(s, str) or not s for s in specials):
+        raise TokenizerError("special tokens must be non-empty strings")
+    single = next((s for s in specials if len(s.encode("utf-8")) == 1), None)
+    if single is not None:
+        raise TokenizerError(
+            f"special token {single!r} is a single byte, which already has its own id ({ord(single)}); "
+            "a special token needs at least two bytes, e.g. '<|endoftext|>'"
+        )
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise TokenizerError(f"vocab size must be an integer, not {vocab_size!r}")
+    if vocab_size < BYTE_TOKENS + len(specials):
+        raise TokenizerError(
+            f"vocab size {vocab_size} is too small: it must be at least {BYTE_TOKENS + len(specials)} "
+            f"(256 bytes + {len(specials)} special token{'s' * (len(specials) != 1)})"
+        )
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise TokenizerError(
+            f"vocab size {vocab_size:,} is too large: token files hold ids as uint32, so at most {MAX_VOCAB_SIZE:,}"
+        )
+    if errors not in ("strict", "replace"):
+        raise TokenizerError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    files = [f for p in paths for f in list_text_files(Path(p))]
+    _require_text(files)
+    return specials, files
+
+
+def train_and_save(
+    input_path: str | Path | Sequence[str | Path],
+    vocab_size: int,
+    output: str | Path,
+    special_tokens: Sequence[str] = (),
+    *,
+    force: bool = False,
+    workers: int | None = None,
+    errors: str = "strict",
+    progress: ProgressFn | None = None,
+) -> Tokenizer:
+    """Train a tokenizer (``train_bpe``) and write it to ``output`` as one unit.
+
+    An output that already holds a tokenizer (and not ``force``) is refused before any time is
+    spent. The output is then locked after the input has been read and pretokenized (where bad
+    input fails, so a failure leaves nothing behind, not even a lock file) and before merges are
+    learned; the lock is held until the files are in place, so two trainings never write one
+    directory: the second is refused.
+
+    Args:
+        input_path, vocab_size, special_tokens, workers, errors, progress: As for ``train_bpe``.
+        output: The tokenizer directory (created if missing).
+        force: Replace a tokenizer already in ``output``.
+
+    Returns:
+        The trained tokenizer, as saved.
+
+    Raises:
+        TokenizerError, DataError: as ``train_bpe``, and as ``Tokenizer.save``.
+        LockHeldError: another lmkit process is writing ``output``.
+    """
+    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
+    claim = claim_output(Path(output), force=force)
+    claim.check()
+    word_counts = _count_words(files, specials, workers, errors, progress)
+    with claim as out:  # checks again, now under the lock
+        vocab, merges = _learn_vocab(word_counts, vocab_size, specials, progress)
+        tok = Tokenizer(vocab, merges, specials)
+        out.write(tok.serialize())
+    return tok
 
 
 def _require_text(files: list[Path]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +138,43 @@ BAD_INPUT = [
      "ids.txt:2: token id 400 is outside the vocabulary"),
     ("no-tokenizer", lambda t, k, s: ["encode", "-i", str(s), "-o", str(t / "out")],
      "no tokenizer given"),
+    ("vocab-is-a-list", lambda t, k, s: ["decode", "-t", str(_broken_tokenizer(t, k, vocab="[1, 2]")), "-i", str(t / "x.bin")],
+     "vocab.json: expected a JSON object mapping tokens to ids, got a JSON list"),
+    ("vocab-id-2**40", lambda t, k, s: ["encode", "-t", str(_broken_tokenizer(t, k, vocab=_with_id(k, 2**40))), "-i", str(s), "-o", str(t / "out"), "--create-stats"],
+     "has id 1099511627776, outside 0..299"),
+    ("meta-version-string", lambda t, k, s: ["encode", "-t", str(_broken_meta(t, k, version="1")), "-i", str(s), "-o", str(t / "out")],
+     "tokenizer.json: version must be a positive integer, got '1'"),
+    ("hash-mismatch", lambda t, k, s: ["encode", "-t", str(_broken_meta(t, k, merges_drop=1)), "-i", str(s), "-o", str(t / "out")],
+     "merges.txt was changed after"),
+    ("train-binary-input", lambda t, k, s: ["train", "-i", str(_write(t / "b.txt", bytes(range(256)) * 4)), "-v", "300", "-o", str(t / "out")],
+     "b.txt: not valid UTF-8 at byte offset 128"),
+    ("train-device-input", lambda t, k, s: ["train", "-i", "/dev/zero", "-v", "300", "-o", str(t / "out")],
+     "/dev/zero: not a regular file or directory"),
+    ("train-dir-without-text", lambda t, k, s: ["train", "-i", str(_write(t / "d" / "x.bin", b"1").parent), "-v", "300", "-o", str(t / "out")],
+     "no text files"),
+    ("train-huge-vocab", lambda t, k, s: ["train", "-i", str(s), "-v", str(10**20), "-o", str(t / "out")],
+     "vocab size 100,000,000,000,000,000,000 is too large"),
+    ("train-single-byte-special", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "-s", "x", "-o", str(t / "out")],
+     "special token 'x' is a single byte"),
+    ("train-over-a-tokenizer", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "-o", str(k)],
+     "already holds a tokenizer (hash sha256:"),
+    ("train-into-a-data-dir", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "--force", "-o", str(s.parent)],
+     "holds files that are not part of a tokenizer"),
 ]
+
+
+def _with_id(tok_dir: Path, new_id: int) -> str:
+    vocab = json.loads((tok_dir / "vocab.json").read_text(encoding="utf-8"))
+    vocab[max(vocab, key=vocab.get)] = new_id
+    return json.dumps(vocab, ensure_ascii=False)
+
+
+def _broken_meta(tmp: Path, tok_dir: Path, merges_drop: int = 0, **change) -> Path:
+    merges = (tok_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+    bad = _broken_tokenizer(tmp, tok_dir, merges="\n".join(merges[:len(merges) - merges_drop]) + "\n")
+    meta = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    (bad / "tokenizer.json").write_text(json.dumps({**meta, **change}), encoding="utf-8")
+    return bad
 
 
 @pytest.mark.parametrize(("argv", "message"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
@@ -155,3 +193,51 @@ def test_every_command_has_an_example_in_its_help():
     for command in ("train", "encode", "import-ids", "decode"):
         result = run("tokenize", command, "--help")
         assert result.exit_code == 0 and "Example:" in result.stdout
+
+
+def _train(src: Path, out: Path, *extra: str):
+    return run("tokenize", "train", "--input", str(src), "--vocab-size", "280", "--output", str(out), *extra)
+
+
+def test_train_over_an_existing_tokenizer_needs_force(trained, tmp_path, monkeypatch):
+    _, src = trained
+    out = tmp_path / "tok"
+    assert _train(src, out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    from lmkit.tokenizer import train as train_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the output is refused")
+
+    monkeypatch.setattr(train_module, "count_pretokens", no_training)  # the refusal comes first
+    result = run("tokenize", "train", "--input", str(src), "--vocab-size", "290", "--output", str(out))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"lmkit: error: {out}: already holds a tokenizer") and "--force" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    result = run("tokenize", "train", "--input", str(src), "--vocab-size", "290", "--output", str(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert "vocab size 290" in result.stdout and (out / "vocab.json").read_bytes() != before["vocab.json"]
+
+
+def test_two_trainings_of_one_output_are_refused(trained, tmp_path):
+    from lmkit.locking import lock_output
+
+    _, src = trained
+    out = tmp_path / "tok"
+    with lock_output(out):  # another `tokenize train` is writing it
+        result = _train(src, out)
+    assert result.exit_code == 2
+    assert f"lmkit: error: {out} is in use by another lmkit process (pid {os.getpid()}" in result.stderr
+    assert not out.exists()
+    assert _train(src, out).exit_code == 0
+
+
+def test_decode_with_stdin_or_stdout_closed_is_one_line(trained):
+    tok_dir, _ = trained
+    cmd = [sys.executable, "-m", "lmkit", "tokenize", "decode", "-t", str(tok_dir)]
+    for redirect, message in (("<&-", "stdin is closed"), (">&-", "stdout is closed")):
+        done = subprocess.run(["bash", "-c", f'echo 72 105 | "$@" {redirect}', "_", *cmd], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("lmkit: error: ") and message in done.stderr and "Traceback" not in done.stderr

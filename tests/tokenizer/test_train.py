@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -126,3 +127,81 @@ def test_bad_input(tmp_path, setup, vocab_size, error, match):
     setup(path)
     with pytest.raises(error, match=match):
         train_bpe(path, vocab_size, ["<|endoftext|>"])
+
+
+@pytest.mark.parametrize(
+    ("setup", "vocab_size", "specials", "error", "match"),
+    [
+        (lambda p: p.write_text("abc"), 300, ["a"], TokenizerError, "'a' is a single byte"),
+        (lambda p: p.write_text("abc"), 2**32 + 1, [], TokenizerError, "too large"),
+        (lambda p: p.write_text("abc"), 10**30, [], TokenizerError, "too large"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 8), 300, [], DataError, "not valid UTF-8 at byte offset 128"),
+    ],
+    ids=["single-byte-special", "vocab-2**32+1", "vocab-10**30", "binary"],
+)
+def test_hostile_arguments(tmp_path, setup, vocab_size, specials, error, match):
+    path = tmp_path / "input.txt"
+    setup(path)
+    with pytest.raises(error, match=match):
+        train_bpe(path, vocab_size, specials)
+
+
+def test_input_that_is_not_a_regular_file():
+    with pytest.raises(DataError, match="/dev/zero: not a regular file or directory"):
+        train_bpe("/dev/zero", 300)
+
+
+def test_huge_vocab_size_costs_only_what_the_text_holds(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("ab ab abc")
+    vocab, merges = train_bpe(path, 10**9)  # stops when the text has no pairs left
+    assert len(merges) < 10 and len(vocab) == 256 + len(merges)
+
+
+def test_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
+    from lmkit.tokenizer import pretokenize
+
+    path = tmp_path / "t.txt"
+    path.write_text("the cat sat on the mat " * 20_000)  # several 64 KB chunks, so a pool is asked for
+    started: list[int] = []
+
+    class InProcessPool:  # the process boundary: record how many were asked for, run in-process
+        def __init__(self, processes):
+            started.append(processes)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def imap_unordered(self, fn, jobs):
+            return map(fn, jobs)
+
+    class Context:
+        Pool = InProcessPool
+
+    monkeypatch.setattr(pretokenize.multiprocessing, "get_context", lambda method: Context())
+    counts = pretokenize.count_pretokens([path], [], workers=10**6)
+    assert started and max(started) <= (os.cpu_count() or 1)
+    assert counts == pretokenize.count_pretokens([path], [], workers=1)
+
+
+def test_train_and_save_refuses_an_existing_tokenizer_before_training(tmp_path, monkeypatch):
+    from lmkit.tokenizer import pretokenize, train as train_module
+
+    path = tmp_path / "t.txt"
+    path.write_text("the cat sat on the mat " * 50)
+    first = train_module.train_and_save(path, 262, tmp_path / "tok")
+    before = (tmp_path / "tok" / "merges.txt").read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the output is refused")
+
+    monkeypatch.setattr(train_module, "count_pretokens", no_training)
+    with pytest.raises(TokenizerError, match="already holds a tokenizer.*pass --force"):
+        train_module.train_and_save(path, 264, tmp_path / "tok")
+    assert (tmp_path / "tok" / "merges.txt").read_bytes() == before
+    monkeypatch.setattr(train_module, "count_pretokens", pretokenize.count_pretokens)
+    second = train_module.train_and_save(path, 264, tmp_path / "tok", force=True)
+    assert Tokenizer.from_dir(tmp_path / "tok").hash == second.hash != first.hash
