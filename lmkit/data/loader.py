@@ -131,13 +131,17 @@ def _sniff(path: Path) -> str:
 
 
 def _made_from(cached: Path, source: Path) -> bool | None:
-    """Whether ``cached`` is a current conversion of ``source`` (None: no usable conversion there)."""
-    if not cached.is_file():
+    """Whether ``cached`` (and its ``.json``) is a current conversion of ``source``.
+
+    None: nothing is there, or an older conversion of it, so converting is safe. False:
+    something else is there, which converting would overwrite.
+    """
+    if not cached.exists() and not meta_path(cached).exists():
         return None
     try:
         meta = read_meta(cached)
     except DataError:
-        return None if not meta_path(cached).is_file() else False
+        return False
     if meta.source != str(source.resolve()):
         return False
     return cached.stat().st_mtime >= source.stat().st_mtime or None
@@ -203,7 +207,8 @@ def _converted(path: Path, notice: Callable[[str], None]) -> Path:
         if made:
             return cached
         if made is False:
-            raise DataError(f"{cached}: exists but is not a conversion of {path} (or is damaged); move it away or pass the .bin directly")
+            raise DataError(f"{cached} (or {meta_path(cached).name}): exists but is not a conversion of {path} (or is damaged), "
+                            "and converting would overwrite it; move it away or pass the .bin directly")
         notice(f"{path}: text file of token ids; converting once to {cached} (memory-mapped from now on)")
         import_file(path, cached)
     finally:
