@@ -136,6 +136,14 @@ BAD_INPUT = [
      "ids.txt:2: token id 400 is outside the vocabulary"),
     ("no-tokenizer", lambda t, k, s: ["encode", "-i", str(s), "-o", str(t / "out")],
      "no tokenizer given"),
+    ("ids-2**32", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1 2\n3 4294967296\n")), "-o", str(t / "out")],
+     "ids.txt:2: token id 4294967296 is too large"),
+    ("ids-nbsp-separator", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1\u00a02\n")), "-o", str(t / "out")],
+     "U+00A0 is not a separator"),
+    ("ids-fs-separator", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1\u001c2\n")), "-o", str(t / "out")],
+     "U+001C is not a separator"),
+    ("ids-vocab-above-2**32", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1\n")), "-o", str(t / "out"), "--vocab-size", str(2**33)],
+     "outside 1..2**32"),
 ]
 
 
@@ -156,3 +164,14 @@ def test_every_command_has_an_example_in_its_help():
     for command in ("train", "encode", "import-ids", "decode"):
         result = run("tokenize", command, "--help")
         assert result.exit_code == 0 and "Example:" in result.stdout
+
+
+def test_encode_refuses_a_second_writer_of_one_output(trained, tmp_path):
+    from lmkit.locking import lock_output
+
+    tok_dir, src = trained
+    (tmp_path / "out").mkdir()
+    with lock_output(tmp_path / "out" / f"{src.stem}.bin"):
+        result = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "is in use by another lmkit process (pid" in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".lock")] == []
