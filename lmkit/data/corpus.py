@@ -10,21 +10,18 @@ the corpus size and an interrupted run leaves no half-written ``.bin`` behind.
 from __future__ import annotations
 
 import collections
-import contextlib
 import multiprocessing
 import os
 import re
-import signal
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from lmkit.data.tokens import MAX_VOCAB, TokenFileMeta, dtype_for_vocab, meta_path, open_tokens, write_meta
-from lmkit.errors import DataError, LmkitError, TokenizerError
-from lmkit.locking import lock_output, remove_stale_temps
+from lmkit.data.tokens import MAX_VOCAB, TokenFileMeta, dtype_for_vocab, open_tokens
+from lmkit.data.writing import PartialFile, locked_outputs, stop_on_signals, write_meta_checked
+from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.pretokenize import ProgressFn, decode_utf8, list_text_files, safe_cut
 
@@ -36,7 +33,6 @@ TOP_TOKENS = 10
 _IDS_TEXT = re.compile(r"[0-9 \t\n\r\f\v]*")
 _ID_TOKEN = re.compile(r"[^ \t\n\r\f\v]+")
 _MAX_ID_DIGITS = len(str(MAX_VOCAB - 1))
-_OUTPUT_HINT = "wait for it to finish, or pick another --output"
 
 
 def _prepare_output(output_dir: Path) -> Path:
@@ -59,108 +55,6 @@ def _output_paths(inputs: list[Path], output_dir: Path) -> list[Path]:
             raise DataError(f"{src} and {seen[out]} would both be written to {out}; rename one")
         seen[out] = src
     return outs
-
-
-class EncodeInterrupted(LmkitError):
-    """SIGTERM/SIGHUP while writing token files: the partial output was removed."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into an exception while token files are written.
-
-    Their default action kills the process without unwinding, leaving the temp file behind;
-    raised as an exception, the ``except`` blocks remove it (SIGINT already raises
-    KeyboardInterrupt). Only the main thread can install handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
-        raise EncodeInterrupted(f"stopped by {name}; the partial output was removed", 128 + signum)
-
-    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    old = {sig: signal.signal(sig, handler) for sig in sigs}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def _locked_outputs(outputs: list[Path]) -> Iterator[None]:
-    """Hold the lock of every output (refusing if another writer has one), then remove the temp
-    files that dead writers of those outputs left: holding the lock proves they are dead."""
-    with contextlib.ExitStack() as stack:
-        for out in outputs:
-            stack.enter_context(lock_output(out, hint=_OUTPUT_HINT))
-        for out in outputs:
-            remove_stale_temps(out.parent, prefix=f".{out.name}.")
-            remove_stale_temps(out.parent, prefix=f".{meta_path(out).name}.")
-        yield
-
-
-def _write_error(path: Path, e: OSError) -> DataError:
-    return DataError(f"{path}: cannot write ({e.strerror or e}); free space in {path.parent} or pick another --output")
-
-
-class _PartialFile:
-    """A temporary file beside ``target`` that becomes ``target`` only on ``commit``.
-
-    Write errors (a full disk, a quota) are raised as ``DataError`` naming ``target``.
-    """
-
-    def __init__(self, target: Path):
-        self.target = target
-        try:
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        except OSError as e:
-            raise _write_error(target, e) from None
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; token files are ordinary readable outputs
-        self.path = Path(name)
-        self.file = os.fdopen(fd, "wb")
-
-    def write(self, data: bytes) -> None:
-        try:
-            self.file.write(data)
-        except OSError as e:
-            raise _write_error(self.target, e) from None
-
-    def commit(self) -> None:
-        try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self.path, self.target)
-        except OSError as e:
-            raise _write_error(self.target, e) from None
-
-    def commit_to_self(self) -> None:
-        """Flush what was written so the temp file can be read back (it stays a temp file)."""
-        try:
-            self.file.flush()
-        except OSError as e:
-            raise _write_error(self.target, e) from None
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):  # a full disk also fails the close's flush
-            self.file.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _write_meta(out: Path, meta: TokenFileMeta) -> None:
-    try:
-        write_meta(out, meta)
-    except OSError as e:
-        raise DataError(f"{meta_path(out)}: cannot write ({e.strerror or e}); {out} was written without its "
-                        f"metadata: free space in {out.parent} and re-run") from None
 
 
 def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tuple[str, int]]:
@@ -295,11 +189,11 @@ def encode_corpus(
     specials = [s.encode("utf-8") for s in tokenizer.special_tokens]
     index = _id_index(tokenizer) if create_stats else None
     done = 0
-    with _locked_outputs(outputs), _stop_on_signals():
+    with locked_outputs(outputs), stop_on_signals():
         for src, size, out in zip(inputs, sizes, outputs):
             counts = np.zeros(tokenizer.vocab_size if index is None else len(index), dtype=np.int64) if create_stats else None
             num_tokens = 0
-            partial = _PartialFile(out)
+            partial = PartialFile(out)
             try:
                 for ids, nbytes in _encoded_blocks(tokenizer, text_blocks(src, specials, errors), dtype, workers):
                     partial.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -321,7 +215,7 @@ def encode_corpus(
                 source=str(src.resolve()), source_bytes=size,
                 stats=_stats(counts, index, num_tokens, size, tokenizer) if counts is not None else None,
             )
-            _write_meta(out, meta)
+            write_meta_checked(out, meta)
     return outputs
 
 
@@ -407,7 +301,7 @@ def import_ids(
     outputs = _output_paths(inputs, output_dir)
     total = sum(p.stat().st_size for p in inputs)
     done = 0
-    with _locked_outputs(outputs), _stop_on_signals():
+    with locked_outputs(outputs), stop_on_signals():
         for src, out in zip(inputs, outputs):
             import_file(src, out, vocab_size)
             done += src.stat().st_size
@@ -422,7 +316,7 @@ def import_file(src: Path, out: Path, vocab_size: int | None = None) -> None:
     The text is read in blocks, never whole lines, so memory stays flat however the ids are laid out.
     """
     # Ids go to disk as uint32 while the largest is unknown, then shrink to uint16 if it fits.
-    wide = _PartialFile(out)
+    wide = PartialFile(out)
     narrow = None
     try:
         num_tokens, largest = 0, -1
@@ -437,7 +331,7 @@ def import_file(src: Path, out: Path, vocab_size: int | None = None) -> None:
         dtype = dtype_for_vocab(vocab_size if vocab_size is not None else largest + 1).name
         if dtype == "uint16":
             wide.commit_to_self()
-            narrow = _PartialFile(out)
+            narrow = PartialFile(out)
             ids32 = np.memmap(wide.path, dtype="<u4", mode="r")
             for start in range(0, num_tokens, BLOCK_BYTES):
                 narrow.write(ids32[start:start + BLOCK_BYTES].astype("<u2").tobytes())
@@ -451,7 +345,7 @@ def import_file(src: Path, out: Path, vocab_size: int | None = None) -> None:
         if narrow is not None:
             narrow.discard()
         raise
-    _write_meta(out, TokenFileMeta(dtype=dtype, num_tokens=num_tokens, vocab_size=vocab_size,
+    write_meta_checked(out, TokenFileMeta(dtype=dtype, num_tokens=num_tokens, vocab_size=vocab_size,
                                    source=str(src.resolve()), source_bytes=None))
 
 
