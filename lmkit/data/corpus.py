@@ -26,6 +26,7 @@ from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.pretokenize import ProgressFn, decode_utf8, list_text_files, safe_cut
 
 BLOCK_BYTES = 1 << 20  # text per encode task: big enough to amortise IPC, small enough to stream
+MAX_UNCUT = 16 << 20  # the most text held while looking for a safe cut (see text_blocks)
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
 TOP_TOKENS = 10
 # Ids are separated by ASCII whitespace only: str.split() would also split on U+00A0, U+001C
@@ -67,12 +68,18 @@ def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tupl
 
     Yields:
         ``(text, number of bytes it came from)``.
+
+    A run of ``MAX_UNCUT`` bytes with no safe cut (no whitespace: a base64 blob, a file of one
+    "word") is cut at a character boundary instead of being held whole: memory stays bounded,
+    and only the tokens inside such a run can differ from encoding the file at once.
     """
     pending, offset = b"", 0
     with open(path, "rb") as f:
         while data := f.read(BLOCK_BYTES):
             buf = pending + data
             cut = safe_cut(buf, specials)
+            if cut == 0 and len(buf) >= MAX_UNCUT:
+                cut = _forced_cut(buf, specials)
             if cut == 0:
                 pending = buf  # no safe point yet (a long run without spaces): read on
                 continue
@@ -80,6 +87,21 @@ def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tupl
             offset, pending = offset + cut, buf[cut:]
     if pending:
         yield decode_utf8(pending, errors, path, offset), len(pending)
+
+
+def _forced_cut(buf: bytes, specials: list[bytes]) -> int:
+    """A cut near the end of ``buf`` on a UTF-8 character boundary, outside every special token."""
+    cut = len(buf) - 1
+    while cut > 0:
+        if buf[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
+            cut -= 1
+            continue
+        inside = [buf.find(sp, max(0, cut - len(sp) + 1), cut + len(sp) - 1) for sp in specials]
+        starts = [i for i in inside if 0 <= i < cut]
+        if not starts:
+            return cut
+        cut = min(starts)
+    return 0
 
 
 # Each worker process encodes with its own copy of the tokenizer, sent once at start-up

@@ -253,3 +253,15 @@ def test_stale_temps_of_dead_writers_are_removed(tok, tmp_path):
         (out_dir / name).write_bytes(b"partial")
     corpus.encode_corpus(tok, src, out_dir)
     assert _leftovers(out_dir) == [".other.bin.x.tmp", "s.bin", "s.json"]
+
+
+def test_a_long_run_without_spaces_is_cut_and_memory_stays_bounded(tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(corpus, "MAX_UNCUT", 256)
+    src = tmp_path / "blob.txt"
+    src.write_text("é" * 400 + "<|endoftext|>" + "x" * 500 + " tail", encoding="utf-8")
+    blocks = list(corpus.text_blocks(src, [b"<|endoftext|>"], "strict"))
+    assert max(n for _, n in blocks) <= 256 + 64 and "".join(t for t, _ in blocks) == src.read_text(encoding="utf-8")
+    assert any(t.endswith("<|endoftext|>") or t.startswith("<|endoftext|>") or "<|endoftext|>" in t for t, _ in blocks)
+    [out] = corpus.encode_corpus(tok, src, tmp_path / "out")
+    assert "".join(corpus.decode_token_file(tok, out)) == src.read_text(encoding="utf-8")
