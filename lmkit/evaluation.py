@@ -20,6 +20,7 @@ so it compares models with different tokenizers::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +75,41 @@ def check_token_ids(data: np.ndarray, vocab_size: int, path: Path) -> None:
         )
 
 
+def batch_bytes(config: Any, windows: int) -> int:
+    """A generous estimate of the peak memory of one forward pass over ``windows`` windows.
+
+    Ids and targets (int64), a block's activations (q, k, v, attention output, residual, the
+    feed-forward's hidden pair), the (B, H, T, T) scores of attention where it is not fused
+    (CPU), and the bounded (rows, V) logits slab.
+    """
+    T, D, H, F_, V = config.context_length, config.d_model, config.num_heads, config.d_ff, config.vocab_size
+    per_window = T * (16 + 4 * (6 * D + 3 * F_)) + 4 * H * T * T
+    return windows * per_window + _CE_ROWS * V * 8
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory this process can still allocate on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            avail = min(avail if avail is not None else soft, max(soft - used, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return avail
+
+
 def evaluate(
     trained: Trained,
     data_path: Path | str,
@@ -103,7 +139,8 @@ def evaluate(
     Raises:
         DataError: the file is unreadable, shorter than one window, holds ids outside the
             vocabulary, or was encoded with a different tokenizer than the checkpoint's.
-        ConfigError: batch_size < 1 or max_tokens below one window.
+        ConfigError: batch_size < 1, a batch too large for the memory available, or
+            max_tokens below one window.
     """
     data_path = Path(data_path)
     T, V = trained.config.context_length, trained.config.vocab_size
@@ -124,6 +161,15 @@ def evaluate(
         raise DataError(f"{data_path}: {meta.num_tokens} tokens is shorter than one window of context_length + 1 = {T + 1}")
     if max_tokens is not None:
         windows = min(windows, max_tokens // T)
+    # --batch-size is only a speed knob, but a huge one would try to allocate the whole file's
+    # activations at once: refuse before allocating anything.
+    need, avail = batch_bytes(trained.config, min(batch_size, windows)), available_bytes(trained.runtime.device)
+    if avail is not None and need > avail:
+        fits = max(1, min(batch_size, windows) * avail // need // 2)
+        raise ConfigError(
+            f"--batch-size {batch_size} needs about {need / 2**30:.2f} GiB per batch but only {avail / 2**30:.2f} GiB "
+            f"is available on {trained.runtime.device}; lower --batch-size (e.g. {fits}; the results do not change)"
+        )
     tok_vocab = tokenizer_vocab(meta)
     if tok_vocab is not None and tok_vocab > V:
         raise DataError(

@@ -126,3 +126,33 @@ def test_understated_vocab_size_cannot_bypass_the_id_check(trained, tmp_path) ->
 def test_data_from_a_larger_tokenizer_is_refused(trained, tmp_path) -> None:
     with pytest.raises(DataError, match=r"tokenizer of 1000 ids, but .* has 320"):
         evaluate(trained, _bin(tmp_path / "x.bin", range(100), vocab_size=1000, tokenizer_dir="/elsewhere"))
+
+
+_HUGE_BATCH = """
+import resource, sys
+import numpy as np
+from lmkit.data.tokens import TokenFileMeta, write_tokens
+from lmkit.errors import ConfigError
+from lmkit.inference import load_trained
+from lmkit.evaluation import evaluate
+trained = load_trained(sys.argv[1], device="cpu", tokenizer="none")
+path = sys.argv[2]
+write_tokens(path, (np.arange(400_000) % 300).astype(np.uint16), TokenFileMeta(dtype="uint16", num_tokens=0))
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (300 << 20), resource.RLIM_INFINITY))
+try:
+    evaluate(trained, path, batch_size=10**9)
+except ConfigError as e:
+    print("refused:", e)
+"""
+
+
+def test_a_huge_batch_size_is_refused_before_allocating(run, tmp_path) -> None:
+    # 12,500 windows at once would need ~0.8 GB; the process may grow by 300 MB only.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _HUGE_BATCH, str(run.checkpoint), str(tmp_path / "big.bin")],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: --batch-size 1000000000 needs about" in proc.stdout and "lower --batch-size" in proc.stdout
