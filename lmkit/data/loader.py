@@ -166,7 +166,7 @@ def resolve_token_file(path: Path, notice: Callable[[str], None] = lambda m: Non
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected {expected}")
     if not path.is_file():
-        raise DataError(f"{path}: data file not found (expected {expected})")
+        raise DataError(f"{path}: token file not found (expected {expected})")
     if path.suffix == ".bin":
         if not meta_path(path).is_file() and _sniff(path) in ("ids", "text"):
             raise DataError(f"{path}: has no {meta_path(path).name} beside it and holds text, not binary token ids; "
