@@ -20,6 +20,7 @@ so it compares models with different tokenizers::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,14 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmkit.data.tokens import open_tokens
+from lmkit.data.loader import max_token_id, resolve_token_file
+from lmkit.data.tokens import open_tokens, tokenizer_vocab
 from lmkit.errors import ConfigError, DataError
 from lmkit.inference import Trained, load_trained
 
 # Rows of logits materialised at once: bounds memory at 50k vocabularies ((rows, V) fp32).
 _CE_ROWS = 4096
-# Ids checked per slice when scanning a file for out-of-vocabulary ids.
-_SCAN = 1 << 24
 
 
 @dataclass
@@ -62,14 +62,52 @@ class EvalResult:
 
 
 def check_token_ids(data: np.ndarray, vocab_size: int, path: Path) -> None:
-    """Raise ``DataError`` if any id in ``data`` is outside ``0..vocab_size-1``."""
-    for i in range(0, len(data), _SCAN):
-        top = int(data[i : i + _SCAN].max())
-        if top >= vocab_size:
-            raise DataError(
-                f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
-                "encode the data with the model's tokenizer"
-            )
+    """Raise ``DataError`` if any id in ``data`` is outside ``0..vocab_size-1``.
+
+    Every id is read (in slices), whatever the metadata says: a ``.json`` understating the ids
+    would otherwise send them into the embedding. It is one pass of reads next to the model's.
+    """
+    top = max_token_id(data) if len(data) else 0
+    if top >= vocab_size:
+        raise DataError(
+            f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
+            "encode the data with the model's tokenizer"
+        )
+
+
+def batch_bytes(config: Any, windows: int) -> int:
+    """A generous estimate of the peak memory of one forward pass over ``windows`` windows.
+
+    Ids and targets (int64), a block's activations (q, k, v, attention output, residual, the
+    feed-forward's hidden pair), the (B, H, T, T) scores of attention where it is not fused
+    (CPU), and the bounded (rows, V) logits slab.
+    """
+    T, D, H, F_, V = config.context_length, config.d_model, config.num_heads, config.d_ff, config.vocab_size
+    per_window = T * (16 + 4 * (6 * D + 3 * F_)) + 4 * H * T * T
+    return windows * per_window + _CE_ROWS * V * 8
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory this process can still allocate on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            avail = min(avail if avail is not None else soft, max(soft - used, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return avail
 
 
 def evaluate(
@@ -80,17 +118,20 @@ def evaluate(
     *,
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[int, int], None] | None = None,
+    notice: Callable[[str], None] = lambda m: None,
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of a model over a token file, in one full pass.
 
     Args:
         trained: from ``lmkit.inference.load_trained`` (float32 weights give the most accurate
             numbers; pass ``autocast_dtype=torch.bfloat16`` for speed on CUDA).
-        data_path: a ``.bin`` token file (with its ``.json`` metadata).
+        data_path: a ``.bin`` token file (with its ``.json`` metadata), or a text file of token
+            ids (converted once to a ``.bin`` beside it, as ``train`` does).
         batch_size: windows per forward pass.
         max_tokens: evaluate at most this many tokens (rounded down to whole windows).
         autocast_dtype: run the forward under autocast in this dtype (None: the weights' dtype).
         progress: called as ``progress(tokens_done, tokens_total)`` after each batch.
+        notice: receives one-line notices (a text file being converted).
 
     Returns:
         ``EvalResult``.
@@ -98,7 +139,8 @@ def evaluate(
     Raises:
         DataError: the file is unreadable, shorter than one window, holds ids outside the
             vocabulary, or was encoded with a different tokenizer than the checkpoint's.
-        ConfigError: batch_size < 1 or max_tokens below one window.
+        ConfigError: batch_size < 1, a batch too large for the memory available, or
+            max_tokens below one window.
     """
     data_path = Path(data_path)
     T, V = trained.config.context_length, trained.config.vocab_size
@@ -106,6 +148,7 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if max_tokens is not None and max_tokens < T:
         raise ConfigError(f"max_tokens ({max_tokens}) must be at least one window, context_length = {T}")
+    data_path = resolve_token_file(data_path, notice)
     data, meta = open_tokens(data_path)
     want = (trained.state.get("tokenizer") or {}).get("hash")
     if want and meta.tokenizer_hash and meta.tokenizer_hash != want:
@@ -118,9 +161,23 @@ def evaluate(
         raise DataError(f"{data_path}: {meta.num_tokens} tokens is shorter than one window of context_length + 1 = {T + 1}")
     if max_tokens is not None:
         windows = min(windows, max_tokens // T)
+    # --batch-size is only a speed knob, but a huge one would try to allocate the whole file's
+    # activations at once: refuse before allocating anything.
+    need, avail = batch_bytes(trained.config, min(batch_size, windows)), available_bytes(trained.runtime.device)
+    if avail is not None and need > avail:
+        fits = max(1, min(batch_size, windows) * avail // need // 2)
+        raise ConfigError(
+            f"--batch-size {batch_size} needs about {need / 2**30:.2f} GiB per batch but only {avail / 2**30:.2f} GiB "
+            f"is available on {trained.runtime.device}; lower --batch-size (e.g. {fits}; the results do not change)"
+        )
+    tok_vocab = tokenizer_vocab(meta)
+    if tok_vocab is not None and tok_vocab > V:
+        raise DataError(
+            f"{data_path}: encoded with a tokenizer of {tok_vocab} ids, but {trained.path.name} has {V}; "
+            "encode the data with the model's tokenizer"
+        )
     used = data[: windows * T + 1]
-    if meta.vocab_size is None or meta.vocab_size > V:
-        check_token_ids(used, V, data_path)
+    check_token_ids(used, V, data_path)
     total = _sum_nats(trained, used, windows, batch_size, autocast_dtype, progress)
     tokens = windows * T
     loss = total / tokens
@@ -170,6 +227,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     dtype: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    notice: Callable[[str], None] = lambda m: None,
 ) -> EvalResult:
     """Load a checkpoint and ``evaluate`` it, as ``lmkit eval`` does.
 
@@ -179,12 +237,12 @@ def evaluate_checkpoint(
 
     Args:
         checkpoint: checkpoint file or run directory.
-        data_path: ``.bin`` token file.
+        data_path: ``.bin`` token file, or a text file of token ids.
         batch_size: windows per forward pass.
         max_tokens: evaluate at most this many tokens.
         device: ``auto``, ``cuda`` or ``cpu``.
         dtype: ``auto``, ``bfloat16`` or ``float32``.
-        progress: see ``evaluate``.
+        progress, notice: see ``evaluate``.
 
     Returns:
         ``EvalResult``.
@@ -193,4 +251,4 @@ def evaluate_checkpoint(
 
     compute = resolve_runtime(device, dtype, False).dtype
     trained = load_trained(checkpoint, device, "float32", tokenizer="none")
-    return evaluate(trained, data_path, batch_size, max_tokens, autocast_dtype=compute, progress=progress)
+    return evaluate(trained, data_path, batch_size, max_tokens, autocast_dtype=compute, progress=progress, notice=notice)

@@ -91,3 +91,68 @@ def test_cpu_and_cuda_agree_within_bf16_tolerance(run) -> None:
     assert gpu.dtype == "bfloat16" and gpu.tokens == cpu.tokens
     assert gpu.loss == pytest.approx(cpu.loss, rel=2e-2)
     assert gpu.bits_per_byte == pytest.approx(cpu.bits_per_byte, rel=2e-2)
+
+
+# --- the data formats train accepts, and files that are not token data --------------------------
+
+
+def test_text_file_of_ids_gives_the_same_numbers_as_its_bin(run, trained, tmp_path) -> None:
+    # Beside an import-ids .json, as in the report: the text must not be read with that metadata.
+    ids, _ = open_tokens(run.val_bin)
+    src = tmp_path / "val.txt"
+    src.write_text("\n".join(" ".join(map(str, ids[i : i + 50].tolist())) for i in range(0, len(ids), 50)) + "\n")
+    notices = []
+    from_text = evaluate(trained, src, batch_size=4, notice=notices.append)
+    want = evaluate(trained, run.val_bin, batch_size=4)
+    assert from_text.loss == pytest.approx(want.loss, rel=1e-6) and from_text.tokens == want.tokens
+    assert "converting once" in notices[0]
+    assert evaluate(trained, src, batch_size=4).loss == pytest.approx(want.loss, rel=1e-6)  # reuses the .bin
+
+
+def test_raw_text_says_to_encode_it_first(trained, tmp_path) -> None:
+    src = tmp_path / "story.txt"
+    src.write_text("The cat sat on the mat.\n")
+    with pytest.raises(DataError, match=r"raw text, not token ids; encode it with `lmkit tokenize encode"):
+        evaluate(trained, src)
+
+
+def test_understated_vocab_size_cannot_bypass_the_id_check(trained, tmp_path) -> None:
+    ids = np.arange(200) % 300
+    ids[150] = 400  # the model has 320 ids; the metadata claims 300
+    with pytest.raises(DataError, match="token id 400"):
+        evaluate(trained, _bin(tmp_path / "x.bin", ids, vocab_size=300))
+
+
+def test_data_from_a_larger_tokenizer_is_refused(trained, tmp_path) -> None:
+    with pytest.raises(DataError, match=r"tokenizer of 1000 ids, but .* has 320"):
+        evaluate(trained, _bin(tmp_path / "x.bin", range(100), vocab_size=1000, tokenizer_dir="/elsewhere"))
+
+
+_HUGE_BATCH = """
+import resource, sys
+import numpy as np
+from lmkit.data.tokens import TokenFileMeta, write_tokens
+from lmkit.errors import ConfigError
+from lmkit.inference import load_trained
+from lmkit.evaluation import evaluate
+trained = load_trained(sys.argv[1], device="cpu", tokenizer="none")
+path = sys.argv[2]
+write_tokens(path, (np.arange(400_000) % 300).astype(np.uint16), TokenFileMeta(dtype="uint16", num_tokens=0))
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (300 << 20), resource.RLIM_INFINITY))
+try:
+    evaluate(trained, path, batch_size=10**9)
+except ConfigError as e:
+    print("refused:", e)
+"""
+
+
+def test_a_huge_batch_size_is_refused_before_allocating(run, tmp_path) -> None:
+    # 12,500 windows at once would need ~0.8 GB; the process may grow by 300 MB only.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _HUGE_BATCH, str(run.checkpoint), str(tmp_path / "big.bin")],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: --batch-size 1000000000 needs about" in proc.stdout and "lower --batch-size" in proc.stdout

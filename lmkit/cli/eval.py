@@ -70,7 +70,7 @@ class _Progress:
 )
 def eval_cmd(
     checkpoint: CheckpointOpt,
-    data: Annotated[Path, typer.Option("--data", "-d", help="Token file (.bin from `lmkit tokenize encode`, with its .json). Example: --data data/val.bin")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Token file (.bin from `lmkit tokenize encode`, with its .json), or a text file of token ids as `train` accepts. Example: --data data/val.bin")],
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Windows per forward pass (memory vs speed; results do not change). Example: --batch-size 16")] = 8,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Evaluate at most this many tokens from the start of the file (whole windows). Example: --max-tokens 1000000")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for scripts). Example: --json")] = False,
@@ -83,7 +83,8 @@ def eval_cmd(
 
     rt = resolve_settings(overrides={"device": device, "dtype": dtype}).runtime
     with _Progress() as progress:
-        result = evaluate_checkpoint(checkpoint, data, batch_size, max_tokens, device=rt.device, dtype=rt.dtype, progress=progress)
+        result = evaluate_checkpoint(checkpoint, data, batch_size, max_tokens, device=rt.device, dtype=rt.dtype,
+                                     progress=progress, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

@@ -179,9 +179,9 @@ def _report(outputs: list[Path], create_stats: bool) -> None:
 
 @tokenize_app.command("import-ids")
 def import_ids(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Text file of token ids, one per line or space-separated (or a directory of them). Example: --input data/tokens.txt")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Text file of token ids (below 2**32) separated by spaces, tabs or newlines, or a directory of them. Example: --input data/tokens.txt")],
     output: OutputOpt,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", min=1, help="Vocabulary size: ids must be below it; picks uint16/uint32. Example: --vocab-size 50257")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", min=1, help="Vocabulary size (at most 2**32): ids must be below it; picks uint16/uint32. Example: --vocab-size 50257")] = None,
 ) -> None:
     """Convert text files of token ids (the old data-prep format) into NAME.bin + NAME.json.
 

@@ -19,15 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkit.data.tokens import TokenFileMeta, dtype_for_vocab, open_tokens, write_meta
+from lmkit.data.tokens import MAX_VOCAB, TokenFileMeta, dtype_for_vocab, open_tokens
+from lmkit.data.writing import PartialFile, locked_outputs, stop_on_signals, write_meta_checked
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.pretokenize import ProgressFn, decode_utf8, list_text_files, safe_cut
 
 BLOCK_BYTES = 1 << 20  # text per encode task: big enough to amortise IPC, small enough to stream
+MAX_UNCUT = 16 << 20  # the most text held while looking for a safe cut (see text_blocks)
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
 TOP_TOKENS = 10
-_IDS_LINE = re.compile(r"[0-9\s]*", re.ASCII)
+# Ids are separated by ASCII whitespace only: str.split() would also split on U+00A0, U+001C
+# and the like, which a file of ids holds only by mistake (and which the error should name).
+_IDS_TEXT = re.compile(r"[0-9 \t\n\r\f\v]*")
+_ID_TOKEN = re.compile(r"[^ \t\n\r\f\v]+")
+_MAX_ID_DIGITS = len(str(MAX_VOCAB - 1))
 
 
 def _prepare_output(output_dir: Path) -> Path:
@@ -52,26 +58,6 @@ def _output_paths(inputs: list[Path], output_dir: Path) -> list[Path]:
     return outs
 
 
-class _PartialFile:
-    """A temporary file beside ``target`` that becomes ``target`` only on ``commit``."""
-
-    def __init__(self, target: Path):
-        self.target = target
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        self.path = Path(name)
-        self.file = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.path, self.target)
-
-    def discard(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
-
-
 def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tuple[str, int]]:
     """Read a text file in blocks that can be encoded independently.
 
@@ -82,12 +68,18 @@ def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tupl
 
     Yields:
         ``(text, number of bytes it came from)``.
+
+    A run of ``MAX_UNCUT`` bytes with no safe cut (no whitespace: a base64 blob, a file of one
+    "word") is cut at a character boundary instead of being held whole: memory stays bounded,
+    and only the tokens inside such a run can differ from encoding the file at once.
     """
     pending, offset = b"", 0
     with open(path, "rb") as f:
         while data := f.read(BLOCK_BYTES):
             buf = pending + data
             cut = safe_cut(buf, specials)
+            if cut == 0 and len(buf) >= MAX_UNCUT:
+                cut = _forced_cut(buf, specials)
             if cut == 0:
                 pending = buf  # no safe point yet (a long run without spaces): read on
                 continue
@@ -95,6 +87,21 @@ def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tupl
             offset, pending = offset + cut, buf[cut:]
     if pending:
         yield decode_utf8(pending, errors, path, offset), len(pending)
+
+
+def _forced_cut(buf: bytes, specials: list[bytes]) -> int:
+    """A cut near the end of ``buf`` on a UTF-8 character boundary, outside every special token."""
+    cut = len(buf) - 1
+    while cut > 0:
+        if buf[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
+            cut -= 1
+            continue
+        inside = [buf.find(sp, max(0, cut - len(sp) + 1), cut + len(sp) - 1) for sp in specials]
+        starts = [i for i in inside if 0 <= i < cut]
+        if not starts:
+            return cut
+        cut = min(starts)
+    return 0
 
 
 # Each worker process encodes with its own copy of the tokenizer, sent once at start-up
@@ -132,16 +139,27 @@ def _encoded_blocks(
             yield result.get(), n
 
 
-def _stats(counts: np.ndarray, num_tokens: int, source_bytes: int, tokenizer: Tokenizer | None) -> dict:
+def _id_index(tokenizer: Tokenizer) -> np.ndarray | None:
+    """The tokenizer's ids, sorted, when they are sparse (the largest far above their count).
+
+    Counting per id with an array as long as the largest id would let one id of 10**9 cost 8 GB;
+    counting per position in this index costs what the vocabulary really holds.
+    """
+    ids = np.fromiter(sorted(tokenizer.vocab), dtype=np.int64, count=len(tokenizer.vocab))
+    return None if tokenizer.vocab_size <= len(ids) else ids
+
+
+def _stats(counts: np.ndarray, index: np.ndarray | None, num_tokens: int, source_bytes: int, tokenizer: Tokenizer | None) -> dict:
     top = np.argsort(-counts, kind="stable")[:TOP_TOKENS]
+    ids = top if index is None else index[top]
     return {
         "num_tokens": num_tokens,
         "distinct_tokens": int(np.count_nonzero(counts)),
         "bytes_per_token": round(source_bytes / num_tokens, 4) if num_tokens else None,
         "top_tokens": [
-            {"id": int(i), "count": int(counts[i]),
+            {"id": int(i), "count": int(counts[k]),
              **({"token": tokenizer.decode([int(i)])} if tokenizer is not None else {})}
-            for i in top if counts[i] > 0
+            for k, i in zip(top, ids) if counts[k] > 0
         ],
     }
 
@@ -177,6 +195,8 @@ def encode_corpus(
     """
     if errors not in ("strict", "replace"):
         raise DataError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    if tokenizer.vocab_size > MAX_VOCAB:
+        raise DataError(f"tokenizer has ids up to {tokenizer.vocab_size - 1}, but token files hold ids below 2**32 only")
     inputs = list_text_files(Path(input_path))
     sizes = [p.stat().st_size for p in inputs]
     for p, size in zip(inputs, sizes):
@@ -189,57 +209,92 @@ def encode_corpus(
         workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_BYTES else 1
     dtype = dtype_for_vocab(tokenizer.vocab_size).name
     specials = [s.encode("utf-8") for s in tokenizer.special_tokens]
+    index = _id_index(tokenizer) if create_stats else None
     done = 0
-    for src, size, out in zip(inputs, sizes, outputs):
-        partial = _PartialFile(out)
-        counts = np.zeros(tokenizer.vocab_size, dtype=np.int64) if create_stats else None
-        num_tokens = 0
-        try:
-            for ids, nbytes in _encoded_blocks(tokenizer, text_blocks(src, specials, errors), dtype, workers):
-                partial.file.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
-                num_tokens += ids.size
-                if counts is not None:
-                    counts += np.bincount(ids, minlength=tokenizer.vocab_size)
-                done += nbytes
-                if progress:
-                    progress("encode", done, total)
-            partial.commit()
-        except BaseException:
-            partial.discard()
-            raise
-        meta = TokenFileMeta(
-            dtype=dtype, num_tokens=num_tokens, vocab_size=tokenizer.vocab_size,
-            tokenizer_hash=tokenizer.hash,
-            tokenizer_dir=str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None,
-            source=str(src.resolve()), source_bytes=size,
-            stats=_stats(counts, num_tokens, size, tokenizer) if counts is not None else None,
-        )
-        write_meta(out, meta)
+    with locked_outputs(outputs), stop_on_signals():
+        for src, size, out in zip(inputs, sizes, outputs):
+            counts = np.zeros(tokenizer.vocab_size if index is None else len(index), dtype=np.int64) if create_stats else None
+            num_tokens = 0
+            partial = PartialFile(out)
+            try:
+                for ids, nbytes in _encoded_blocks(tokenizer, text_blocks(src, specials, errors), dtype, workers):
+                    partial.write(ids.astype(ids.dtype.newbyteorder("<"), copy=False).tobytes())
+                    num_tokens += ids.size
+                    if counts is not None:
+                        pos = ids if index is None else np.searchsorted(index, ids)
+                        counts += np.bincount(pos, minlength=counts.size)
+                    done += nbytes
+                    if progress:
+                        progress("encode", done, total)
+                partial.commit()
+            except BaseException:
+                partial.discard()
+                raise
+            meta = TokenFileMeta(
+                dtype=dtype, num_tokens=num_tokens, vocab_size=tokenizer.vocab_size,
+                tokenizer_hash=tokenizer.hash,
+                tokenizer_dir=str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None,
+                source=str(src.resolve()), source_bytes=size,
+                stats=_stats(counts, index, num_tokens, size, tokenizer) if counts is not None else None,
+            )
+            write_meta_checked(out, meta)
     return outputs
 
 
-def parse_ids(lines: Iterable[str], source: str, vocab_size: int | None = None) -> Iterator[list[int]]:
-    """Parse token ids written as text: whitespace-separated, any number per line.
+def parse_ids(pieces: Iterable[str], source: str, vocab_size: int | None = None) -> Iterator[list[int]]:
+    """Parse token ids written as text, separated by ASCII whitespace (spaces, tabs, newlines).
 
     Args:
-        lines: The text, line by line (an open file, or stdin).
+        pieces: The text in pieces of any size: the lines of a file or stdin, or blocks read
+            from it (an id may straddle two pieces; it is carried over).
         source: Its name, for error messages (``source:line``).
-        vocab_size: If given, every id must be below it.
+        vocab_size: If given, every id must be below it. Ids are always below 2**32.
 
     Yields:
-        The ids of each line.
+        The ids completed by each piece (possibly none), in order.
 
     Raises:
-        DataError: a token that is not a non-negative integer, or an id outside the vocabulary.
+        DataError: a token that is not a non-negative integer (naming a stray separator such as
+            U+00A0), an id of 2**32 or more, or one outside the vocabulary; with ``source:line``.
     """
-    for lineno, line in enumerate(lines, 1):
-        if not _IDS_LINE.fullmatch(line):
-            bad = next(t for t in line.split() if not (t.isascii() and t.isdigit()))
-            raise DataError(f"{source}:{lineno}: {bad[:40]!r} is not a token id (expected a non-negative integer)")
-        ids = [int(t) for t in line.split()]
-        if vocab_size is not None and ids and max(ids) >= vocab_size:
-            raise DataError(f"{source}:{lineno}: token id {max(ids)} is outside the vocabulary (size {vocab_size})")
-        yield ids
+    limit = MAX_VOCAB if vocab_size is None else min(vocab_size, MAX_VOCAB)
+    line, carry = 1, ""
+    for piece in pieces:
+        text = carry + piece
+        # What follows the last separator may continue in the next piece.
+        cut = max(text.rfind(c) for c in " \t\n\r\f\v") + 1
+        body, carry = text[:cut], text[cut:]
+        if len(carry) > _MAX_ID_DIGITS:  # no id is this long: fail now rather than buffer on
+            _parse_body(carry, source, line + body.count("\n"), limit, vocab_size)
+        yield _parse_body(body, source, line, limit, vocab_size)
+        line += body.count("\n")
+    if carry:
+        yield _parse_body(carry, source, line, limit, vocab_size)
+
+
+def _parse_body(text: str, source: str, line: int, limit: int, vocab_size: int | None) -> list[int]:
+    """The ids in ``text`` (which starts at ``line`` of ``source``), or the first problem as a DataError."""
+    if _IDS_TEXT.fullmatch(text):
+        tokens = text.split()  # only ASCII whitespace is present, so this is the separator split
+        if all(len(t) <= _MAX_ID_DIGITS for t in tokens):
+            ids = [int(t) for t in tokens]
+            if not ids or max(ids) < limit:
+                return ids
+    # Something is wrong: find the first token at fault and its line (only on this slow path).
+    for m in _ID_TOKEN.finditer(text):
+        t = m.group()
+        where = f"{source}:{line + text.count(chr(10), 0, m.start())}"
+        if not (t.isascii() and t.isdigit()):
+            odd = next((c for c in t if c.isspace() or not c.isprintable()), None)
+            if odd is not None and any(c.isdigit() for c in t):
+                raise DataError(f"{where}: {t[:40]!r} is not a token id: U+{ord(odd):04X} is not a separator "
+                                "(separate ids with spaces, tabs or newlines)")
+            raise DataError(f"{where}: {t[:40]!r} is not a token id (expected a non-negative integer)")
+        if len(t) > _MAX_ID_DIGITS or int(t) >= MAX_VOCAB:
+            raise DataError(f"{where}: token id {t[:40]} is too large (token files hold ids below 2**32 = {MAX_VOCAB})")
+        if vocab_size is not None and int(t) >= vocab_size:
+            raise DataError(f"{where}: token id {int(t)} is outside the vocabulary (size {vocab_size})")
+    raise AssertionError("unreachable: _parse_body found no fault")  # pragma: no cover
 
 
 def import_ids(
@@ -258,50 +313,62 @@ def import_ids(
         The ``.bin`` paths written.
 
     Raises:
-        DataError: a non-integer or out-of-vocabulary id (with ``file:line``), an empty file.
+        DataError: a non-integer, too large or out-of-vocabulary id (with ``file:line``), an
+            empty file, a full disk; LockHeldError: another process writes one of the outputs.
     """
+    if vocab_size is not None and not 1 <= vocab_size <= MAX_VOCAB:
+        raise DataError(f"vocab_size {vocab_size} is outside 1..2**32 (token files hold ids below 2**32)")
     inputs = list_text_files(Path(input_path))
     output_dir = _prepare_output(output_dir)
     outputs = _output_paths(inputs, output_dir)
     total = sum(p.stat().st_size for p in inputs)
     done = 0
-    for src, out in zip(inputs, outputs):
-        # Ids go to disk as uint32 while the largest is unknown, then shrink to uint16 if it fits.
-        wide = _PartialFile(out)
-        narrow = None
-        try:
-            num_tokens, largest = 0, -1
-            with open(src, encoding="utf-8", errors="replace") as f:
-                for ids in parse_ids(f, str(src), vocab_size):
-                    if ids:
-                        wide.file.write(np.asarray(ids, dtype="<u4").tobytes())
-                        num_tokens += len(ids)
-                        largest = max(largest, max(ids))
-            if num_tokens == 0:
-                raise DataError(f"{src}: holds no token ids")
-            dtype = dtype_for_vocab(vocab_size if vocab_size is not None else largest + 1).name
-            if dtype == "uint16":
-                wide.file.flush()
-                narrow = _PartialFile(out)
-                ids32 = np.memmap(wide.path, dtype="<u4", mode="r")
-                for start in range(0, num_tokens, BLOCK_BYTES):
-                    narrow.file.write(ids32[start:start + BLOCK_BYTES].astype("<u2").tobytes())
-                del ids32
-                narrow.commit()
-                wide.discard()
-            else:
-                wide.commit()
-        except BaseException:
-            wide.discard()
-            if narrow is not None:
-                narrow.discard()
-            raise
-        write_meta(out, TokenFileMeta(dtype=dtype, num_tokens=num_tokens, vocab_size=vocab_size,
-                                      source=str(src.resolve()), source_bytes=None))
-        done += src.stat().st_size
-        if progress:
-            progress("import", done, total)
+    with locked_outputs(outputs), stop_on_signals():
+        for src, out in zip(inputs, outputs):
+            import_file(src, out, vocab_size)
+            done += src.stat().st_size
+            if progress:
+                progress("import", done, total)
     return outputs
+
+
+def import_file(src: Path, out: Path, vocab_size: int | None = None) -> None:
+    """Convert one text file of ids into ``out`` (``.bin``) + its ``.json``; the caller holds out's lock.
+
+    The text is read in blocks, never whole lines, so memory stays flat however the ids are laid out.
+    """
+    # Ids go to disk as uint32 while the largest is unknown, then shrink to uint16 if it fits.
+    wide = PartialFile(out)
+    narrow = None
+    try:
+        num_tokens, largest = 0, -1
+        with open(src, encoding="utf-8", errors="replace", newline="") as f:
+            for ids in parse_ids(iter(lambda: f.read(BLOCK_BYTES), ""), str(src), vocab_size):
+                if ids:
+                    wide.write(np.asarray(ids, dtype="<u4").tobytes())
+                    num_tokens += len(ids)
+                    largest = max(largest, max(ids))
+        if num_tokens == 0:
+            raise DataError(f"{src}: holds no token ids")
+        dtype = dtype_for_vocab(vocab_size if vocab_size is not None else largest + 1).name
+        if dtype == "uint16":
+            wide.commit_to_self()
+            narrow = PartialFile(out)
+            ids32 = np.memmap(wide.path, dtype="<u4", mode="r")
+            for start in range(0, num_tokens, BLOCK_BYTES):
+                narrow.write(ids32[start:start + BLOCK_BYTES].astype("<u2").tobytes())
+            del ids32
+            narrow.commit()
+            wide.discard()
+        else:
+            wide.commit()
+    except BaseException:
+        wide.discard()
+        if narrow is not None:
+            narrow.discard()
+        raise
+    write_meta_checked(out, TokenFileMeta(dtype=dtype, num_tokens=num_tokens, vocab_size=vocab_size,
+                                   source=str(src.resolve()), source_bytes=None))
 
 
 def decode_token_file(tokenizer: Tokenizer, bin_path: Path, chunk: int = 1 << 20) -> Iterator[str]:

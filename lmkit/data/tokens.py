@@ -62,6 +62,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename:
+            raise
+        # A failed write on a descriptor carries no file name; the user needs to know which file.
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -72,11 +78,74 @@ def write_meta(bin_path: Path, meta: TokenFileMeta) -> None:
     atomic_write_bytes(meta_path(bin_path), (json.dumps(asdict(meta), indent=2) + "\n").encode())
 
 
-def read_meta(bin_path: Path) -> TokenFileMeta:
-    """Read the metadata of a ``.bin``.
+# A metadata file is a few hundred bytes (a few KB with stats); anything far larger is not one,
+# and reading it whole could exhaust memory.
+MAX_META_BYTES = 1 << 24
+# Token files store ids as at most 32-bit unsigned integers.
+MAX_VOCAB = 2**32
+_OPTIONAL_STR = ("tokenizer_hash", "tokenizer_dir", "source")
+
+
+def _field_error(mp: Path, name: str, value: Any, want: str) -> DataError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return DataError(f"{mp}: field '{name}' must be {want}, got {shown} ({type(value).__name__}); re-run `lmkit tokenize encode`")
+
+
+def _int_field(mp: Path, raw: dict, name: str, low: int, high: int | None = None, optional: bool = False) -> int | None:
+    value = raw.get(name)
+    if value is None and optional:
+        return None
+    # bool is an int subclass and a float like 59457.0 is not an id count: both are refused.
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bounds = f">= {low}" + (f" and <= {high}" if high is not None else "")
+        raise _field_error(mp, name, value, f"an integer {bounds}" + (" (or absent)" if optional else ""))
+    return value
+
+
+def parse_meta(raw: Any, mp: Path) -> TokenFileMeta:
+    """Validate decoded ``.json`` content into ``TokenFileMeta``: types, ranges, format, version.
 
     Raises:
-        DataError: the ``.json`` is missing or malformed, or the ``.bin`` size disagrees with it.
+        DataError: naming ``mp`` and the field at fault.
+    """
+    if not isinstance(raw, dict):
+        raise DataError(f"{mp}: token metadata must be a JSON object, got {type(raw).__name__}; re-run `lmkit tokenize encode`")
+    fmt = raw.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise DataError(f"{mp}: not an lmkit token metadata file (field 'format' is {fmt!r}, expected {FORMAT!r})")
+    version = raw.get("version", FORMAT_VERSION)
+    if type(version) is not int or version < 1:
+        raise _field_error(mp, "version", version, f"a positive integer (this lmkit writes {FORMAT_VERSION})")
+    if version > FORMAT_VERSION:
+        raise DataError(f"{mp}: written by a newer lmkit (format version {version}, this one reads {FORMAT_VERSION}); upgrade lmkit")
+    dtype = raw.get("dtype")
+    if dtype not in ("uint16", "uint32"):
+        raise _field_error(mp, "dtype", dtype, "'uint16' or 'uint32'")
+    num_tokens = _int_field(mp, raw, "num_tokens", 0)
+    vocab_size = _int_field(mp, raw, "vocab_size", 1, MAX_VOCAB, optional=True)
+    if dtype == "uint16" and vocab_size is not None and vocab_size > 2**16:
+        raise DataError(f"{mp}: field 'vocab_size' is {vocab_size}, but dtype uint16 holds ids below 65536 only; re-run `lmkit tokenize encode`")
+    source_bytes = _int_field(mp, raw, "source_bytes", 0, optional=True)
+    strings = {}
+    for name in _OPTIONAL_STR:
+        value = raw.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _field_error(mp, name, value, "a string (or absent)")
+        strings[name] = value
+    stats = raw.get("stats")
+    if stats is not None and not isinstance(stats, dict):
+        raise _field_error(mp, "stats", stats, "an object (or absent)")
+    return TokenFileMeta(dtype=dtype, num_tokens=num_tokens, vocab_size=vocab_size, source_bytes=source_bytes,
+                         stats=stats, format=FORMAT, version=version, **strings)
+
+
+def read_meta(bin_path: Path) -> TokenFileMeta:
+    """Read and validate the metadata of a ``.bin``: the one reader every command goes through.
+
+    Raises:
+        DataError: the ``.json`` is missing, not JSON, has a field of the wrong type or range, a
+            format/version this lmkit cannot read, or a ``num_tokens`` that disagrees with the
+            ``.bin``'s size for its dtype.
     """
     bin_path = Path(bin_path)
     mp = meta_path(bin_path)
@@ -85,17 +154,15 @@ def read_meta(bin_path: Path) -> TokenFileMeta:
     if not mp.is_file():
         raise DataError(f"{mp}: metadata file missing beside {bin_path.name} (re-run `lmkit tokenize encode`)")
     try:
-        raw = json.loads(mp.read_text(encoding="utf-8"))
-        known = {k: raw[k] for k in TokenFileMeta.__dataclass_fields__ if k in raw}
-        meta = TokenFileMeta(**known)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-        raise DataError(f"{mp}: malformed token metadata ({e}); re-run `lmkit tokenize encode`") from None
-    if meta.format != FORMAT:
-        raise DataError(f"{mp}: not an lmkit token metadata file (format {meta.format!r})")
-    if meta.version > FORMAT_VERSION:
-        raise DataError(f"{mp}: written by a newer lmkit (format version {meta.version}); upgrade lmkit")
-    if meta.dtype not in ("uint16", "uint32"):
-        raise DataError(f"{mp}: unsupported dtype {meta.dtype!r} (expected uint16 or uint32)")
+        size = mp.stat().st_size
+        if size > MAX_META_BYTES:
+            raise DataError(f"{mp}: {size:,} bytes is far too large for token metadata; it is not one (re-run `lmkit tokenize encode`)")
+        raw = json.loads(mp.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f"{mp}: malformed token metadata ({str(e)[:80]}); re-run `lmkit tokenize encode`") from None
+    except OSError as e:
+        raise DataError(f"{mp}: cannot read token metadata ({e.strerror or e})") from None
+    meta = parse_meta(raw, mp)
     expected = meta.num_tokens * np.dtype(meta.dtype).itemsize
     actual = bin_path.stat().st_size
     if actual != expected:
@@ -104,6 +171,17 @@ def read_meta(bin_path: Path) -> TokenFileMeta:
             f"({expected} bytes): the file is truncated or was overwritten; re-encode it"
         )
     return meta
+
+
+def tokenizer_vocab(meta: TokenFileMeta) -> int | None:
+    """The vocabulary size of the tokenizer the metadata names, or None when it names none.
+
+    Ids imported from text record at most the vocabulary they were checked against, which says
+    nothing about a tokenizer; only files encoded by a tokenizer (hash or directory) name one.
+    """
+    if meta.tokenizer_hash or meta.tokenizer_dir:
+        return meta.vocab_size
+    return None
 
 
 def open_tokens(bin_path: Path) -> tuple[np.memmap, TokenFileMeta]:

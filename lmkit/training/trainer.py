@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lmkit.data.loader import BatchLoader, TokenDataset, eval_batches
+from lmkit.data.loader import BatchLoader, TokenDataset, data_vocab_size, eval_batches
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import TrainingError
 from lmkit.model import ModelConfig, TransformerLM
@@ -92,6 +92,7 @@ class Trainer:
     def _build(self) -> None:
         s, rt = self.settings, self.rt
         found = load_resume_state(s.checkpoint.resume, self.run_dir, self.notice)
+        self.settings = s = data_vocab_size(s, found[1] if found else None, self.notice)  # unset vocab_size: the data's tokenizer's
         state = None
         if found is not None:
             resume_path, state = found

@@ -50,3 +50,20 @@ def test_real_subprocess(run) -> None:
 def test_help_has_examples() -> None:
     result = CliRunner().invoke(app, ["eval", "--help"])
     assert result.exit_code == 0 and "Example" in result.stdout and "--max-tokens" in result.stdout
+
+
+def test_text_file_of_ids_and_raw_text(run, tmp_path) -> None:
+    from lmkit.data.tokens import open_tokens
+
+    ids, _ = open_tokens(run.val_bin)
+    src = tmp_path / "val_ids.txt"
+    src.write_text(" ".join(map(str, ids.tolist())))
+    result = CliRunner().invoke(app, ["eval", "-k", str(run.checkpoint), "-d", str(src), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tokens"] == evaluate_checkpoint(run.checkpoint, run.val_bin, device="cpu").tokens
+    raw = tmp_path / "raw.txt"
+    raw.write_text("Some words.\n")
+    result = CliRunner().invoke(app, ["eval", "-k", str(run.checkpoint), "-d", str(raw), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("lmkit: error: ") and "encode it with `lmkit tokenize encode" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

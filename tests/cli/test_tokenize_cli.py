@@ -160,6 +160,14 @@ BAD_INPUT = [
      "already holds a tokenizer (hash sha256:"),
     ("train-into-a-data-dir", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "--force", "-o", str(s.parent)],
      "holds files that are not part of a tokenizer"),
+    ("ids-2**32", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1 2\n3 4294967296\n")), "-o", str(t / "out")],
+     "ids.txt:2: token id 4294967296 is too large"),
+    ("ids-nbsp-separator", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1\u00a02\n")), "-o", str(t / "out")],
+     "U+00A0 is not a separator"),
+    ("ids-fs-separator", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1\u001c2\n")), "-o", str(t / "out")],
+     "U+001C is not a separator"),
+    ("ids-vocab-above-2**32", lambda t, k, s: ["import-ids", "-i", str(_write(t / "ids.txt", "1\n")), "-o", str(t / "out"), "--vocab-size", str(2**33)],
+     "outside 1..2**32"),
 ]
 
 
@@ -186,7 +194,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(trained, tmp_path, argv
     assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), result.stderr
     assert message in lines[0]
     out = tmp_path / "out"
-    assert not out.exists() or list(out.iterdir()) == []
+    # Lock files (.NAME.bin.lock) stay by design (lmkit.locking); no output or temp file may.
+    assert not out.exists() or [p for p in out.iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_every_command_has_an_example_in_its_help():
@@ -241,3 +250,14 @@ def test_decode_with_stdin_or_stdout_closed_is_one_line(trained):
         done = subprocess.run(["bash", "-c", f'echo 72 105 | "$@" {redirect}', "_", *cmd], capture_output=True, text=True)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("lmkit: error: ") and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_encode_refuses_a_second_writer_of_one_output(trained, tmp_path):
+    from lmkit.locking import lock_output
+
+    tok_dir, src = trained
+    (tmp_path / "out").mkdir()
+    with lock_output(tmp_path / "out" / f"{src.stem}.bin"):
+        result = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "is in use by another lmkit process (pid" in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".lock")] == []
