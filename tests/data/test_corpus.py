@@ -47,7 +47,9 @@ def test_encoded_file_equals_encode(tok, tmp_path, monkeypatch, workers):
 
 
 def test_directory_input_and_uint32_vocab(tmp_path):
-    vocab = {i: bytes([i]) for i in range(256)} | {70000: b"<|big|>"}
+    # Ids are dense (0..N-1, checked on load): fillers up to the one id past uint16.
+    fillers = {i: f"<filler{i}>".encode() for i in range(256, 70000)}
+    vocab = {i: bytes([i]) for i in range(256)} | fillers | {70000: b"<|big|>"}
     big = Tokenizer(vocab, [])
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("hi<|big|>")
@@ -166,11 +168,11 @@ from pathlib import Path
 import lmkit.data.corpus as corpus
 from lmkit.tokenizer import Tokenizer
 vocab = {{i: bytes([i]) for i in range(256)}} | {{{big_id}: b"<|big|>"}}
-tok = Tokenizer(vocab, [], ["<|big|>"])
 src = Path(sys.argv[1]) / "in.txt"
 src.write_text("hello <|big|> world " * {repeat})
 {setup}
 try:
+    tok = Tokenizer(vocab, [], ["<|big|>"])
     corpus.encode_corpus(tok, src, Path(sys.argv[1]) / "out", create_stats=True, progress={progress})
 except Exception as e:
     print(f"{{type(e).__name__}}: {{e}}")
@@ -179,7 +181,7 @@ print("ok", corpus.open_tokens(Path(sys.argv[1]) / "out" / "in.bin")[1].stats["t
 """
 
 
-def _run(tmp_path, setup="", big_id=300, repeat=10, progress="None"):
+def _run(tmp_path, setup="", big_id=256, repeat=10, progress="None"):
     import subprocess
     import sys
 
@@ -187,14 +189,21 @@ def _run(tmp_path, setup="", big_id=300, repeat=10, progress="None"):
     return subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False, capture_output=True, text=True, timeout=120)
 
 
-def test_stats_are_sized_by_the_real_vocabulary(tmp_path):
-    # One id of 10**9: counting per id would allocate 8 GB twice; 1 GB of address space is plenty.
+def test_a_sparse_vocabulary_is_refused_before_anything_is_sized_by_it(tmp_path):
+    # One id of 10**9: stats counted per id would allocate 8 GB twice. Ids are dense (0..N-1,
+    # checked when a tokenizer is built), so it never gets that far; 1 GB of address space is plenty.
     limit = "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
     r = _run(tmp_path, setup=limit, big_id=10**9)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "TokenizerError: vocabulary ids must be 0..256" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_stats_are_sized_by_the_real_vocabulary(tmp_path):
+    r = _run(tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     ids, meta = open_tokens(tmp_path / "out" / "in.bin")
-    assert meta.dtype == "uint32" and meta.stats["distinct_tokens"] == len(set(ids.tolist()))
-    assert {"id": 10**9, "count": 10, "token": "<|big|>"} in meta.stats["top_tokens"]
+    assert meta.stats["distinct_tokens"] == len(set(ids.tolist()))
+    assert {"id": 256, "count": 10, "token": "<|big|>"} in meta.stats["top_tokens"]
 
 
 def test_disk_full_names_the_file_and_leaves_no_temp(tmp_path):
