@@ -2,14 +2,15 @@
 
 The whole pipeline, as the README's "From Python" section runs it::
 
-    >>> from lmkit import api                                              # doctest: +SKIP
-    >>> tok = api.train_tokenizer("data/train.txt", 1024, ["<|endoftext|>"])
-    >>> tok.save("tok")
-    >>> api.encode("tok", "data", "data")           # data/*.txt -> data/NAME.bin + NAME.json
-    >>> result = api.train(api.resolve_settings(overrides={"vocab_size": 1024, "max_iters": 100}))
-    >>> api.plot_metrics(result.run_dir / "metrics.jsonl")
-    >>> print(api.generate(api.load_trained(result.run_dir), "The", max_new_tokens=50))
-    >>> api.evaluate(result.run_dir, "data/val.bin").bits_per_byte
+    from lmkit import api
+
+    tok = api.train_tokenizer("data/train.txt", 1024, ["<|endoftext|>"])
+    tok.save("tok")
+    api.encode("tok", "data", "data")               # data/*.txt -> data/NAME.bin + NAME.json
+    result = api.train(api.resolve_settings(overrides={"vocab_size": 1024, "max_iters": 100}))
+    api.plot_metrics(result.run_dir / "metrics.jsonl")
+    print(api.generate(api.load_trained(result.run_dir), "The", max_new_tokens=50))
+    api.evaluate(result.run_dir, "data/val.bin").bits_per_byte
 
 Everything here is either a re-export of the function that does the work or a thin wrapper that
 fills in what the CLI would (the tokenizer directory an encode records, the sinks a run writes).
