@@ -129,4 +129,7 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
+    from lmkit.bytecode import allow_bytecode_once
+
+    allow_bytecode_once()  # torch's .pyc, once, even under PYTHONDONTWRITEBYTECODE (see bytecode.py)
     app()
