@@ -215,7 +215,7 @@ class Dashboard:
         return Panel(
             Group(*rows),
             title=f"[bold]{title}[/]",
-            subtitle=f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
+            subtitle=Text(status, style=_STATUS_STYLE.get(status, "")),  # not markup: any status word is safe
             border_style="blue",
             expand=True,
         )
