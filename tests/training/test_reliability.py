@@ -266,3 +266,32 @@ def test_closing_line_names_the_step_the_nan_guard_stopped_at(tiny_overrides, mo
     with pytest.raises(TrainingError, match="at or before step 5"):
         train(resolve_settings(overrides=o, environ={}), MultiSink([ConsoleSink(file=out)]))
     assert out.getvalue().splitlines()[-1].startswith("failed at step 5/12")
+
+
+def test_closed_terminal_stops_the_dashboard_run_with_a_checkpoint(tiny_overrides):
+    """The terminal window closes under a live dashboard: SIGHUP, then every write fails (EIO).
+    The run saves, records why and exits 129 (128 + SIGHUP)."""
+    import pty
+    import select
+
+    o = dict(tiny_overrides, max_iters=100000, lr_decay_iters=100000, checkpoint_interval=100000, log_interval=1)
+    run_dir = Path(o["checkpoint_dir"])
+    cmd = _train_cmd(o)
+    pid, master = pty.fork()  # the child's controlling terminal is this pty: it gets the dashboard
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, cmd, {**os.environ, "TERM": "xterm-256color"})
+    drawn, deadline = b"", time.time() + 120
+    while b"loss" not in drawn or not (run_dir / "metrics.jsonl").exists():
+        assert time.time() < deadline, drawn[-500:]
+        if select.select([master], [], [], 0.1)[0]:
+            drawn += os.read(master, 65536)
+    assert "╭".encode() in drawn  # the live panel, not plain lines
+    os.close(master)  # the window closes: the kernel hangs up the terminal
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.time() < deadline + 60
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(done[1]) == 129
+    state = ckpt.load_checkpoint(run_dir / "latest.pt")
+    events = read_events(run_dir / "metrics.jsonl")
+    assert any(e["event"].startswith("stop requested (SIGHUP") for e in events)
+    assert events[-1]["status"] == "interrupted" and events[-1]["step"] == state["iter"]
