@@ -29,7 +29,7 @@ from lmkit.observe.streams import say
 
 INIT_TIMEOUT_S = 5.0  # default of logging.wandb_init_timeout: then the start falls back to offline
 _SECRET_WORDS = ("key", "token", "secret", "password")
-_EXIT_CODES = {"finished": 0, "interrupted": 130, "failed": 1}
+_EXIT_CODES = {"finished": 0, "interrupted": 130, "aborted": 130, "failed": 1}
 
 
 def public_config(settings: dict[str, Any]) -> dict[str, Any]:

@@ -220,6 +220,10 @@ class Trainer:
         stop is reported from the loop (``_agree_stop``). A second Ctrl-C aborts at once. A
         signal the parent set to be ignored (``nohup`` ignores SIGHUP) stays ignored.
         """
+        # Under nohup the user asked the run to outlive its terminal, so a lost output only
+        # silences the console there (``_local_stop_reason``).
+        self._nohup = hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        self._output_noted = False
         if threading.current_thread() is not threading.main_thread():
             return {}
 
@@ -241,7 +245,11 @@ class Trainer:
             if self._stop_signal is not None:
                 self._stop_reason = _SIGNAL_WORDS.get(self._stop_signal, f"signal {self._stop_signal}")
             elif (lost := self.sinks.output_lost) is not None:
-                self._stop_reason = lost
+                if not self._nohup:
+                    self._stop_reason = lost
+                elif not self._output_noted:
+                    self._output_noted = True
+                    self.sinks.event(f"{lost}: console output off; training goes on (nohup), metrics.jsonl still records it", "warning")
             if self._stop_reason is not None:
                 why = "Ctrl-C; press it again to abort" if self._stop_signal == signal.SIGINT else self._stop_reason
                 self.sinks.event(f"stop requested ({why}): saving a checkpoint, then exiting", "stop")
@@ -352,7 +360,8 @@ class Trainer:
         return result
 
     def _aborted(self) -> TrainingInterrupted:
-        last = self.last_checkpoint
+        latest = self.run_dir / ckpt.LATEST  # a resumed run that has not saved yet resumes from it
+        last = self.last_checkpoint or (latest if latest.exists() else None)
         if last is not None and last.name == ckpt.checkpoint_name(self.step):
             saved = f"checkpoint for this step: {last}"
         else:

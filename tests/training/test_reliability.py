@@ -295,3 +295,37 @@ def test_closed_terminal_stops_the_dashboard_run_with_a_checkpoint(tiny_override
     events = read_events(run_dir / "metrics.jsonl")
     assert any(e["event"].startswith("stop requested (SIGHUP") for e in events)
     assert events[-1]["status"] == "interrupted" and events[-1]["step"] == state["iter"]
+
+
+def test_nohup_keeps_sighup_ignored():
+    """Under ``nohup`` SIGHUP is ignored on purpose: closing the terminal must not stop the run."""
+    import types
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        installed = Trainer._install_signals(types.SimpleNamespace(_stop_signal=None))
+        try:
+            assert signal.SIGHUP not in installed and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert {signal.SIGINT, signal.SIGTERM} <= set(installed)
+        finally:
+            for sig, handler in installed.items():
+                signal.signal(sig, handler)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_under_nohup_a_closed_output_only_silences_the_run(tiny_overrides):
+    """``nohup lmkit train 2>&1 | tee log`` after the terminal (and tee) went: the user asked the
+    run to outlive its terminal, so it finishes, writing only its files."""
+    o = dict(tiny_overrides, max_iters=6, lr_decay_iters=6, log_interval=1)
+    run_dir = Path(o["checkpoint_dir"])
+    r, w = os.pipe()
+    os.close(r)
+    proc = subprocess.run(_train_cmd(o), stdout=w, stderr=w, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    os.close(w)
+    assert proc.returncode == 0
+    assert ckpt.load_checkpoint(run_dir / "latest.pt")["iter"] == 6
+    events = read_events(run_dir / "metrics.jsonl")
+    assert any("console output off; training goes on (nohup)" in e["event"] for e in events)
+    assert events[-1]["status"] == "finished"
