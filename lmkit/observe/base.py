@@ -99,11 +99,10 @@ class MultiSink:
     @property
     def output_lost(self) -> str | None:
         """Why console output stopped ("stderr closed: broken pipe"), or None while it works."""
-        for source in [*self.sinks, self._warnings]:
-            reason = getattr(source, "output_lost", None) or getattr(source, "closed_reason", None)
-            if reason:
+        for sink in self.sinks:
+            if reason := getattr(sink, "output_lost", None):  # the console sinks have it
                 return reason
-        return None
+        return self._warnings.closed_reason
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         for sink in list(self.sinks):
