@@ -125,6 +125,10 @@ class LoggingSettings(Section):
     wandb_project: str = Field("lmkit", examples=["my-lm"], description="W&B project.")
     wandb_name: str | None = Field(None, examples=["small-lr6e-4"], description="W&B run name (default: W&B picks one).")
     wandb_entity: str | None = Field(None, examples=["my-team"], description="W&B entity (user or team).")
+    wandb_init_timeout: float = Field(
+        5.0, gt=0, examples=[30.0],
+        description="Seconds to wait for W&B to start online before logging offline instead (upload later with `wandb sync`); raise it on a slow link.",
+    )
     dashboard: Literal["auto", "rich", "plain"] = Field("auto", examples=["plain"], description="auto: live dashboard on a terminal, plain log lines otherwise.")
 
 

@@ -54,7 +54,7 @@ class LmkitGroup(TyperGroup):
             msg = (str(e).replace("\n", " ") if not getattr(e, "problems", None) or len(e.problems) == 1
                    else f"{len(e.problems)} problems:\n  " + "\n  ".join(e.problems))
             code = e.exit_code
-            if code in (130, 143):  # a requested stop (Ctrl-C / SIGTERM), not an error
+            if code in (129, 130, 141, 143):  # a requested stop (SIGHUP, Ctrl-C, closed output, SIGTERM), not an error
                 typer.echo(f"lmkit: {msg}", err=True)
             else:
                 _err(msg)

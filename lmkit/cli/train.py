@@ -57,29 +57,59 @@ def train_cmd(
         settings = prepare_demo_data(settings, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
 
     from lmkit.api import train
+    from lmkit.observe.streams import say
 
     result = train(settings, console_sinks=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    # The run is over and saved: from here a closed stdout/stderr (`| head -1`) only silences
+    # these lines (say() points the descriptor at /dev/null) and never changes the exit code.
     ckpt = result.last_checkpoint or (result.run_dir / "latest.pt")
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else "no new steps (already at max_iters; raise --max-iters to continue)"
-    typer.echo(f"done: step {result.step}, {loss}{val}")
+    say(f"done: step {result.step}, {loss}{val}", sys.stdout)
     _show_curves(result.run_dir)
-    typer.echo(f"checkpoint: {ckpt}")
-    typer.echo(f"sample from it:  lmkit generate --checkpoint {ckpt} --prompt \"The\"")
+    say(f"checkpoint: {ckpt}", sys.stdout)
+    say(f"sample from it:  {_generate_hint(settings, ckpt)}", sys.stdout)
+
+
+def _generate_hint(settings, ckpt) -> str:
+    """The `lmkit generate` command that samples from ``ckpt``, with ``--tokenizer`` when needed.
+
+    generate finds the tokenizer the way ``find_tokenizer`` does, from the data's metadata and
+    the settings; a run on token-id files that record no tokenizer (or one since moved) would
+    fail there with "records no tokenizer", so the hint asks for the directory instead.
+    """
+    from lmkit.data.tokens import read_meta
+    from lmkit.errors import LmkitError
+    from lmkit.inference import find_tokenizer
+
+    base = f"lmkit generate --checkpoint {ckpt}"
+    try:
+        meta = read_meta(settings.data.train_data_path)
+        record = {"dir": meta.tokenizer_dir, "hash": meta.tokenizer_hash}
+        state = {"tokenizer": record, "settings": settings.model_dump(mode="json"), "model_config": {"vocab_size": settings.model.vocab_size}}
+        found = find_tokenizer(state, ckpt) is not None
+    except (LmkitError, OSError, ValueError):
+        found, meta = False, None
+    if found:
+        return f'{base} --prompt "The"'
+    recorded = getattr(meta, "tokenizer_dir", None)
+    why = f"{recorded} was not found" if recorded else "the training data records no tokenizer"
+    return f'{base} --tokenizer DIR --prompt "The"  (DIR: the tokenizer that encoded the training data; {why})'
 
 
 def _show_curves(run_dir) -> None:
     """End of training: the loss/LR curves as a PNG (with matplotlib) or a terminal chart."""
     from lmkit.errors import LmkitError
     from lmkit.observe import plot_metrics
+    from lmkit.observe.streams import say
 
     try:
         chart = plot_metrics(run_dir / "metrics.jsonl")
     except LmkitError:
         return  # nothing logged (e.g. a resumed run that was already complete)
-    typer.echo(f"curves: {chart}" if not isinstance(chart, str) else chart, err=True)
+    say(f"curves: {chart}" if not isinstance(chart, str) else chart)
 
 
 def _launch_torchrun(nproc: int) -> int:

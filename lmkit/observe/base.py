@@ -5,13 +5,15 @@ The trainer never knows which sinks exist. It builds a ``MultiSink`` with ``make
     sinks.start(info)                     once, before the first step
     sinks.log(step, {"loss": 3.2, ...})   every log_interval and at eval steps (any subset of keys)
     sinks.event("checkpoint saved: ...", kind="checkpoint")
-    sinks.close("finished")               "finished" | "interrupted" | "failed"
+    sinks.close("finished")               "finished" | "interrupted" | "aborted" | "failed"
 
 Metric keys (each optional; sinks render what is present): ``loss``, ``val_loss``,
 ``best_val_loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu`` (fraction 0-1, CUDA only),
 ``step_ms``, ``gpu_mem_gb``, ``tokens_seen``, ``skipped_steps``, ``elapsed_s``.
 
 Observing must never stop training: a sink that raises is reported once on stderr and dropped.
+A closed terminal or pipe is not a sink failure: the console sinks go quiet and report it as
+``output_lost``, which the trainer takes as a request to stop with a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from lmkit.observe.streams import SafeStream
 
 if TYPE_CHECKING:
     from lmkit.settings import LoggingSettings
@@ -56,10 +60,12 @@ class Sink(Protocol):
         """Called every log_interval and at eval steps with whichever metric keys are known."""
 
     def event(self, message: str, kind: str = "info") -> None:
-        """A one-line happening; kind is "checkpoint", "eval", "warning", "info" or "resume"."""
+        """A one-line happening; kind is "checkpoint", "eval", "warning", "stop", "error", "info"
+        or "resume". Messages read on their own ("checkpoint saved: ..."); sinks that show the
+        kind use ``describe_event`` so it is not said twice."""
 
     def close(self, status: str = "finished") -> None:
-        """Called once at the end; status is "finished", "interrupted" or "failed"."""
+        """Called once at the end; status is "finished", "interrupted", "aborted" or "failed"."""
 
 
 def _sink_name(sink: object) -> str:
@@ -76,6 +82,7 @@ class MultiSink:
 
     def __init__(self, sinks: list[Sink] | None = None):
         self.sinks: list[Sink] = list(sinks or [])
+        self._warnings = SafeStream()  # this class's own notices, on stderr
 
     def __len__(self) -> int:
         return len(self.sinks)
@@ -89,6 +96,14 @@ class MultiSink:
                 return run_id
         return None
 
+    @property
+    def output_lost(self) -> str | None:
+        """Why console output stopped ("stderr closed: broken pipe"), or None while it works."""
+        for sink in self.sinks:
+            if reason := getattr(sink, "output_lost", None):  # the console sinks have it
+                return reason
+        return self._warnings.closed_reason
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         for sink in list(self.sinks):
             try:
@@ -101,16 +116,21 @@ class MultiSink:
                     except Exception:  # noqa: BLE001, S110 - already reporting this sink
                         pass
                 message = f"{type(e).__name__}: {e}".splitlines()[0]
-                print(
+                self._warnings.write(
                     f"lmkit: warning: the {_sink_name(sink)} sink failed in {method}() "
-                    f"({message}); it is disabled for the rest of this run",
-                    file=sys.stderr,
-                    flush=True,
+                    f"({message}); it is disabled for the rest of this run\n"
                 )
+                self._warnings.flush()
 
     def start(self, info: RunInfo) -> None:
-        """Start every sink."""
-        self._call("start", info)
+        """Start every sink; on Ctrl-C meanwhile (a slow W&B start), close those already started."""
+        try:
+            self._call("start", info)
+        except KeyboardInterrupt:
+            # Training has not begun: nothing to save, but a live display must give the
+            # terminal back and metrics.jsonl should say how the run ended.
+            self.close("interrupted")
+            raise
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Send one step's metrics to every sink."""
@@ -178,5 +198,6 @@ def make_sinks(
             project=logging_settings.wandb_project,
             name=logging_settings.wandb_name,
             entity=logging_settings.wandb_entity,
+            init_timeout=logging_settings.wandb_init_timeout,
         ))
     return MultiSink(sinks)

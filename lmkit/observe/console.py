@@ -4,21 +4,24 @@ One line per call, no colour or cursor codes, flushed at once so ``tail -f`` kee
 
     step 100/5000 | loss 3.2154 | lr 3.00e-04 | grad 0.84 | 12.3k tok/s | 45.1 ms/step | mfu 41.2%
     step 500/5000 | val loss 3.3012 | best 3.2990
-    [checkpoint] checkpoint saved: runs/x/ckpt_0000500.pt
+    checkpoint saved: runs/x/ckpt_0000500.pt
 
-Lines go to stderr by default, like the dashboard, so stdout stays free for results.
+Lines go to stderr by default, like the dashboard, so stdout stays free for results. If the
+reader goes away (``| head``, a closed terminal) the lines stop and ``output_lost`` says why; the
+trainer then stops with a checkpoint (see ``lmkit.observe.streams``).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TextIO
 
 from lmkit.observe.base import RunInfo
+from lmkit.observe.streams import SafeStream
 from lmkit.observe.text import (
+    Pace,
     best_of,
-    eta_seconds,
+    describe_event,
     fmt_count,
     fmt_duration,
     fmt_loss,
@@ -67,16 +70,21 @@ class ConsoleSink:
 
     def __init__(self, file: TextIO | None = None):
         """Create the sink; ``file`` is where lines go (None: ``sys.stderr`` at write time)."""
-        self._file = file
+        self._out = SafeStream(file)  # None: sys.stderr as it is at each write
         self._info: RunInfo | None = None
         self._t0 = time.monotonic()
         self._step = 0
         self._best_val: float | None = None
+        self._pace = Pace()
+
+    @property
+    def output_lost(self) -> str | None:
+        """Why the lines stopped (e.g. "stderr closed: broken pipe"), or None."""
+        return self._out.closed_reason
 
     def _write(self, line: str) -> None:
-        f = self._file or sys.stderr
-        f.write(line + "\n")
-        f.flush()
+        self._out.write(line + "\n")
+        self._out.flush()
 
     def start(self, info: RunInfo) -> None:
         """Print the run header (and where a resumed run picks up)."""
@@ -88,7 +96,7 @@ class ConsoleSink:
             f" | {info.run_dir}"
         )
         if info.resumed:
-            self._write(f"[resume] resumed at step {info.start_iter}")
+            self._write(f"resumed at step {info.start_iter}")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """One train line and/or one eval line, depending on the keys present."""
@@ -96,9 +104,10 @@ class ConsoleSink:
         max_iters = self._info.max_iters if self._info else step
         if any(k in metrics for k in _TRAIN_KEYS):
             line = format_train_line(step, max_iters, metrics)
+            self._pace.update(metrics)
             if self._info is not None:
                 elapsed = time.monotonic() - self._t0
-                eta = eta_seconds(step, self._info.start_iter, max_iters, elapsed)
+                eta = self._pace.eta(step, self._info.start_iter, max_iters, elapsed)
                 line += f" | eta {fmt_duration(eta)}"
             self._write(line)
         if "val_loss" in metrics:
@@ -106,8 +115,8 @@ class ConsoleSink:
             self._write(format_eval_line(step, max_iters, metrics))
 
     def event(self, message: str, kind: str = "info") -> None:
-        """``[kind] message``."""
-        self._write(f"[{kind}] {message}")
+        """The message, naming its kind once (``describe_event``)."""
+        self._write(describe_event(message, kind))
 
     def close(self, status: str = "finished") -> None:
         """A closing summary line."""

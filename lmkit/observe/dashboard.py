@@ -10,8 +10,7 @@
     │ grad norm 0.840                       step time 45.1 ms                      │
     │ gpu mem   10.2 GB                                                            │
     │ last checkpoint runs/gpt2/ckpt_0001000.pt                                    │
-    │ 05:13:54 eval       val loss 3.3012 (best 3.2990)                            │
-    │ 05:13:54 checkpoint checkpoint saved: runs/gpt2/ckpt_0001000.pt              │
+    │ 05:13:54 checkpoint saved: runs/gpt2/ckpt_0001000.pt                         │
     ╰────────────────────────────────── running ───────────────────────────────────╯
 
 It writes to stderr (stdout stays free for a command's results), so ``lmkit train > out.txt``
@@ -21,10 +20,18 @@ width-sensitive piece is a no-wrap, ellipsis-cropped cell of an expanding grid, 
 any width from 80 columns up without wrapping. While the run goes on, an empty line under the
 panel holds the cursor, so the terminal's ``^C`` echo lands there instead of wrapping the panel's
 last row (which would shift every later redraw one row down and leave a stray border behind).
+Event lines are the exception: they wrap inside the panel rather than lose their end (a stop
+request's "Ctrl-C again to abort"). When the terminal gets narrower, the terminal re-flows the
+last frame's rows onto more lines than rich knows of, so the next redraw erases that many more
+(``_erase_reflowed``) instead of leaving fragments of the old frame above the new one.
+
+If the terminal goes away (closed window, broken pipe), drawing stops and ``output_lost`` says
+why; the trainer then stops with a checkpoint (see ``lmkit.observe.streams``).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -39,9 +46,11 @@ from rich.table import Table
 from rich.text import Text
 
 from lmkit.observe.base import RunInfo
+from lmkit.observe.streams import SafeStream
 from lmkit.observe.text import (
+    Pace,
     best_of,
-    eta_seconds,
+    describe_event,
     fmt_count,
     fmt_duration,
     fmt_loss,
@@ -52,8 +61,8 @@ from lmkit.observe.text import (
 
 HISTORY = 240  # train-loss points kept for the sparkline (wider than any terminal row needs)
 EVENTS = 4  # recent events shown under the metrics
-_KIND_STYLE = {"checkpoint": "green", "eval": "cyan", "warning": "yellow", "resume": "magenta"}
-_STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red"}
+_KIND_STYLE = {"checkpoint": "green", "eval": "cyan", "warning": "yellow", "stop": "yellow", "resume": "magenta", "error": "red"}
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red", "aborted": "red"}
 
 
 class _Sparkline:
@@ -105,6 +114,7 @@ class Dashboard:
             refresh_per_second: redraw rate of the live display.
         """
         self.console = console
+        self._out: SafeStream | None = None  # the guarded stderr of the console made at start
         self.refresh_per_second = refresh_per_second
         self._info: RunInfo | None = None
         self._live: Live | None = None
@@ -119,6 +129,13 @@ class Dashboard:
         self._last_checkpoint: str | None = None
         self._best_val: float | None = None
         self._status = "running"
+        self._pace = Pace()
+        self._drawn_width: int | None = None  # console width of the last frame drawn
+
+    @property
+    def output_lost(self) -> str | None:
+        """Why drawing stopped (e.g. "stderr closed: Input/output error"), or None."""
+        return self._out.closed_reason if self._out is not None else None
 
     # -- Sink interface -----------------------------------------------------------------------
 
@@ -126,7 +143,9 @@ class Dashboard:
         """Start drawing the live panel."""
         if self.console is None:
             # Bind the real stderr now: the live display swaps sys.stderr for a proxy while it runs.
-            self.console = Console(file=sys.stderr)
+            # Guarded, because the live display also writes from its own refresh thread.
+            self._out = SafeStream(sys.stderr)
+            self.console = Console(file=self._out)
         with self._lock:
             self._info, self._t0, self._step = info, time.monotonic(), info.start_iter
         if info.resumed:
@@ -149,6 +168,7 @@ class Dashboard:
             self._metrics.update(metrics)
             if "loss" in metrics:
                 self._losses.append(metrics["loss"])
+                self._pace.update(metrics)
             if "val_loss" in metrics:
                 self._best_val = best_of(self._best_val, metrics)
 
@@ -195,10 +215,25 @@ class Dashboard:
         return Panel(
             Group(*rows),
             title=f"[bold]{title}[/]",
-            subtitle=f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
+            subtitle=Text(status, style=_STATUS_STYLE.get(status, "")),  # not markup: any status word is safe
             border_style="blue",
             expand=True,
         )
+
+    def _erase_reflowed(self) -> None:
+        """Before a redraw at a narrower width, count the last frame's re-flowed rows.
+
+        The live display moves up as many rows as its last frame had. A terminal that got
+        narrower has wrapped each of those (full-width) rows onto ceil(old / new) lines, so the
+        frame now spans more rows; without this the top of the old frame would stay on screen.
+        """
+        live = self._live
+        width = self.console.width if self.console is not None else None
+        shape = getattr(getattr(live, "_live_render", None), "_shape", None)
+        if width and self._drawn_width and width < self._drawn_width and shape:
+            rows = shape[1] * math.ceil(self._drawn_width / width)
+            live._live_render._shape = (width, rows)  # type: ignore[union-attr]
+        self._drawn_width = width
 
     def _live_view(self) -> RenderableType:
         """``render()`` plus, while running, the empty line the cursor waits on.
@@ -208,6 +243,7 @@ class Dashboard:
         moves up a fixed number of rows, then starts one row low and the old top border stays in
         the scrollback. On the spacer line the echo is simply erased by the next redraw.
         """
+        self._erase_reflowed()
         panel = self.render()
         with self._lock:
             running = self._status == "running"
@@ -231,7 +267,7 @@ class Dashboard:
         max_iters = info.max_iters if info else 0
         start = info.start_iter if info else 0
         elapsed = time.monotonic() - self._t0
-        eta = eta_seconds(self._step, start, max_iters, elapsed)
+        eta = self._pace.eta(self._step, start, max_iters, elapsed)
         fraction = self._step / max_iters if max_iters else 0.0
         grid = Table.grid(expand=True, padding=(0, 1))
         grid.add_column(no_wrap=True)
@@ -284,8 +320,8 @@ class Dashboard:
         if self._last_checkpoint is not None:
             yield _cell(f"last checkpoint {self._last_checkpoint}", "green")
         for clock, kind, message in self._events:
-            line = Text(no_wrap=True, overflow="ellipsis")
+            # Wrapped inside the panel, not cut: the end of a line can be what matters.
+            line = Text(overflow="fold")
             line.append(f"{clock} ", style="dim")
-            line.append(f"{kind:<10} ", style=_KIND_STYLE.get(kind, "dim"))
-            line.append(message)
+            line.append(describe_event(message, kind), style=_KIND_STYLE.get(kind, ""))
             yield line

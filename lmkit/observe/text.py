@@ -6,6 +6,7 @@ Pure functions of their arguments; no rich import, so the plain console sink sta
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 
 BLOCKS = "▁▂▃▄▅▆▇█"  # eight heights, lowest first
@@ -51,6 +52,53 @@ def eta_seconds(step: int, start_step: int, max_iters: int, elapsed: float) -> f
     if done <= 0 or elapsed <= 0:
         return float("nan")
     return max(max_iters - step, 0) * elapsed / done
+
+
+class Pace:
+    """Seconds left at the pace of the last few logged windows, for an ETA that forgets stalls.
+
+    The average since start (``eta_seconds``) stays inflated for hours after a slow start (a W&B
+    connection that timed out, compilation, the first eval). This uses the trainer's ``step_ms``
+    of the most recent log windows instead: that figure already excludes eval and checkpoint
+    time, and the first window a process logs (compilation, warm-up) is dropped once a later one
+    exists. Without ``step_ms`` it falls back to ``eta_seconds``.
+
+    Example: windows of 900, 10, 10 ms/step: ``Pace().eta(...)`` uses 10 ms/step.
+    """
+
+    def __init__(self, window: int = 5):
+        self._recent: deque[float] = deque(maxlen=window)
+        self._windows = 0
+
+    def update(self, metrics: dict[str, float]) -> None:
+        """Take one train log's metrics (only ``step_ms`` is read)."""
+        ms = metrics.get("step_ms")
+        if ms is None or not math.isfinite(ms) or ms <= 0:
+            return
+        self._windows += 1
+        if self._windows == 2 and len(self._recent) == 1:
+            self._recent.clear()  # the first window carried compilation and warm-up
+        self._recent.append(ms)
+
+    def eta(self, step: int, start_step: int, max_iters: int, elapsed: float) -> float:
+        """Seconds left after ``step`` (``nan`` before any progress)."""
+        if not self._recent:
+            return eta_seconds(step, start_step, max_iters, elapsed)
+        return max(max_iters - step, 0) * sum(self._recent) / len(self._recent) / 1000
+
+
+def describe_event(message: str, kind: str) -> str:
+    """An event as one line that names its kind once.
+
+    Messages usually start with their kind ("checkpoint saved: ...", "resumed at step 5", "stop
+    requested ..."); those are shown as they are. Others get the kind as a prefix ("warning: step
+    5: non-finite loss ..."), except plain "info".
+
+    Example: ``describe_event("checkpoint saved: x.pt", "checkpoint") == "checkpoint saved: x.pt"``.
+    """
+    if kind == "info" or message.lower().startswith(kind.lower()):
+        return message
+    return f"{kind}: {message}"
 
 
 def best_of(best: float | None, metrics: dict[str, float]) -> float | None:

@@ -5,7 +5,9 @@
 - Without credentials (no ``WANDB_API_KEY``, no netrc entry for the W&B host) and no explicit
   ``WANDB_MODE``, the run is logged offline under ``run_dir/wandb`` with a one-line notice;
   ``wandb sync`` uploads it later. If an online start fails (server unreachable, bad key), it
-  retries offline the same way. ``init_timeout`` keeps that first attempt short.
+  retries offline the same way. Before an online attempt it says "connecting to W&B" at once,
+  and ``init_timeout`` (``logging.wandb_init_timeout``, a few seconds) caps how long an
+  unreachable server can hold step 0.
 - Any exception from wandb after that disables this sink with a one-line warning; training goes on.
 - wandb is told to be silent and not to capture the console, so it cannot tear the dashboard.
 - Metrics are logged against our own ``step`` key (``define_metric``), not wandb's internal step,
@@ -18,16 +20,16 @@ from __future__ import annotations
 
 import netrc
 import os
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lmkit.observe.base import RunInfo
+from lmkit.observe.streams import say
 
-INIT_TIMEOUT_S = 15.0  # an online start that takes longer than this falls back to offline
+INIT_TIMEOUT_S = 5.0  # default of logging.wandb_init_timeout: then the start falls back to offline
 _SECRET_WORDS = ("key", "token", "secret", "password")
-_EXIT_CODES = {"finished": 0, "interrupted": 130, "failed": 1}
+_EXIT_CODES = {"finished": 0, "interrupted": 130, "aborted": 130, "failed": 1}
 
 
 def public_config(settings: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def has_credentials(environ: dict[str, str] | None = None) -> bool:
 
 
 def _say(message: str) -> None:
-    print(f"lmkit: {message}", file=sys.stderr, flush=True)
+    say(f"lmkit: {message}")
 
 
 class WandbSink:
@@ -119,6 +121,9 @@ class WandbSink:
             mode = "offline"
             _say(f"wandb: no credentials (WANDB_API_KEY or `wandb login`); logging offline to "
                  f"{info.run_dir / 'wandb'} (upload later with `wandb sync`)")
+        elif os.environ.get("WANDB_MODE", "online") == "online":
+            # Said before the wait, so a silent step 0 is never a mystery.
+            _say(f"wandb: connecting to W&B (up to {self.init_timeout:g} s, then logging offline)...")
         try:
             run = self._init(wandb, info, mode)
         except Exception as e:  # noqa: BLE001 - any failure to go online falls back to offline

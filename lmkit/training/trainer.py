@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import TrainingError
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.observe.base import MultiSink, RunInfo
+from lmkit.observe.streams import say
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training.compile_plan import plan_compile
@@ -41,7 +41,7 @@ class TrainResult:
     """What a finished (or interrupted) run produced."""
 
     run_dir: Path
-    status: str  # "finished" | "interrupted"
+    status: str  # "finished" | "interrupted" (stopped with a checkpoint)
     step: int  # optimizer steps completed
     tokens_seen: int
     train_loss: float | None
@@ -53,11 +53,20 @@ class TrainResult:
 
 def _stderr_notice(message: str) -> None:
     """Default for notices raised before any sink exists (resume, data conversion)."""
-    print(f"lmkit: {message}", file=sys.stderr, flush=True)
+    say(f"lmkit: {message}")  # a closed stderr silences it rather than failing the run
 
 
 class TrainingInterrupted(TrainingError):
-    """Ctrl-C / SIGTERM: a checkpoint was written; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    """A requested stop. Exit 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (terminal
+    closed), 141 a closed output (SIGPIPE's number); a checkpoint was written, except after a
+    second Ctrl-C ("aborted", which says so)."""
+
+
+# Why a run stopped, as the stop event words it, keyed by signal number.
+_SIGNAL_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGHUP"):  # not on Windows
+    _SIGNAL_WORDS[signal.SIGHUP] = "SIGHUP: terminal closed"
+_OUTPUT_CLOSED_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
 class Trainer:
@@ -85,6 +94,7 @@ class Trainer:
         self.skipped_steps = 0
         self.wandb_run_id: str | None = None
         self._stop_signal: int | None = None  # the signal this process received
+        self._stop_reason: str | None = None  # why this process asked to stop (signal, closed output)
         self._stopped = False  # whether the run stopped early (agreed by every rank)
         self._build()
 
@@ -208,22 +218,52 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _install_signals(self) -> dict:
+        """Make Ctrl-C, SIGTERM and SIGHUP (a closed terminal) requests to stop after this step.
+
+        The handler only records the signal: it runs between two bytecodes of the training
+        thread, which may be inside a sink holding a lock or half-way through a write, so the
+        stop is reported from the loop (``_agree_stop``). A second Ctrl-C aborts at once. A
+        signal the parent set to be ignored (``nohup`` ignores SIGHUP) stays ignored.
+        """
+        # Under nohup the user asked the run to outlive its terminal, so a lost output only
+        # silences the console there (``_local_stop_reason``).
+        self._nohup = hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        self._output_noted = False
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def handler(signum, frame):
             if self._stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: abort now
-            self._stop_signal = signum
-            self.sinks.event("stop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)", "warning")
+            if self._stop_signal is None:
+                self._stop_signal = signum
 
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old = {}
+        for sig in _SIGNAL_WORDS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                old[sig] = signal.signal(sig, handler)
         return old
+
+    def _local_stop_reason(self) -> str | None:
+        """Why this process wants to stop now: a signal, or console output that has gone."""
+        if self._stop_reason is None:
+            if self._stop_signal is not None:
+                self._stop_reason = _SIGNAL_WORDS.get(self._stop_signal, f"signal {self._stop_signal}")
+            elif (lost := self.sinks.output_lost) is not None:
+                if not self._nohup:
+                    self._stop_reason = lost
+                elif not self._output_noted:
+                    self._output_noted = True
+                    self.sinks.event(f"{lost}: console output off; training goes on (nohup), metrics.jsonl still records it", "warning")
+            if self._stop_reason is not None:
+                why = "Ctrl-C; press it again to abort" if self._stop_signal == signal.SIGINT else self._stop_reason
+                self.sinks.event(f"stop requested ({why}): saving a checkpoint, then exiting", "stop")
+        return self._stop_reason
 
     def _agree_stop(self) -> bool:
         """Whether to stop after this step. Several ranks must stop at the same step (or the
         others would wait forever in the next all-reduce), so they vote at log intervals."""
-        local = self._stop_signal is not None
+        local = self._local_stop_reason() is not None
         if not self.dist.active:
             self._stopped = local
             return local
@@ -231,6 +271,19 @@ class Trainer:
             return False
         self._stopped = self.dist.any(local)
         return self._stopped
+
+    def _stop_exit_code(self) -> int:
+        if self._stop_signal is not None:
+            return 128 + int(self._stop_signal)
+        return _OUTPUT_CLOSED_EXIT if self._stop_reason is not None else 130  # 130: another rank's stop
+
+    def _final_step(self) -> None:
+        """Tell the sinks the step the run really reached, for their closing line: a failure or
+        an abort can come between two log intervals."""
+        self.sinks.log(self.step, {
+            "tokens_seen": self.step * self.tokens_per_step,
+            "elapsed_s": self.elapsed_before + time.time() - self._t_start,
+        })
 
     def _nonfinite_stop(self, step: int, loss: float, grad_norm: float) -> None:
         report = {"step": step, "loss": loss, "grad_norm": grad_norm, "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}
@@ -275,9 +328,15 @@ class Trainer:
         try:
             self._loop()
             status = "interrupted" if self._stopped else "finished"
+        except KeyboardInterrupt:
+            status = "aborted"  # second Ctrl-C: no checkpoint for this step
+            self._final_step()
+            raise self._aborted() from None
         except torch.cuda.OutOfMemoryError:
+            self._final_step()
             raise self._oom_error() from None
         except RuntimeError as e:  # includes torch.distributed.DistError
+            self._final_step()
             if not self.dist.active:
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
@@ -285,6 +344,9 @@ class Trainer:
                 f"rank {self.rt.rank}: lost contact with another process at step {self.step} (it crashed or was "
                 f"killed; see its output): {first}. Last checkpoint: {self.last_checkpoint or 'none'}"
             ) from None
+        except BaseException:
+            self._final_step()
+            raise
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
@@ -295,12 +357,22 @@ class Trainer:
             self.last_val_loss, self.best_val_loss, self.last_checkpoint, self.elapsed_before + time.time() - self._t_start,
         )
         if status == "interrupted":
-            code = 143 if self._stop_signal == signal.SIGTERM else 130
+            why = f" ({self._stop_reason})" if self._stop_reason else ""
             raise TrainingInterrupted(
-                f"interrupted at step {self.step}; checkpoint saved to {self.last_checkpoint}. "
-                "Run the same command again to resume", exit_code=code,
+                f"interrupted at step {self.step}{why}; checkpoint saved to {self.last_checkpoint}. "
+                "Run the same command again to resume", exit_code=self._stop_exit_code(),
             )
         return result
+
+    def _aborted(self) -> TrainingInterrupted:
+        latest = self.run_dir / ckpt.LATEST  # a resumed run that has not saved yet resumes from it
+        last = self.last_checkpoint or (latest if latest.exists() else None)
+        if last is not None and last.name == ckpt.checkpoint_name(self.step):
+            saved = f"checkpoint for this step: {last}"
+        else:
+            saved = f"no checkpoint written for this step; last checkpoint: {last or 'none'}"
+        resume = "run the same command again to resume from it" if last else "nothing to resume from"
+        return TrainingInterrupted(f"aborted at step {self.step}: {saved} ({resume})", exit_code=130)
 
     def _loop(self) -> None:
         s, rt = self.settings, self.rt

@@ -83,6 +83,10 @@ def test_train_end_to_end_plain_logs(tiny_overrides):
     run_dir = Path(tiny_overrides["checkpoint_dir"])
     assert f"checkpoint: {run_dir / 'ckpt_0000020.pt'}" in r.stdout
     assert "lmkit generate --checkpoint" in r.stdout
+    # Token-id files that record no tokenizer: a bare `generate --checkpoint` would fail with
+    # "records no tokenizer", so the hint asks for one.
+    hint = next(line for line in r.stdout.splitlines() if line.startswith("sample from it:"))
+    assert "--tokenizer DIR" in hint and "the training data records no tokenizer" in hint
     assert "step 20/20" in r.stderr and "\x1b[" not in r.stderr  # plain lines, no control codes
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(row.get("step") == 20 and "loss" in row for row in rows)

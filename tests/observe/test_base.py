@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import subprocess
 import sys
 
@@ -116,3 +118,40 @@ def test_importing_observe_does_not_import_wandb():
     code = "import sys, lmkit.observe; print('wandb' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_warning_about_a_failed_sink_survives_a_closed_stderr(make_info, monkeypatch):
+    r, w = os.pipe()
+    os.close(r)
+    gone = os.fdopen(w, "w")
+    monkeypatch.setattr(sys, "stderr", gone)
+    sinks = MultiSink([Broken(), Recorder()])
+    sinks.start(make_info())
+    sinks.log(10, {"loss": 1.0})  # Broken fails; printing that must not raise BrokenPipeError
+    assert sinks.output_lost == f"{gone.name} closed: broken pipe"
+    monkeypatch.undo()
+    gone.close()
+
+
+def test_output_lost_comes_from_the_sink_that_lost_it():
+    rec, quiet = Recorder(), Recorder()
+    quiet.output_lost = "stderr closed: broken pipe"
+    assert MultiSink([rec]).output_lost is None
+    assert MultiSink([rec, quiet]).output_lost == "stderr closed: broken pipe"
+
+
+def test_ctrl_c_during_start_closes_the_sinks_already_started(make_info):
+    class SlowStart(Recorder):
+        def start(self, info):
+            raise KeyboardInterrupt  # Ctrl-C while W&B connects
+
+    first = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        MultiSink([first, SlowStart()]).start(make_info())
+    assert first.calls[-1] == ("close", "interrupted")
+
+
+def test_make_sinks_passes_the_wandb_timeout(tmp_path):
+    sinks = make_sinks(LoggingSettings(wandb=True, wandb_init_timeout=2.5), tmp_path, is_tty=False)
+    assert sinks.sinks[-1].init_timeout == 2.5
+    assert LoggingSettings().wandb_init_timeout <= 10  # "a few seconds" by default

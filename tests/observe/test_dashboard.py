@@ -114,3 +114,44 @@ def test_close_restores_terminal_and_prints_summary(make_info, eval_metrics):
     assert summary.startswith("interrupted at step 150/5,000 in 0:00:0")
     assert "best val loss 3.2990" in summary
     assert "resumed at step 100" in ANSI.sub("", text)
+
+
+def test_stop_line_keeps_its_end_at_80_columns(dashboard, make_info):
+    dashboard.start(make_info())
+    dashboard.event("stop requested (Ctrl-C; press it again to abort): saving a checkpoint, then exiting", "stop")
+    dashboard.event("checkpoint saved: runs/gpt2/ckpt_0001200.pt", "checkpoint")
+    lines = snapshot(dashboard, 80)
+    assert_fits(lines, 80)
+    text = " ".join(line[1:-1].strip() for line in lines)
+    assert "press it again to abort" in text and "then exiting" in text and "…" not in text
+    assert "checkpoint checkpoint" not in text and "checkpoint saved: runs/gpt2/ckpt_0001200.pt" in text
+
+
+def test_aborted_run_has_its_own_footer(make_info):
+    out = io.StringIO()
+    dash = Dashboard(console=Console(file=out, width=80, force_terminal=True), refresh_per_second=20)
+    dash.start(make_info())
+    dash.log(7, {"loss": 3.0})
+    dash.close("aborted")
+    lines = ANSI.sub("", out.getvalue()).splitlines()
+    assert "aborted" in lines[-2] and lines[-1].startswith("aborted at step 7/5,000")
+
+
+def test_narrower_terminal_erases_the_reflowed_frame(make_info):
+    """After a shrink from 120 to 80 columns, each 120-wide row of the last frame occupies two
+    rows (the terminal re-flows it), so the redraw must move up and erase twice as many rows."""
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True)
+    dash = Dashboard(console=console, refresh_per_second=20)
+    dash.start(make_info())
+    dash.log(10, {"loss": 3.0})
+    dash._live.refresh()
+    height = dash._live._live_render._shape[1]
+    console.width = 80  # what rich reads after SIGWINCH
+    out.seek(0)
+    out.truncate()
+    dash._live.refresh()
+    redraw = out.getvalue()
+    dash.close("finished")
+    # rich moves up (and erases) one row fewer than the frame's height; twice the rows now.
+    assert redraw.count("\x1b[1A") >= 2 * height - 1

@@ -40,11 +40,13 @@ EXPECTED = {
     "start": ["step 0/300", "eta --:--", "loss      -", "val loss  -", "running"],
     "eval": ["step 100/300", "val loss  3.", "(best 3.", "lr ", "tokens/s", "grad norm", "step time", "running"],
     "mid": ["step 130/300", "val loss  3.", "lr ", "tokens/s", "running"],
-    "checkpoint": ["step 150/300", "last checkpoint run", "checkpoint checkpoint saved: run", "running"],
+    "checkpoint": ["step 150/300", "last checkpoint run", " checkpoint saved: run", "running"],
     "finish": ["step 300/300", "100.0%", "eta 0:00:00", "finished", "finished at step 300/300", "exit=0"],
-    "interrupt": ["warning    stop requested", "checkpoint checkpoint saved: int", "interrupted",
-                  "interrupted at step", "Run the same command again to resume", "exit=130"],
+    "interrupt": ["stop requested (Ctrl-C; press it again to abort)", "then exiting", " checkpoint saved: int",
+                  "interrupted", "interrupted at step", "Run the same command again to resume", "exit=130"],
 }
+# What no moment may show: an event naming its kind twice, or cut short.
+UNEXPECTED = ["checkpoint checkpoint", "warning    ", "…"]
 
 
 def fixture(width: int, moment: str) -> list[str]:
@@ -102,6 +104,8 @@ def test_captured_terminal_fits_and_shows_the_fields(width, moment):
     text = "\n".join(lines)
     for expected in EXPECTED[moment]:
         assert expected in text, f"{moment} at {width} columns: {expected!r} missing"
+    for unexpected in UNEXPECTED:
+        assert unexpected not in text, f"{moment} at {width} columns: {unexpected!r} shown"
     step_row = panel[3]
     assert re.search(r"step \d+/300 .*%\s+\d+:\d\d:\d\d · eta ", step_row), step_row
 
@@ -140,7 +144,7 @@ def drive(dash: Dashboard, moment: str) -> None:
     if moment == "interrupt":
         dash.start(_info("int"))
         _train_to(dash, 10, 60)
-        dash.event("stop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)", "warning")
+        dash.event("stop requested (Ctrl-C; press it again to abort): saving a checkpoint, then exiting", "stop")
         _eval(dash, 61)
         dash.event("checkpoint saved: int/ckpt_0000061.pt", "checkpoint")
         dash.close("interrupted")

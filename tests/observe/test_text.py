@@ -5,7 +5,9 @@ import math
 import pytest
 
 from lmkit.observe.text import (
+    Pace,
     bin_series,
+    describe_event,
     column_chart,
     eta_seconds,
     fmt_count,
@@ -50,3 +52,30 @@ def test_column_chart_heights():
     rows = column_chart([0.0, 1.0], height=2, label="{:.0f}")
     # Lowest value: one eighth of the bottom row; highest: both rows full.
     assert rows == ["1 ┤ █", "0 ┤▁█"]
+
+
+def test_pace_forgets_the_first_window_and_older_ones():
+    pace = Pace(window=2)
+    assert math.isnan(pace.eta(0, 0, 100, 0.0))  # nothing yet: the average's nan
+    pace.update({"step_ms": 9000.0})  # compilation
+    assert pace.eta(10, 0, 100, 90.0) == 90 * 9.0  # the only window there is
+    for ms in (200.0, 100.0, 100.0):
+        pace.update({"step_ms": ms})
+    assert pace.eta(40, 0, 100, 100.0) == pytest.approx(60 * 0.1)
+    assert Pace().eta(50, 0, 100, 25.0) == eta_seconds(50, 0, 100, 25.0)  # no step_ms: average
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "shown"),
+    [
+        ("checkpoint saved: x.pt", "checkpoint", "checkpoint saved: x.pt"),
+        ("resumed at step 5", "resume", "resumed at step 5"),
+        ("stop requested (SIGHUP: terminal closed): saving", "stop", "stop requested (SIGHUP: terminal closed): saving"),
+        ("step 3: non-finite loss", "warning", "warning: step 3: non-finite loss"),
+        ("Warning: disk nearly full", "warning", "Warning: disk nearly full"),
+        ("val loss 3.3012", "eval", "eval: val loss 3.3012"),
+        ("hello", "info", "hello"),
+    ],
+)
+def test_describe_event_names_the_kind_once(message, kind, shown):
+    assert describe_event(message, kind) == shown

@@ -120,7 +120,22 @@ def test_unreachable_server_falls_back_to_offline(no_credentials, make_info, mon
     assert [c["mode"] for c in calls] == [None, "offline"]
     assert sink.run_id == "off1" and sink.mode == "offline"
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "could not start online (TimeoutError: context deadline exceeded)" in err[0]
+    assert len(err) == 2 and err[0].startswith("lmkit: wandb: connecting to W&B (up to 5 s")
+    assert "could not start online (TimeoutError: context deadline exceeded)" in err[1]
+
+
+def test_connecting_is_said_before_the_wait_and_the_wait_is_capped(no_credentials, make_info, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    said_before = []
+
+    def init(mode, settings, **kwargs):
+        said_before.append(capsys.readouterr().err)  # what the user saw while init waits
+        return FakeRun()
+
+    calls = fake_wandb(monkeypatch, init)
+    WandbSink(init_timeout=3.0).start(make_info())
+    assert "connecting to W&B (up to 3 s, then logging offline)..." in said_before[0]
+    assert calls[0]["settings"]["init_timeout"] == 3.0
 
 
 def test_failing_init_disables_with_one_warning(no_credentials, make_info, monkeypatch, capsys):

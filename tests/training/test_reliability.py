@@ -16,6 +16,7 @@ import torch
 
 from lmkit.api import resolve_settings, train
 from lmkit.errors import CheckpointError, TrainingError
+from lmkit.observe import ConsoleSink, MultiSink, read_events
 from lmkit.training import checkpoint as ckpt
 from lmkit.training.trainer import Trainer
 
@@ -83,7 +84,7 @@ def test_sigkill_during_training_then_resume_completes(tiny_overrides):
         assert result.step == step + 2
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_finishes_step_saves_and_exits(tiny_overrides, sig, code):
     o = dict(tiny_overrides, max_iters=100000, lr_decay_iters=100000, checkpoint_interval=100000, log_interval=1)
     run_dir = Path(o["checkpoint_dir"])
@@ -97,6 +98,8 @@ def test_signal_finishes_step_saves_and_exits(tiny_overrides, sig, code):
     state = ckpt.load_checkpoint(run_dir / "latest.pt")
     assert state["iter"] > 0
     assert f"ckpt_{state['iter']:07d}.pt" in err
+    events = [e["event"] for e in read_events(run_dir / "metrics.jsonl")]
+    assert any(e.startswith("stop requested") for e in events) and events[-1] == "run interrupted"
 
 
 def test_damaged_latest_falls_back_to_newest_intact(tiny_overrides):
@@ -180,3 +183,149 @@ def test_wandb_key_never_written(tiny_overrides, monkeypatch):
     for p in Path(tiny_overrides["checkpoint_dir"]).rglob("*"):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p
+
+
+def test_closed_output_pipe_stops_with_a_checkpoint_then_resumes(tiny_overrides):
+    """``lmkit train ... 2>&1 | head -3``: once head exits, the run saves, says why in
+    metrics.jsonl and exits 141 (128 + SIGPIPE) without a traceback, instead of failing."""
+    o = dict(tiny_overrides, max_iters=100000, lr_decay_iters=100000, checkpoint_interval=100000, log_interval=1)
+    run_dir = Path(o["checkpoint_dir"])
+    r, w = os.pipe()
+    proc = subprocess.Popen(_train_cmd(o), stdout=w, stderr=w)
+    os.close(w)
+    with os.fdopen(r) as head:
+        lines = [head.readline() for _ in range(3)]  # then "head" exits: the pipe has no reader
+    assert proc.wait(timeout=120) == 141, lines
+    state = ckpt.load_checkpoint(run_dir / "latest.pt")
+    events = read_events(run_dir / "metrics.jsonl")
+    stop = [e for e in events if e["event"].startswith("stop requested")]
+    assert stop and "closed: broken pipe" in stop[0]["event"]
+    assert events[-1]["status"] == "interrupted" and events[-1]["step"] == state["iter"]
+    result = train(resolve_settings(overrides=dict(o, max_iters=state["iter"] + 2), environ={}))
+    assert result.step == state["iter"] + 2  # the same command resumes
+
+
+def test_closed_stdout_after_training_is_not_an_error(tiny_overrides):
+    """``lmkit train ... | head -1``: training finished and saved; the closing lines may not
+    be read, which must change neither the exit code nor print a traceback."""
+    o = dict(tiny_overrides, max_iters=4, lr_decay_iters=4)
+    r, w = os.pipe()
+    os.close(r)
+    proc = subprocess.run(_train_cmd(o), stdout=w, stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(w)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert ckpt.load_checkpoint(Path(o["checkpoint_dir"]) / "latest.pt")["iter"] == 4
+
+
+def test_second_ctrl_c_aborts_and_says_what_was_saved(tiny_overrides):
+    """Two Ctrl-Cs within a step (in-process, so the second surely lands before the save)."""
+    import io
+
+    from lmkit.observe.jsonl import JsonlSink
+    from lmkit.training.trainer import TrainingInterrupted
+
+    class CtrlCTwice:
+        def start(self, info): pass
+        def event(self, message, kind="info"): pass
+        def close(self, status="finished"): pass
+
+        def log(self, step, metrics):
+            if step == 3 and "loss" in metrics:
+                os.kill(os.getpid(), signal.SIGINT)  # recorded: stop after this step
+                os.kill(os.getpid(), signal.SIGINT)  # aborts here, before step 3 is saved
+
+    o = dict(tiny_overrides, max_iters=100, lr_decay_iters=100, checkpoint_interval=2, log_interval=1)
+    run_dir = Path(o["checkpoint_dir"])
+    out = io.StringIO()
+    with pytest.raises(TrainingInterrupted) as e:
+        train(resolve_settings(overrides=o, environ={}), MultiSink([ConsoleSink(file=out), JsonlSink(run_dir), CtrlCTwice()]))
+    assert e.value.exit_code == 130
+    assert str(e.value) == (f"aborted at step 3: no checkpoint written for this step; last checkpoint: "
+                            f"{run_dir / 'ckpt_0000002.pt'} (run the same command again to resume from it)")
+    assert out.getvalue().splitlines()[-1].startswith("aborted at step 3/100")
+    assert read_events(run_dir / "metrics.jsonl")[-1]["status"] == "aborted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+
+
+def test_closing_line_names_the_step_the_nan_guard_stopped_at(tiny_overrides, monkeypatch):
+    import io
+
+    import lmkit.training.loss as loss_mod
+
+    real, calls = loss_mod.lm_loss, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        return out * float("nan") if len(calls) > 3 else out
+
+    monkeypatch.setattr(loss_mod, "lm_loss", poisoned)
+    out = io.StringIO()
+    o = dict(tiny_overrides, max_iters=12, log_interval=5)
+    with pytest.raises(TrainingError, match="at or before step 5"):
+        train(resolve_settings(overrides=o, environ={}), MultiSink([ConsoleSink(file=out)]))
+    assert out.getvalue().splitlines()[-1].startswith("failed at step 5/12")
+
+
+def test_closed_terminal_stops_the_dashboard_run_with_a_checkpoint(tiny_overrides):
+    """The terminal window closes under a live dashboard: SIGHUP, then every write fails (EIO).
+    The run saves, records why and exits 129 (128 + SIGHUP)."""
+    import pty
+    import select
+
+    o = dict(tiny_overrides, max_iters=100000, lr_decay_iters=100000, checkpoint_interval=100000, log_interval=1)
+    run_dir = Path(o["checkpoint_dir"])
+    cmd = _train_cmd(o)
+    pid, master = pty.fork()  # the child's controlling terminal is this pty: it gets the dashboard
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, cmd, {**os.environ, "TERM": "xterm-256color"})
+    drawn, deadline = b"", time.time() + 120
+    while b"loss" not in drawn or not (run_dir / "metrics.jsonl").exists():
+        assert time.time() < deadline, drawn[-500:]
+        if select.select([master], [], [], 0.1)[0]:
+            drawn += os.read(master, 65536)
+    assert "╭".encode() in drawn  # the live panel, not plain lines
+    os.close(master)  # the window closes: the kernel hangs up the terminal
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.time() < deadline + 60
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(done[1]) == 129
+    state = ckpt.load_checkpoint(run_dir / "latest.pt")
+    events = read_events(run_dir / "metrics.jsonl")
+    assert any(e["event"].startswith("stop requested (SIGHUP") for e in events)
+    assert events[-1]["status"] == "interrupted" and events[-1]["step"] == state["iter"]
+
+
+def test_nohup_keeps_sighup_ignored():
+    """Under ``nohup`` SIGHUP is ignored on purpose: closing the terminal must not stop the run."""
+    import types
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        installed = Trainer._install_signals(types.SimpleNamespace(_stop_signal=None))
+        try:
+            assert signal.SIGHUP not in installed and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert {signal.SIGINT, signal.SIGTERM} <= set(installed)
+        finally:
+            for sig, handler in installed.items():
+                signal.signal(sig, handler)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_under_nohup_a_closed_output_only_silences_the_run(tiny_overrides):
+    """``nohup lmkit train 2>&1 | tee log`` after the terminal (and tee) went: the user asked the
+    run to outlive its terminal, so it finishes, writing only its files."""
+    o = dict(tiny_overrides, max_iters=6, lr_decay_iters=6, log_interval=1)
+    run_dir = Path(o["checkpoint_dir"])
+    r, w = os.pipe()
+    os.close(r)
+    proc = subprocess.run(_train_cmd(o), stdout=w, stderr=w, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    os.close(w)
+    assert proc.returncode == 0
+    assert ckpt.load_checkpoint(run_dir / "latest.pt")["iter"] == 6
+    events = read_events(run_dir / "metrics.jsonl")
+    assert any("console output off; training goes on (nohup)" in e["event"] for e in events)
+    assert events[-1]["status"] == "finished"
