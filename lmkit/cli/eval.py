@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 from lmkit.cli.generate import CheckpointOpt
 
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="[auto|cuda|cpu]", help="Where to run; auto picks CUDA when available. Example: --device cpu")]
@@ -59,6 +59,7 @@ class _Progress:
 
 @app.command(
     "eval",
+    cls=LmkitCommand,
     help=(
         "Evaluate a checkpoint on a token file in one deterministic full pass.\n\n"
         "The file is cut into consecutive non-overlapping windows of context_length tokens (not random batches), "
@@ -66,7 +67,11 @@ class _Progress:
         "source byte count in the .bin's metadata, so it compares across tokenizers) and tokens evaluated.\n\n"
         "Example: lmkit eval --checkpoint runs/demo/latest.pt --data data/val.bin"
     ),
-    epilog="Examples:  lmkit eval -k runs/demo --data data/val.bin --max-tokens 100000  |  lmkit eval -k ckpt.pt --data val.bin --json | jq .bits_per_byte",
+    epilog=(
+        "\b\nExamples:\n"
+        "  lmkit eval -k runs/demo --data data/val.bin --max-tokens 100000\n"
+        "  lmkit eval -k ckpt.pt --data val.bin --json | jq .bits_per_byte"
+    ),
 )
 def eval_cmd(
     checkpoint: CheckpointOpt,
