@@ -15,12 +15,12 @@ This module imports no torch, so the CLI can validate settings before paying for
 from __future__ import annotations
 
 import difflib
-import os
-from collections.abc import Mapping
-from pathlib import Path
 import math
+import os
 import typing
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml

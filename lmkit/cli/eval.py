@@ -76,8 +76,8 @@ class _Progress:
 def eval_cmd(
     checkpoint: CheckpointOpt,
     data: Annotated[Path, typer.Option("--data", "-d", help="Token file (.bin from `lmkit tokenize encode`, with its .json). Example: --data data/val.bin")],
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Windows per forward pass (memory vs speed; results do not change). Example: --batch-size 16")] = 8,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Evaluate at most this many tokens from the start of the file (whole windows). Example: --max-tokens 1000000")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=2**20, help="Windows per forward pass (memory vs speed; results do not change). Example: --batch-size 16")] = 8,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, max=10**15, help="Evaluate at most this many tokens from the start of the file (whole windows). Example: --max-tokens 1000000")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for scripts). Example: --json")] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

@@ -16,6 +16,7 @@ import typer
 
 from lmkit.cli.app import LmkitCommand, app
 from lmkit.errors import TokenizerError
+from lmkit.settings import MAX_VOCAB
 
 tokenize_app = typer.Typer(
     name="tokenize",
@@ -49,7 +50,7 @@ ErrorsOpt = Annotated[
     Errors,
     typer.Option("--errors", help="Invalid UTF-8 in the input: 'strict' stops with the byte offset, 'replace' writes U+FFFD. Example: --errors replace"),
 ]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes to use (default: all cores for inputs over 4 MB). Example: --workers 4")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, max=1024, help="Processes to use (default: all cores for inputs over 4 MB). Example: --workers 4")]
 
 
 class Progress:
@@ -116,7 +117,7 @@ def _load_tokenizer(tokenizer: Optional[Path], vocab: Optional[Path], merges: Op
 @tokenize_app.command("train", cls=LmkitCommand)
 def train(
     input: InputOpt,
-    vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", help="Total vocabulary: 256 bytes + merges + special tokens. Example: --vocab-size 10000")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", min=1, max=MAX_VOCAB, help="Total vocabulary: 256 bytes + merges + special tokens. Example: --vocab-size 10000")],
     output: OutputOpt,
     special_token: SpecialOpt = None,
     errors: ErrorsOpt = Errors.strict,
@@ -179,7 +180,7 @@ def _report(outputs: list[Path], create_stats: bool) -> None:
 def import_ids(
     input: Annotated[Path, typer.Option("--input", "-i", help="Text file of token ids, one per line or space-separated (or a directory of them). Example: --input data/tokens.txt")],
     output: OutputOpt,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", min=1, help="Vocabulary size: ids must be below it; picks uint16/uint32. Example: --vocab-size 50257")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", min=1, max=2**32, help="Vocabulary size: ids must be below it; picks uint16/uint32. Example: --vocab-size 50257")] = None,
 ) -> None:
     """Convert text files of token ids (the old data-prep format) into NAME.bin + NAME.json.
 

@@ -36,7 +36,7 @@ def train_cmd(
     config: ConfigOpt = None,
     demo: Annotated[bool, typer.Option("--demo", help="Train a tiny model on built-in English text (no download); ~2 min on 2 CPU cores.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the fully resolved settings as YAML and exit.")] = False,
-    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", min=1, help="Launch this many processes (GPUs) through torchrun, e.g. 8.")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", min=1, max=1024, help="Launch this many processes (GPUs) through torchrun, e.g. 8.")] = None,
     *,
     overrides: dict[str, Any],
 ) -> None:
