@@ -35,7 +35,9 @@ from lmkit.settings_sources import Origin, format_validation_error
 MAX_VOCAB = 2**24  # the largest vocabularies in use are ~2**18
 MAX_WIDTH = 2**16  # d_model; d_ff may be a few times wider
 MAX_STEPS = 10**10  # optimizer steps or intervals: centuries of training at 1 step/s
-MAX_SEED = 2**32 - 1  # numpy and torch both accept seeds in [0, 2**32)
+# torch takes seeds up to 2**64 - 1 and numpy any non-negative one; int64 leaves room for the
+# seed + i of `generate --num-samples` and for any tool that stores the seed as int64.
+MAX_SEED = 2**63 - 1
 
 
 def _whole_number(v: Any) -> Any:

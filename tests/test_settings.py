@@ -270,8 +270,8 @@ def test_every_float_setting_refuses_non_finite(section, name, value):
     assert line.startswith("--" + name.replace("_", "-") + ": must be a finite number"), line
 
 
-@pytest.mark.parametrize("value", ["-1", str(2**64), "1e23", "4294967296"])
+@pytest.mark.parametrize("value", ["-1", str(2**64), "1e23", str(2**63)])
 def test_seed_bounds(value):
-    with pytest.raises(ConfigError, match=r"^--seed: must be (>= 0|<= 4294967295) \(got "):
+    with pytest.raises(ConfigError, match=r"^--seed: must be (>= 0|<= 9223372036854775807) \(got "):
         resolve_settings(overrides={"seed": value}, environ={})
-    assert resolve_settings(overrides={"seed": "4294967295"}, environ={}).runtime.seed == 2**32 - 1
+    assert resolve_settings(overrides={"seed": str(2**63 - 1)}, environ={}).runtime.seed == 2**63 - 1

@@ -25,7 +25,7 @@ ConfigOpt = Annotated[
 
 
 # Numbers and text travel as strings: the settings tree parses them, so its bounds, its
-# whole-number spellings ("1e5") and its messages ("--seed: must be <= 4294967295") apply to flags
+# whole-number spellings ("1e5") and its messages ("--seed: must be >= 0 (got -1)") apply to flags
 # exactly as to YAML and LMKIT_* variables. The metavar still says what is expected.
 _METAVARS = {int: "<int>", float: "<float>", str: "<text>", Path: "<path>"}
 
