@@ -20,9 +20,11 @@ class ConfigError(LmkitError):
     Holds one line per problem so the CLI can list them all at once rather than one per run.
     """
 
-    def __init__(self, problems: str | list[str]):
+    def __init__(self, problems: str | list[str], hint: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("; ".join(self.problems))
+        # What to do about all of them; shown once, not counted as a problem.
+        self.hint = hint
+        super().__init__("; ".join(self.problems) + (f" ({hint})" if hint else ""))
 
 
 class DataError(LmkitError):

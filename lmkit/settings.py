@@ -15,40 +15,100 @@ This module imports no torch, so the CLI can validate settings before paying for
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import typing
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lmkit.errors import ConfigError
+from lmkit.settings_sources import Origin, format_validation_error
+
+
+# Upper bounds no real run reaches but that stop absurd values (a typo's extra zeros, 2**64)
+# before anything is allocated; each message states its limit.
+MAX_VOCAB = 2**24  # the largest vocabularies in use are ~2**18
+MAX_WIDTH = 2**16  # d_model; d_ff may be a few times wider
+MAX_STEPS = 10**10  # optimizer steps or intervals: centuries of training at 1 step/s
+# torch takes seeds up to 2**64 - 1 and numpy any non-negative one; int64 leaves room for the
+# seed + i of `generate --num-samples` and for any tool that stores the seed as int64.
+MAX_SEED = 2**63 - 1
+
+
+def _whole_number(v: Any) -> Any:
+    """``2.0``, ``"1e5"`` or ``"16.0"`` as the integer they denote; anything else unchanged.
+
+    YAML reads ``1e5`` as a string and flags and environment variables are strings, so integral
+    spellings are accepted uniformly; non-integral ones are left for pydantic to refuse.
+    """
+    if isinstance(v, bool):
+        raise ValueError("must be a whole number, not true/false")
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        try:
+            d = Decimal(v.strip())
+        except InvalidOperation:
+            return v
+        # The exponent bound keeps "1e999999999" from building a gigantic int.
+        if d.is_finite() and d == d.to_integral_value() and d.adjusted() <= 40:
+            return int(d)
+    return v
+
+
+class Conflict(ValueError):
+    """A cross-field rule broken; ``fields`` lets the error name where each value came from."""
+
+    def __init__(self, message: str, *fields: str):
+        super().__init__(message)
+        self.fields = fields
 
 
 class Section(BaseModel):
-    """Base for a settings section: unknown keys are errors, assignments are validated."""
+    """Base for a settings section: unknown keys are errors, assignments are validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Floats must be finite (``allow_inf_nan=False``): ``> 0`` alone lets ``inf`` through.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _normalise(cls, v: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        kinds = {a for a in args if a is not type(None)} if optional else {annotation}
+        if optional and isinstance(v, str):
+            # An empty value (flag, variable or YAML) means "none", not "" or the current directory.
+            word = v.strip().lower()
+            if word == "" or (str not in kinds and word in ("none", "null", "~")):
+                return None
+        return _whole_number(v) if int in kinds else v
 
 
 class ModelSettings(Section):
     """The transformer's shape. Changing any of these makes a different (incompatible) model."""
 
-    vocab_size: int = Field(50257, gt=0, description="Number of token ids the model embeds and predicts (GPT-2: 50257).")
-    context_length: int = Field(1024, gt=0, description="Longest sequence the model sees; RoPE tables and the KV cache are sized to it.")
-    d_model: int = Field(768, gt=0, description="Width of the residual stream.")
-    num_layers: int = Field(12, gt=0, description="Number of transformer blocks.")
-    num_heads: int = Field(12, gt=0, description="Attention heads per block; must divide d_model.")
-    d_ff: int = Field(3072, gt=0, description="Hidden width of the SwiGLU feed-forward (about 8/3 x d_model keeps its cost equal to a 4x GELU MLP).")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base period; larger values suit longer contexts.")
+    vocab_size: int = Field(50257, gt=0, le=MAX_VOCAB, description="Number of token ids the model embeds and predicts (GPT-2: 50257).")
+    context_length: int = Field(1024, gt=0, le=2**20, description="Longest sequence the model sees; RoPE tables and the KV cache are sized to it.")
+    d_model: int = Field(768, gt=0, le=MAX_WIDTH, description="Width of the residual stream.")
+    num_layers: int = Field(12, gt=0, le=1024, description="Number of transformer blocks.")
+    num_heads: int = Field(12, gt=0, le=1024, description="Attention heads per block; must divide d_model.")
+    d_ff: int = Field(3072, gt=0, le=4 * MAX_WIDTH, description="Hidden width of the SwiGLU feed-forward (about 8/3 x d_model keeps its cost equal to a 4x GELU MLP).")
+    rope_theta: float = Field(10000.0, gt=0, le=1e12, description="RoPE base period; larger values suit longer contexts.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelSettings:
         if self.d_model % self.num_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+            raise Conflict(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})", "num_heads", "d_model")
         if (self.d_model // self.num_heads) % 2:
-            raise ValueError(f"head size d_model/num_heads = {self.d_model // self.num_heads} must be even for RoPE")
+            raise Conflict(f"head size d_model/num_heads = {self.d_model // self.num_heads} must be even for RoPE", "d_model", "num_heads")
         return self
 
 
@@ -59,20 +119,14 @@ class DataSettings(Section):
     val_data_path: Path | None = Field(Path("data/owt_valid.txt"), examples=["data/val.bin"], description="Validation tokens (same formats); empty to skip validation.")
     tokenizer_dir: Path | None = Field(None, examples=["tokenizers/tinyshakespeare"], description="Tokenizer directory recorded with the run so `lmkit generate` can decode; found from the data's metadata when unset.")
 
-    @field_validator("val_data_path", "tokenizer_dir", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        # An empty value on the command line or in YAML means "none", not the current directory.
-        return None if v in ("", "none", "None") else v
-
 
 class OptimSettings(Section):
     """AdamW and its learning-rate schedule."""
 
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate, reached at the end of warmup.")
     min_lr: float = Field(1e-5, ge=0, description="Floor of the cosine decay, held after lr_decay_iters.")
-    warmup_iters: int = Field(1000, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
-    lr_decay_iters: int = Field(100000, gt=0, description="Step at which the cosine decay reaches min_lr (usually = max_iters).")
+    warmup_iters: int = Field(1000, ge=0, le=MAX_STEPS, description="Steps of linear warmup from 0 to learning_rate.")
+    lr_decay_iters: int = Field(100000, gt=0, le=MAX_STEPS, description="Step at which the cosine decay reaches min_lr (usually = max_iters).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, applied to matrices only (not gains or norms).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay (0.95 is steadier than 0.999 for LMs).")
@@ -82,19 +136,19 @@ class OptimSettings(Section):
     @model_validator(mode="after")
     def _floor_below_peak(self) -> OptimSettings:
         if self.min_lr > self.learning_rate:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
+            raise Conflict(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})", "min_lr", "learning_rate")
         return self
 
 
 class TrainSettings(Section):
     """The training loop."""
 
-    batch_size: int = Field(32, gt=0, description="Sequences per optimizer step (split into grad_accum_steps micro-batches; summed over GPUs).")
-    max_iters: int = Field(100000, gt=0, description="Optimizer steps to train for.")
-    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step; must divide batch_size. Lowers memory at equal batch.")
-    eval_interval: int = Field(100, gt=0, description="Steps between validation passes.")
-    eval_iters: int = Field(20, gt=0, description="Validation batches per pass (drawn with a fixed seed, so passes are comparable).")
-    log_interval: int = Field(10, gt=0, description="Steps between reading the loss back from the device (and logging it).")
+    batch_size: int = Field(32, gt=0, le=2**20, description="Sequences per optimizer step (split into grad_accum_steps micro-batches; summed over GPUs).")
+    max_iters: int = Field(100000, gt=0, le=MAX_STEPS, description="Optimizer steps to train for.")
+    grad_accum_steps: int = Field(1, gt=0, le=2**20, description="Micro-batches per optimizer step; must divide batch_size. Lowers memory at equal batch.")
+    eval_interval: int = Field(100, gt=0, le=MAX_STEPS, description="Steps between validation passes.")
+    eval_iters: int = Field(20, gt=0, le=10**6, description="Validation batches per pass (drawn with a fixed seed, so passes are comparable).")
+    log_interval: int = Field(10, gt=0, le=MAX_STEPS, description="Steps between reading the loss back from the device (and logging it).")
     on_nan: Literal["stop", "skip"] = Field("stop", examples=["skip"], description="On a non-finite loss or gradient: stop (keep the last good checkpoint) or skip the step.")
     parallel: Literal["ddp", "fsdp"] = Field("ddp", examples=["fsdp"], description="Multi-GPU strategy under torchrun: replicate (ddp) or shard (fsdp).")
     activation_checkpointing: bool = Field(
@@ -105,7 +159,7 @@ class TrainSettings(Section):
     @model_validator(mode="after")
     def _accum_divides_batch(self) -> TrainSettings:
         if self.batch_size % self.grad_accum_steps:
-            raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must divide batch_size ({self.batch_size})")
+            raise Conflict(f"grad_accum_steps ({self.grad_accum_steps}) must divide batch_size ({self.batch_size})", "grad_accum_steps", "batch_size")
         return self
 
 
@@ -113,8 +167,8 @@ class CheckpointSettings(Section):
     """Checkpoints and resume; checkpoint_dir is also the run directory (metrics, settings)."""
 
     checkpoint_dir: Path = Field(Path("checkpoints"), examples=["runs/small"], description="Run directory: checkpoints, latest.pt, metrics.jsonl, settings.yaml.")
-    checkpoint_interval: int = Field(1000, gt=0, description="Steps between checkpoints (a final one is always written).")
-    keep_last: int | None = Field(None, gt=0, examples=[3], description="Keep only the newest K step checkpoints (latest.pt is always kept).")
+    checkpoint_interval: int = Field(1000, gt=0, le=MAX_STEPS, description="Steps between checkpoints (a final one is always written).")
+    keep_last: int | None = Field(None, gt=0, le=10**6, examples=[3], description="Keep only the newest K step checkpoints (latest.pt is always kept).")
     resume: str = Field("auto", examples=["never"], description="auto: resume from checkpoint_dir/latest.pt if present; never: start fresh; or a checkpoint path.")
 
 
@@ -146,7 +200,7 @@ class RuntimeSettings(Section):
         False, examples=[True],
         description="Under bfloat16 autocast, keep the residual stream between blocks in float32 (as nanoGPT and HF do) instead of bfloat16 (as Megatron and torchtitan do, and lmkit by default: about 3% faster at GPT-2 small, no loss difference measured). No effect in float32.",
     )
-    seed: int = Field(42, description="Random seed: weights and data order when training, sampling when generating.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed: weights and data order when training, sampling when generating.")
     memory_check: bool = Field(
         True, examples=[False],
         description="Before building the model, estimate the memory a training step needs (weights, gradients, AdamW state, activations, logits) and refuse, naming what to lower, when it exceeds what the device has free. Off: try anyway.",
@@ -156,11 +210,11 @@ class RuntimeSettings(Section):
 class GenerateSettings(Section):
     """Sampling."""
 
-    max_new_tokens: int = Field(200, gt=0, description="Tokens to sample after the prompt.")
-    temperature: float = Field(0.8, ge=0, description="Softmax temperature; 0 means greedy.")
-    top_k: int | None = Field(None, gt=0, examples=[50], description="Sample only among the k most likely tokens.")
+    max_new_tokens: int = Field(200, gt=0, le=2**20, description="Tokens to sample after the prompt.")
+    temperature: float = Field(0.8, ge=0, le=1e6, description="Softmax temperature; 0 means greedy.")
+    top_k: int | None = Field(None, gt=0, le=MAX_VOCAB, examples=[50], description="Sample only among the k most likely tokens.")
     top_p: float | None = Field(None, gt=0, le=1, examples=[0.9], description="Nucleus sampling: the smallest set of tokens with this total probability.")
-    num_samples: int = Field(1, gt=0, description="Independent samples to draw.")
+    num_samples: int = Field(1, gt=0, le=10**4, description="Independent samples to draw.")
 
 
 class Settings(BaseModel):
@@ -189,13 +243,57 @@ SECTIONS: dict[str, type[Section]] = {
 FIELD_SECTION: dict[str, str] = {f: s for s, cls in SECTIONS.items() for f in cls.model_fields}
 assert len(FIELD_SECTION) == sum(len(c.model_fields) for c in SECTIONS.values()), "duplicate field"
 
-# Keys of the training guide's flat files that lmkit spells differently.
-_ALIASES: dict[str, tuple[str, Any]] = {"no_wandb": ("wandb", lambda v: not v)}
+# Keys of the training guide's flat files that lmkit spells differently: name -> the negated bool.
+_NEGATED_ALIASES: dict[str, str] = {"no_wandb": "wandb"}
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+# LMKIT_* variables that lmkit reads for other purposes than settings, so not typos of one.
+OTHER_ENV_VARS: dict[str, str] = {
+    "LMKIT_CACHE_DIR": "where `lmkit train --demo` caches its corpus (lmkit/demo.py)",
+    "LMKIT_DASH_TEXT": "the text the dashboard-capture test script trains on (tests/observe/fixtures)",
+    "LMKIT_DASH_SLOW": "how much longer the dashboard-capture test script waits on a busy machine (tests/observe/fixtures)",
+}
+
+
+def _negate(value: Any) -> Any:
+    word = str(value).strip().lower()
+    if isinstance(value, bool) or word in _TRUE | _FALSE:
+        return not (value if isinstance(value, bool) else word in _TRUE)
+    return value  # not a boolean: left for validation to refuse, under the alias's name
 
 
 def _did_you_mean(key: str) -> str:
     close = difflib.get_close_matches(key, list(FIELD_SECTION) + list(SECTIONS), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+Entry = tuple[str, str, Any, str]  # (section, field, value, the key as the user wrote it)
+
+
+def _entries(flat_or_nested: Mapping[str, Any], source: str) -> tuple[list[Entry], list[str]]:
+    """Flat keys (``d_model: 512``) and/or sections (``model: {d_model: 512}``) as entries, plus problems."""
+    entries: list[Entry] = []
+    problems = []
+    for written, value in flat_or_nested.items():
+        written = str(written)
+        key = written.replace("-", "_")
+        if key in _NEGATED_ALIASES:
+            key, value = _NEGATED_ALIASES[key], _negate(value)
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                problems.append(f"{source}: '{key}' must be a mapping of settings, got {value!r}")
+                continue
+            sub_entries, sub_problems = _entries(value, source)
+            problems += sub_problems
+            for section, name, v, sub_written in sub_entries:
+                if section != key:
+                    problems.append(f"{source}: '{name}' belongs in section '{section}', not '{key}'")
+                entries.append((section, name, v, f"{written}.{sub_written}"))
+        elif key in FIELD_SECTION:
+            entries.append((FIELD_SECTION[key], key, value, written))
+        else:
+            problems.append(f"{source}: unknown setting {key!r}{_did_you_mean(key)}")
+    return entries, problems
 
 
 def nest(flat_or_nested: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
@@ -208,40 +306,26 @@ def nest(flat_or_nested: Mapping[str, Any], source: str) -> dict[str, dict[str, 
     Raises:
         ConfigError: listing every unknown key, each with a did-you-mean suggestion.
     """
-    tree: dict[str, dict[str, Any]] = {}
-    problems = []
-    for key, value in flat_or_nested.items():
-        key = str(key).replace("-", "_")
-        if key in _ALIASES:
-            key, convert = _ALIASES[key]
-            value = convert(value)
-        if key in SECTIONS:
-            if not isinstance(value, Mapping):
-                problems.append(f"{source}: '{key}' must be a mapping of settings, got {value!r}")
-                continue
-            for sub_key, sub_value in nest(value, source).items():
-                for name, v in sub_value.items():
-                    if sub_key != key:
-                        problems.append(f"{source}: '{name}' belongs in section '{sub_key}', not '{key}'")
-                    tree.setdefault(sub_key, {})[name] = v
-        elif key in FIELD_SECTION:
-            tree.setdefault(FIELD_SECTION[key], {})[key] = value
-        else:
-            problems.append(f"{source}: unknown setting {key!r}{_did_you_mean(key)}")
+    entries, problems = _entries(flat_or_nested, source)
     if problems:
         raise ConfigError(problems)
+    tree: dict[str, dict[str, Any]] = {}
+    for section, name, value, _ in entries:
+        tree.setdefault(section, {})[name] = value
     return tree
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file (flat guide-style keys or sections) into a mapping."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (pass an existing YAML file to --config)")
     try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (pass an existing YAML file to --config)")
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected a YAML config)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -253,41 +337,46 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
+def _env_entries(environ: Mapping[str, str]) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``LMKIT_<NAME>`` variables as ``(variable, flat name, raw value)``, plus one problem per unknown one.
+
+    Values stay strings: pydantic parses them for the field's type (so ``LMKIT_WANDB_NAME=on``
+    stays a name and ``LMKIT_D_MODEL='[1'`` is a refused integer, not a YAML error).
+    """
+    found, problems = [], []
+    names = list(FIELD_SECTION) + list(_NEGATED_ALIASES)
+    for var, value in sorted(environ.items()):
+        if not var.startswith("LMKIT_") or var in OTHER_ENV_VARS:
+            continue
+        key = var[len("LMKIT_"):].lower()
+        if key in names:
+            found.append((var, key, value))
+            continue
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"did you mean LMKIT_{close[0].upper()}?" if close else "settings variables are LMKIT_ and a setting's name, e.g. LMKIT_MAX_ITERS"
+        problems.append(f"{var}: unknown setting in the environment ({hint})")
+    return found, problems
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``LMKIT_<FLAT_NAME>=value`` variables as ``{flat_name: value}`` (pydantic parses the strings)."""
-    environ = os.environ if environ is None else environ
-    out = {}
-    for name, value in environ.items():
-        if name.startswith("LMKIT_"):
-            key = name[len("LMKIT_"):].lower()
-            if key in FIELD_SECTION or key in _ALIASES:
-                out[key] = yaml.safe_load(value) if value.strip() else None
-    return out
+    """``LMKIT_<FLAT_NAME>=value`` variables as ``{flat_name: value}`` (pydantic parses the strings).
+
+    Raises:
+        ConfigError: an ``LMKIT_*`` variable that names no setting, with a did-you-mean.
+    """
+    found, problems = _env_entries(os.environ if environ is None else environ)
+    if problems:
+        raise ConfigError(problems)
+    return {key: value for _, key, value in found}
 
 
-def _merge(base: dict[str, dict[str, Any]], top: Mapping[str, Mapping[str, Any]]) -> None:
-    for section, values in top.items():
-        base.setdefault(section, {}).update(values)
-
-
-def format_validation_error(err: ValidationError, source: str = "settings") -> list[str]:
-    """One line per problem: ``<source>: <section.field>: <message> (got <value>)``."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "settings"
-        msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"{source}: {loc}: {msg}{shown}")
-    return lines
-
-
-def validate_tree(tree: Mapping[str, Any], source: str = "settings") -> Settings:
+def validate_tree(tree: Mapping[str, Any], source: str = "settings",
+                  origins: Mapping[tuple[str, str], Origin] | None = None) -> Settings:
     """Validate a nested mapping into ``Settings``, raising ``ConfigError`` with one line per problem."""
     try:
         return Settings.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, origins)) from None
 
 
 def resolve_settings(
@@ -295,14 +384,19 @@ def resolve_settings(
     overrides: Mapping[str, Any] | None = None,
     base: Settings | Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    base_source: str = "preset",
 ) -> Settings:
     """Build the settings tree. The one place precedence is decided.
+
+    Each value's layer is remembered, so a refused value is blamed on its flag, variable, file
+    or preset, never on a layer it was only passed through.
 
     Args:
         config: optional YAML file (flat or sectioned keys).
         overrides: flat ``{name: value}`` from the command line (None values are ignored).
         base: a preset to start from instead of the defaults (e.g. the built-in demo).
         environ: the environment to read ``LMKIT_*`` from (default: ``os.environ``).
+        base_source: how errors name the preset's values.
 
     Returns:
         Validated ``Settings``.
@@ -311,24 +405,35 @@ def resolve_settings(
         ConfigError: unknown keys, invalid values or an unreadable file, one line per problem.
     """
     tree: dict[str, dict[str, Any]] = {}
+    origins: dict[tuple[str, str], Origin] = {}
+    problems: list[str] = []
+
+    def apply(entries: list[Entry], origin_of: Any) -> None:
+        for section, name, value, written in entries:
+            tree.setdefault(section, {})[name] = value
+            origins[(section, name)] = origin_of(name, written, value)
+
     if base is not None:
-        base_tree = base.model_dump() if isinstance(base, Settings) else nest(base, "preset")
-        _merge(tree, base_tree)
-    layers = []
+        flat_base = base.flat() if isinstance(base, Settings) else base
+        entries, found = _entries(flat_base, base_source)
+        problems += found
+        apply(entries, lambda name, written, value: Origin("preset", base_source, written, value))
     if config is not None:
-        layers.append((load_yaml(config), str(config)))
-    layers.append((env_overrides(environ), "environment"))
-    layers.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
-    problems = []
-    for values, source in layers:
-        try:
-            _merge(tree, nest(values, source))
-        except ConfigError as e:
-            problems += e.problems
+        entries, found = _entries(load_yaml(config), str(config))
+        problems += found
+        apply(entries, lambda name, written, value: Origin("file", str(config), written, value))
+    env, found = _env_entries(os.environ if environ is None else environ)
+    problems += found
+    for var, key, value in env:
+        entries, _ = _entries({key: value}, var)
+        apply(entries, lambda name, written, value, var=var: Origin("env", var, written, value))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    entries, found = _entries(flags, "command line")
+    problems += found
+    apply(entries, lambda name, written, value: Origin("flag", "--" + written.replace("_", "-"), written, value))
     if problems:
         raise ConfigError(problems)
-    source = str(config) if config is not None else "settings"
-    return validate_tree(tree, source)
+    return validate_tree(tree, str(config) if config is not None else "settings", origins)
 
 
 def settings_to_yaml(settings: Settings) -> str:

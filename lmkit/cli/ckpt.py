@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 from lmkit.cli.generate import TokenizerDirOpt
 
 ckpt_app = typer.Typer(
@@ -19,7 +19,7 @@ ckpt_app = typer.Typer(
 )
 app.add_typer(ckpt_app, name="ckpt")
 
-PathArg = Annotated[Path, typer.Argument(help="Checkpoint file, or a run directory (uses its latest.pt). Example: runs/demo/latest.pt", show_default=False)]
+PathArg = Annotated[Path, typer.Argument(metavar="PATH", help="Checkpoint file, or a run directory (uses its latest.pt). Example: runs/demo/latest.pt", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table (for scripts). Example: --json")]
 
 
@@ -113,12 +113,12 @@ def inspect_cmd(
         _render_summary(summary)
 
 
-ckpt_app.command("inspect")(inspect_cmd)
+ckpt_app.command("inspect", cls=LmkitCommand)(inspect_cmd)
 # The spelling of the older tool; hidden so `lmkit --help` lists one way to do it.
-app.command("inspect-checkpoint", hidden=True)(inspect_cmd)
+app.command("inspect-checkpoint", hidden=True, cls=LmkitCommand)(inspect_cmd)
 
 
-@ckpt_app.command("export")
+@ckpt_app.command("export", cls=LmkitCommand)
 def export_cmd(
     path: PathArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (created; must be empty unless --force). Example: --output exported/")],
@@ -144,7 +144,7 @@ def export_cmd(
         typer.echo(f"load it with:  transformers.LlamaForCausalLM.from_pretrained({str(output)!r})")
 
 
-@ckpt_app.command("validate")
+@ckpt_app.command("validate", cls=LmkitCommand)
 def validate_cmd(
     path: PathArg,
     tokenizer: TokenizerDirOpt = None,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 from lmkit.cli.generate import CheckpointOpt
 
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="[auto|cuda|cpu]", help="Where to run; auto picks CUDA when available. Example: --device cpu")]
@@ -59,6 +59,7 @@ class _Progress:
 
 @app.command(
     "eval",
+    cls=LmkitCommand,
     help=(
         "Evaluate a checkpoint on a token file in one deterministic full pass.\n\n"
         "The file is cut into consecutive non-overlapping windows of context_length tokens (not random batches), "
@@ -66,13 +67,17 @@ class _Progress:
         "source byte count in the .bin's metadata, so it compares across tokenizers) and tokens evaluated.\n\n"
         "Example: lmkit eval --checkpoint runs/demo/latest.pt --data data/val.bin"
     ),
-    epilog="Examples:  lmkit eval -k runs/demo --data data/val.bin --max-tokens 100000  |  lmkit eval -k ckpt.pt --data val.bin --json | jq .bits_per_byte",
+    epilog=(
+        "\b\nExamples:\n"
+        "  lmkit eval -k runs/demo --data data/val.bin --max-tokens 100000\n"
+        "  lmkit eval -k ckpt.pt --data val.bin --json | jq .bits_per_byte"
+    ),
 )
 def eval_cmd(
     checkpoint: CheckpointOpt,
     data: Annotated[Path, typer.Option("--data", "-d", help="Token file (.bin from `lmkit tokenize encode`, with its .json), or a text file of token ids as `train` accepts. Example: --data data/val.bin")],
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Windows per forward pass (memory vs speed; results do not change). Example: --batch-size 16")] = 8,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Evaluate at most this many tokens from the start of the file (whole windows). Example: --max-tokens 1000000")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=2**20, help="Windows per forward pass (memory vs speed; results do not change). Example: --batch-size 16")] = 8,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, max=10**15, help="Evaluate at most this many tokens from the start of the file (whole windows). Example: --max-tokens 1000000")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for scripts). Example: --json")] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 from lmkit.cli.options import ConfigOpt, settings_flags
 from lmkit.errors import ConfigError
 
@@ -29,6 +29,7 @@ def _note(message: str) -> None:
 
 @app.command(
     "generate",
+    cls=LmkitCommand,
     help=(
         "Generate text from a trained checkpoint, streaming it to stdout as it is sampled.\n\n"
         "The prompt is prefilled once, then tokens are decoded one at a time with a preallocated KV cache "
@@ -38,18 +39,22 @@ def _note(message: str) -> None:
         "Example: lmkit generate --checkpoint runs/demo/latest.pt --prompt 'The list type' --max-new-tokens 100"
     ),
     epilog=(
-        "Examples:  lmkit generate --checkpoint runs/demo/latest.pt --prompt 'The list type'  |  "
-        "lmkit generate -k runs/demo --prompt 'def f(' --temperature 0 --max-new-tokens 50  |  "
-        "lmkit generate -k runs/demo --prompt 'Once' --top-p 0.9 --num-samples 3 --seed 7  |  "
-        "lmkit generate -k runs/demo --interactive. Generation ends at <|endoftext|>, at a --stop "
+        "\b\nExamples:\n"
+        "  lmkit generate --checkpoint runs/demo/latest.pt -p 'The list type'\n"
+        "  lmkit generate -k runs/demo -p 'def f(' --temperature 0 --max-new-tokens 50\n"
+        "  lmkit generate -k runs/demo -p 'Once' --top-p 0.9 --num-samples 3 --seed 7\n"
+        "  lmkit generate -k runs/demo --interactive\n\n"
+        "Generation ends at <|endoftext|>, at a --stop "
         "string, after --max-new-tokens or at the model's context length (the window does not slide)."
     ),
 )
-@settings_flags("generate", "runtime")
+# Generation compiles and graphs its own decode step; the training step's graphs and residual
+# dtype do not apply (the checkpoint records the latter).
+@settings_flags("generate", "runtime", exclude=("cuda_graphs", "fp32_residual"))
 def generate_cmd(
     checkpoint: CheckpointOpt,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue. Example: --prompt 'Once upon a time'")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="End generation where this text appears (not printed); repeat for several. Example: --stop $'\\n\\n'")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", metavar="<text>", help="End generation where this text appears (not printed); repeat for several. Example: --stop $'\\n\\n'")] = None,
     tokenizer: TokenizerDirOpt = None,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Read prompts from stdin in a loop (Ctrl-D to quit). Example: --interactive")] = False,
     echo: Annotated[bool, typer.Option("--echo/--no-echo", help="Print the prompt before its continuation. Example: --no-echo")] = True,

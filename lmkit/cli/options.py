@@ -24,17 +24,20 @@ ConfigOpt = Annotated[
 ]
 
 
+# Numbers and text travel as strings: the settings tree parses them, so its bounds, its
+# whole-number spellings ("1e5") and its messages ("--seed: must be >= 0 (got -1)") apply to flags
+# exactly as to YAML and LMKIT_* variables. The metavar still says what is expected.
+_METAVARS = {int: "<int>", float: "<float>", str: "<text>", Path: "<path>"}
+
+
 def _cli_type(annotation: Any) -> tuple[type, dict[str, Any]]:
     """The click-friendly type for a settings field, plus extra typer.Option kwargs."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
-    if typing.get_origin(annotation) is Literal:
-        return annotation, {}  # typer turns it into a choice: validated, listed and tab-completed
-    if annotation is Path:
-        # Paths travel as strings so an empty value can mean "none"; pydantic converts them.
-        return str, {"metavar": "PATH"}
-    return annotation, {}
+    if typing.get_origin(annotation) is Literal or annotation is bool:
+        return annotation, {}  # a choice (validated, listed, tab-completed) or an on/off flag
+    return str, {"metavar": _METAVARS.get(annotation, "<value>")}
 
 
 def _default_and_example(name: str, field: Any, typ: type) -> str:
@@ -47,12 +50,20 @@ def _default_and_example(name: str, field: Any, typ: type) -> str:
     return f"{default}Example: --{dashed} {example}"
 
 
-def settings_flags(*sections: str):
+def settings_flags(*sections: str, exclude: tuple[str, ...] = ()):
     """Decorate a command so it accepts every field of the given settings sections as a flag.
 
+    Args:
+        sections: settings sections whose fields become flags.
+        exclude: fields of those sections the command does not use, left out of its flags and help.
+
     The decorated function receives the flags that were given as ``overrides: dict[str, Any]``
-    (flat names -> values; flags left out are absent), ready for ``resolve_settings``.
+    (flat names -> values; numbers as the strings typed; flags left out are absent), ready for
+    ``resolve_settings``.
     """
+    unknown = set(exclude) - {f for s in sections for f in SECTIONS[s].model_fields}
+    if unknown:
+        raise ValueError(f"settings_flags: exclude names no field of {sections}: {sorted(unknown)}")
 
     def decorate(fn):
         sig = inspect.signature(fn)
@@ -62,6 +73,8 @@ def settings_flags(*sections: str):
         names: list[str] = []
         for section in sections:
             for name, field in SECTIONS[section].model_fields.items():
+                if name in exclude:
+                    continue
                 typ, extra = _cli_type(field.annotation)
                 dashed = name.replace("_", "-")
                 decl = f"--{dashed}/--no-{dashed}" if typ is bool else f"--{dashed}"

@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 
 
-@app.command("plot", epilog="Example:  lmkit plot runs/demo   (PNG with `uv sync --extra plot`, else a terminal chart)")
+@app.command("plot", cls=LmkitCommand, epilog="Example:  lmkit plot runs/demo   (PNG with `uv sync --extra plot`, else a terminal chart)")
 def plot_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (holding metrics.jsonl) or the metrics.jsonl itself.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory (holding metrics.jsonl) or the metrics.jsonl itself.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: RUN_DIR/metrics.png).")] = None,
 ) -> None:
     """Chart train/validation loss and learning rate from a run's metrics.jsonl."""

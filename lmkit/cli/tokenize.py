@@ -14,8 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 from lmkit.errors import LmkitError, TokenizerError
+from lmkit.settings import MAX_VOCAB
 
 tokenize_app = typer.Typer(
     name="tokenize",
@@ -31,7 +32,7 @@ InputOpt = Annotated[Path, typer.Option("--input", "-i", help="A text file, or a
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output directory (created if missing). Example: --output data/tokens/")]
 SpecialOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--special-token", "-s", help="A special token, matched whole in text and never merged; repeat for several. Example: --special-token '<|endoftext|>'"),
+    typer.Option("--special-token", "-s", metavar="<text>", help="A special token, matched whole in text and never merged; repeat for several. Example: --special-token '<|endoftext|>'"),
 ]
 TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer", "-t", help="Tokenizer directory from `lmkit tokenize train`. Example: --tokenizer tok/")]
 VocabOpt = Annotated[Optional[Path], typer.Option("--vocab", help="GPT-2 style vocab.json (use with --merges instead of --tokenizer). Example: --vocab gpt2/vocab.json")]
@@ -49,7 +50,7 @@ ErrorsOpt = Annotated[
     Errors,
     typer.Option("--errors", help="Invalid UTF-8 in the input: 'strict' stops with the byte offset, 'replace' writes U+FFFD. Example: --errors replace"),
 ]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes to use (default: all cores for inputs over 4 MB). Example: --workers 4")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, max=1024, help="Processes to use (default: all cores for inputs over 4 MB). Example: --workers 4")]
 
 
 class Progress:
@@ -113,10 +114,10 @@ def _load_tokenizer(tokenizer: Optional[Path], vocab: Optional[Path], merges: Op
     raise TokenizerError("no tokenizer given: pass --tokenizer DIR, or --vocab vocab.json --merges merges.txt")
 
 
-@tokenize_app.command("train")
+@tokenize_app.command("train", cls=LmkitCommand)
 def train(
     input: InputOpt,
-    vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", help="Total vocabulary: 256 bytes + merges + special tokens. Example: --vocab-size 10000")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", min=1, max=MAX_VOCAB, help="Total vocabulary: 256 bytes + merges + special tokens. Example: --vocab-size 10000")],
     output: OutputOpt,
     special_token: SpecialOpt = None,
     errors: ErrorsOpt = Errors.strict,
@@ -138,7 +139,7 @@ def train(
     typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(tok.merges)} merges, hash {tok.hash})")
 
 
-@tokenize_app.command("encode")
+@tokenize_app.command("encode", cls=LmkitCommand)
 def encode(
     input: InputOpt,
     output: OutputOpt,
@@ -177,7 +178,7 @@ def _report(outputs: list[Path], create_stats: bool) -> None:
                 typer.echo(f"  {t['id']:>7} {t['count']:>12,}  {t.get('token', '')!r}")
 
 
-@tokenize_app.command("import-ids")
+@tokenize_app.command("import-ids", cls=LmkitCommand)
 def import_ids(
     input: Annotated[Path, typer.Option("--input", "-i", help="Text file of token ids (below 2**32) separated by spaces, tabs or newlines, or a directory of them. Example: --input data/tokens.txt")],
     output: OutputOpt,
@@ -194,7 +195,7 @@ def import_ids(
     _report(outputs, False)
 
 
-@tokenize_app.command("decode")
+@tokenize_app.command("decode", cls=LmkitCommand)
 def decode(
     tokenizer: TokenizerOpt = None,
     vocab: VocabOpt = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lmkit.cli.app import app
+from lmkit.cli.app import LmkitCommand, app
 from lmkit.cli.options import ConfigOpt, settings_flags
 from lmkit.errors import ConfigError
 
@@ -18,11 +18,17 @@ TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "r
 
 @app.command(
     "train",
+    cls=LmkitCommand,
+    # "\b" keeps click from re-flowing the example lines (one command per line at 80 columns).
     epilog=(
-        "Examples:  lmkit train --demo  |  lmkit train --config examples/configs/small_model.yaml --max-iters 5000  |  "
-        "lmkit train --d_model 512 --num_layers 6 --train-data-path data/train.bin --no-wandb  |  "
-        "lmkit train --nproc-per-node 8 --config cfg.yaml. Flags accept --d-model and --d_model spellings; "
-        "precedence: defaults < --config YAML < LMKIT_* environment < flags."
+        "\b\nExamples:\n"
+        "  lmkit train --demo\n"
+        "  lmkit train --config examples/configs/small_model.yaml --max-iters 5000\n"
+        "  lmkit train --d_model 512 --num_layers 6 --no-wandb \\\n"
+        "      --train-data-path data/train.bin\n"
+        "  lmkit train --nproc-per-node 8 --config cfg.yaml\n\n"
+        "Flags accept --d-model and --d_model spellings; precedence: defaults < --config YAML < "
+        "LMKIT_* environment < flags."
     ),
 )
 @settings_flags(*TRAIN_SECTIONS)
@@ -30,7 +36,7 @@ def train_cmd(
     config: ConfigOpt = None,
     demo: Annotated[bool, typer.Option("--demo", help="Train a tiny model on built-in English text (no download); ~2 min on 2 CPU cores.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the fully resolved settings as YAML and exit.")] = False,
-    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", min=1, help="Launch this many processes (GPUs) through torchrun, e.g. 8.")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", min=1, max=1024, help="Launch this many processes (GPUs) through torchrun, e.g. 8.")] = None,
     *,
     overrides: dict[str, Any],
 ) -> None:

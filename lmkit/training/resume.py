@@ -87,8 +87,7 @@ def reconcile_settings(settings: Settings, state: dict[str, Any], path: Path, no
         else:
             refused.append(f"{section}.{key} differs from the checkpoint ({before} there, {after} now): resuming would not continue the same run")
     if refused:
-        refused.append(f"(resuming from {path}; use --resume never or a new --checkpoint-dir to start a different run)")
-        raise ConfigError(refused)
+        raise ConfigError(refused, hint=f"resuming from {path}; use --resume never or a new --checkpoint-dir to start a different run")
     step = state.get("iter", 0)
     notice(f"resuming from {path} at step {step}" + (f"; changed: {', '.join(applied)}" if applied else ""))
     return settings

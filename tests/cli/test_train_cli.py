@@ -59,7 +59,7 @@ def test_shipped_example_configs_load():
     "args, fragment",
     [
         (["--num-heads", "7"], "num_heads (7) must divide d_model"),
-        (["--learning-rate", "-1"], "learning_rate"),
+        (["--learning-rate", "-1"], "--learning-rate: must be > 0 (got -1)"),
         (["--config", "/nonexistent.yaml"], "config file not found"),
         (["--bogus-flag", "1"], "No such option"),
         (["--device", "tpu"], "--device"),
