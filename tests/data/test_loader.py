@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL
 
 from lmkit.data.loader import BatchLoader, TokenDataset, data_vocab_size, resolve_token_file
 from lmkit.data.tokens import TokenFileMeta, meta_path, open_tokens, write_tokens

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import TINY_MODEL, write_token_data
+from tests.conftest import TINY_MODEL, write_token_data
 
 from lmkit.errors import ConfigError
 from lmkit.model import ModelConfig, TransformerLM
