@@ -30,6 +30,7 @@ import torch
 
 from lmkit.generation.cuda_graph import GraphedDecoder, decoder_for
 from lmkit.generation.sampling import (
+    INVALID_TOKEN,
     NonFiniteLogitsError,
     check_sampling_args,
     effective_temperature,
@@ -222,9 +223,10 @@ def generate(
             ``window="stop"``, a negative max_new_tokens, a device other than the model's, or
             bad sampling parameters.
         NonFiniteLogitsError: (while iterating) the model's scores turned NaN or infinite. It
-            is raised where tokens are read back anyway: before yielding the token with stop
-            ids, otherwise at the next slide or at the end (a sequence yields
-            ``sampling.INVALID_TOKEN`` until then).
+            is raised where tokens are read back anyway, never by a sync of its own: at the next
+            slide, once every sequence has stopped or gone bad, or at the end. Until then the
+            sequence yields ``sampling.INVALID_TOKEN`` (-1), which a caller reading tokens can
+            raise on at once, as ``inference.stream`` does.
     """
     model_device = next(model.parameters()).device
     if device is not None:
@@ -290,23 +292,24 @@ def _stream(
         if stops.numel() == 0:
             yield from tokens
             return
+        # A row gone non-finite ends like a stopped one (it repeats INVALID_TOKEN); the raise
+        # then comes from the read-back that ends the loop, not from a sync of its own.
+        stops = torch.cat((stops, stops.new_tensor([INVALID_TOKEN])))
         done = torch.zeros(B, dtype=torch.bool, device=device)
         last = None
-        for i, new in enumerate(tokens):
-            # Finished sequences keep repeating their stop id, so every entry stays a valid id
-            # (and one that went non-finite after its stop does not count).
+        for new in tokens:
+            # Finished sequences keep repeating their stop id, so every entry stays a valid id.
             if last is not None:
                 new = torch.where(done, last, new)
-            done |= torch.isin(new, stops)
-            # The one host sync per token: streaming reads each token back anyway, and this is
-            # what lets the loop end early. Bit 1: all done; bit 2: a non-finite row.
-            state = int(done.all().to(torch.uint8) + 2 * (new < 0).any().to(torch.uint8))
-            if state & 2:
-                raise NonFiniteLogitsError(i)
             yield new
             last = new
-            if state & 1:
+            done |= torch.isin(new, stops)
+            # The one host sync per token: streaming reads each token back anyway, and this is
+            # what lets the loop end early.
+            if bool(done.all()):
                 break
+        if last is not None and bool((last < 0).any()):
+            raise NonFiniteLogitsError()
     finally:
         if not use_compile:
             model.clear_cache()

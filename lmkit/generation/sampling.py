@@ -33,10 +33,14 @@ INVALID_TOKEN = -1
 class NonFiniteLogitsError(LmkitError):
     """The model's next-token scores were NaN or infinite, so no token can be sampled."""
 
-    def __init__(self, position: int) -> None:
+    def __init__(self, position: int | None = None) -> None:
+        """Args:
+        position: index of the first new token that could not be sampled, when known.
+        """
         self.position = position
+        where = "" if position is None else f" at generated token {position + 1}"
         super().__init__(
-            f"the model's next-token scores are not finite (NaN or inf) at generated token {position + 1}, "
+            f"the model's next-token scores are not finite (NaN or inf){where}, "
             "so nothing sensible can be sampled: its weights are probably damaged (a run that diverged; "
             "check them with `lmkit ckpt inspect`) or overflow in this dtype (try --dtype float32)"
         )

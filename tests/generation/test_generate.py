@@ -216,18 +216,32 @@ def nan_model(model: TransformerLM) -> TransformerLM:
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_non_finite_scores_raise_instead_of_yielding_tokens(model, stop_ids, temperature) -> None:
     it = generate(nan_model(model), torch.randint(0, 40, (2, 3)), 30, temperature=temperature, stop_ids=stop_ids)
+    got = []
     with pytest.raises(NonFiniteLogitsError, match="not finite"):
-        got = [t for t in it]
-        # Without stop ids there is no per-token read-back: the bad tokens are marked, never
-        # valid-looking ids, and the raise comes at the end of the round.
-        assert all(bool((t == INVALID_TOKEN).all()) for t in got)
+        for t in it:
+            got.append(t)
+    # No sync of its own: the rows are marked (never valid-looking ids) until a read-back raises,
+    # here once every row has gone bad (stop ids) or at the end of the round.
+    assert got and all(bool((t == INVALID_TOKEN).all()) for t in got)
+    assert len(got) == (1 if stop_ids else 18)  # 18 = 20 - 3 + 1, the first round
     assert not model.has_cache
 
 
-def test_non_finite_scores_raise_with_stop_ids_before_the_token(model: TransformerLM) -> None:
-    it = generate(nan_model(model), [1, 2], 30, temperature=0.0, stop_ids=[7])
-    with pytest.raises(NonFiniteLogitsError, match="generated token 1"):
-        next(it)
+@pytest.mark.parametrize("stop_ids", [(), (39,)])
+def test_one_row_going_bad_raises_by_the_next_slide(model: TransformerLM, stop_ids: tuple) -> None:
+    """Row 1's prompt holds a token whose embedding is NaN: row 0 generates normally, row 1
+    is marked, and the error comes when the window would slide (or row 0 stops first)."""
+    with torch.no_grad():
+        model.tok_embeddings.weight[7].fill_(float("nan"))
+    prompt = torch.tensor([[1, 2, 3], [1, 7, 3]])
+    got = []
+    with pytest.raises(NonFiniteLogitsError, match="not finite"):
+        for t in generate(model, prompt, 50, temperature=0.0, stop_ids=stop_ids):
+            got.append(t)
+    assert 1 <= len(got) <= 18 and all(int(t[1]) == INVALID_TOKEN for t in got)
+    assert all(0 <= int(t[0]) < 40 for t in got)
+    if not stop_ids:
+        assert len(got) == 18  # the whole first round: 20 - 3 + 1 tokens
 
 
 @pytest.mark.parametrize("temperature", [1e-300, 1e-30, 1e-4])
