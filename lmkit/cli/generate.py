@@ -64,6 +64,8 @@ def generate_cmd(
     from lmkit.settings import resolve_settings
 
     settings = resolve_settings(config, overrides)
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise ConfigError("stdout is closed, so the generated text has nowhere to go; redirect it instead, e.g. > samples.txt")
     if prompt is None and not interactive:
         raise ConfigError("no prompt: pass --prompt TEXT (or --interactive to type prompts)")
     if prompt is not None and not prompt:

@@ -154,6 +154,12 @@ def test_interactive_with_stdin_closed_ends_cleanly(run, trained, prompt) -> Non
     assert proc.stdout == ("" if not prompt else generate_text(trained, "The", max_new_tokens=12, temperature=0.0) + "\n")
 
 
+def test_closed_stdout_is_a_one_line_error(run) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lmkit", "generate", "-k", str(run.checkpoint), "-p", "The", *GREEDY],
+                          stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 2 and "stdout is closed" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_real_subprocess(run, trained) -> None:
     proc = subprocess.run([sys.executable, "-m", "lmkit", "generate", "--checkpoint", str(run.checkpoint), "--prompt", "The dog", *GREEDY],
                           capture_output=True, text=True, timeout=120)
