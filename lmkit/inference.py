@@ -9,9 +9,11 @@ Example (a notebook)::
 
 The tokenizer is the one the checkpoint was trained with: its directory and content hash are
 recorded in the checkpoint, so a tokenizer whose hash differs is refused instead of producing
-garbage. Generation stops at ``<|endoftext|>`` (when the tokenizer has it), at a stop string,
-after ``max_new_tokens`` or at the context length: the window does not slide, so at most
-``context_length - prompt_tokens + 1`` tokens follow a prompt.
+garbage. Generation stops at ``<|endoftext|>`` (when the tokenizer has it), at a stop string
+or after ``max_new_tokens``. Past the context length the window slides (``window="slide"``, the
+default: see ``lmkit.generation.generate``), and a prompt longer than the context keeps its last
+``context_length`` tokens; ``window="stop"`` ends at the context instead, so at most
+``context_length - prompt_tokens + 1`` tokens follow a prompt, and refuses a longer prompt.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from lmkit.errors import CheckpointError, ConfigError, TokenizerError
-from lmkit.generation import Utf8StreamDecoder, check_sampling_args
+from lmkit.generation import INVALID_TOKEN, NonFiniteLogitsError, Utf8StreamDecoder, check_sampling_args
 from lmkit.generation import generate as generate_ids
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.settings import Settings, validate_tree
@@ -218,11 +220,15 @@ def load_trained(
     return Trained(model, config, settings_of(state), tok, light, path, runtime)
 
 
-def encode_prompt(trained: Trained, prompt: str) -> list[int]:
-    """Token ids of ``prompt``, checked to be non-empty and to fit the context.
+def encode_prompt(trained: Trained, prompt: str, window: Literal["slide", "stop"] = "slide") -> list[int]:
+    """Token ids of ``prompt``, checked to be non-empty (and, with ``window="stop"``, to fit the context).
+
+    With ``window="slide"`` all the ids are returned; generation reads the last
+    ``context_length`` of them.
 
     Raises:
-        ConfigError: an empty prompt or one longer than the model's context length.
+        ConfigError: an empty prompt, or one longer than the model's context length with
+            ``window="stop"``.
     """
     if trained.tokenizer is None:
         raise TokenizerError(f"{trained.path}: no tokenizer loaded; pass --tokenizer DIR")
@@ -234,8 +240,11 @@ def encode_prompt(trained: Trained, prompt: str) -> list[int]:
         raise ConfigError(f"the prompt is not valid UTF-8 (bad byte at character {e.start}); check the text's encoding") from None
     ids = trained.tokenizer.encode(prompt)
     ctx = trained.config.context_length
-    if len(ids) > ctx:
-        raise ConfigError(f"the prompt is {len(ids)} tokens, longer than the model's context_length {ctx}; shorten it")
+    if len(ids) > ctx and window == "stop":
+        raise ConfigError(
+            f"the prompt is {len(ids)} tokens, longer than the model's context_length {ctx}; "
+            "shorten it, or pass --window slide to keep its last part"
+        )
     return ids
 
 
@@ -250,6 +259,7 @@ def stream(
     seed: int | None = None,
     stop: Sequence[str] = (),
     stop_at_eot: bool = True,
+    window: Literal["slide", "stop"] = "slide",
 ) -> Iterator[Piece]:
     """Generate a continuation of ``prompt``, yielding each token as soon as it is sampled.
 
@@ -259,21 +269,26 @@ def stream(
 
     Args:
         trained: from ``load_trained``.
-        prompt: text to continue (non-empty, at most ``context_length`` tokens).
+        prompt: text to continue (non-empty; with ``window="slide"`` only its last
+            ``context_length`` tokens are read, with ``"stop"`` a longer one is refused).
         max_new_tokens: upper bound on generated tokens.
-        temperature: 0 is greedy; otherwise the softmax temperature.
+        temperature: 0 is greedy (and so is anything below ``generation.MIN_TEMPERATURE``);
+            otherwise the softmax temperature.
         top_k: sample among the k most likely tokens only.
         top_p: nucleus sampling mass, in (0, 1].
         seed: makes sampling reproducible (None: a fresh random seed).
         stop: strings that end generation; neither they nor anything after is yielded.
         stop_at_eot: end at ``<|endoftext|>`` (which is not yielded).
+        window: ``"slide"`` past the context length, or ``"stop"`` there.
 
     Yields:
         ``Piece(id, text)`` per token; ``"".join(p.text for p in ...)`` is the continuation.
 
     Raises:
-        ConfigError: bad sampling parameters, an empty or too long prompt. Raised at the call,
-            before any work.
+        ConfigError: bad sampling parameters, an empty or (``window="stop"``) too long prompt.
+            Raised at the call, before any work.
+        NonFiniteLogitsError: (while iterating) the model's scores are NaN or infinite, e.g.
+            from damaged weights; raised before the token they would have produced.
     """
     try:
         check_sampling_args(temperature, top_k, top_p)
@@ -283,11 +298,13 @@ def stream(
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if any(not s for s in stop):
         raise ConfigError("a stop string must not be empty")
-    ids = encode_prompt(trained, prompt)
+    if window not in ("slide", "stop"):
+        raise ConfigError(f"window must be 'slide' or 'stop', got {window!r}")
+    ids = encode_prompt(trained, prompt, window)
     stop_ids = [trained.eot_id] if stop_at_eot and trained.eot_id is not None else []
     tokens = generate_ids(
         trained.model, ids, max_new_tokens, temperature, top_k, top_p, stop_ids=stop_ids, seed=seed,
-        compile_decode=trained.runtime.compile,
+        compile_decode=trained.runtime.compile, window=window,
     )
     return _pieces(trained.tokenizer, tokens, set(stop_ids), tuple(stop))
 
@@ -297,8 +314,10 @@ def _pieces(tokenizer: Tokenizer, tokens: Iterator[torch.Tensor], stop_ids: set[
     decoder = Utf8StreamDecoder()
     pending = ""  # decoded text not yet released because it may be the start of a stop string
     try:
-        for t in tokens:
+        for i, t in enumerate(tokens):
             token = int(t[0])  # one sequence; streaming needs the id on the host anyway
+            if token == INVALID_TOKEN:  # checked here, in the read-back, not by a sync of its own
+                raise NonFiniteLogitsError(i)
             if token in stop_ids:
                 break
             pending += decoder.decode(tokenizer.vocab.get(token, b""))

@@ -211,10 +211,11 @@ class GenerateSettings(Section):
     """Sampling."""
 
     max_new_tokens: int = Field(200, gt=0, le=2**20, description="Tokens to sample after the prompt.")
-    temperature: float = Field(0.8, ge=0, le=1e6, description="Softmax temperature; 0 means greedy.")
+    temperature: float = Field(0.8, ge=0, le=1e6, description="Softmax temperature; 0 means greedy, and so does anything below 0.001 (colder sampling differs from greedy only on exact ties, and dividing by a far smaller value overflows).")
     top_k: int | None = Field(None, gt=0, le=MAX_VOCAB, examples=[50], description="Sample only among the k most likely tokens.")
     top_p: float | None = Field(None, gt=0, le=1, examples=[0.9], description="Nucleus sampling: the smallest set of tokens with this total probability.")
     num_samples: int = Field(1, gt=0, le=10**4, description="Independent samples to draw.")
+    window: Literal["slide", "stop"] = Field("slide", examples=["stop"], description="When prompt plus new tokens outgrow the model's context_length: slide (drop the oldest quarter of the window and re-read the rest, so generation goes on; a longer prompt keeps its last context_length tokens) or stop there (and refuse a longer prompt).")
 
 
 class Settings(BaseModel):

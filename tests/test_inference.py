@@ -100,7 +100,9 @@ def test_held_back_suffix() -> None:
     ("kwargs", "message"),
     [
         (dict(prompt=""), "prompt is empty"),
-        (dict(prompt="The cat sat " * 20), "longer than the model's context_length"),
+        (dict(prompt="The cat sat " * 20, window="stop"), "longer than the model's context_length"),
+        (dict(window="roll"), "window"),
+        (dict(temperature=float("nan")), "temperature"),
         (dict(top_p=1.5), "top_p"),
         (dict(top_p=0.0), "top_p"),
         (dict(temperature=-0.1), "temperature"),
@@ -112,6 +114,30 @@ def test_bad_generation_arguments(trained, kwargs, message) -> None:
     args = dict(prompt="The", max_new_tokens=5) | kwargs
     with pytest.raises(ConfigError, match=message):
         stream(trained, args.pop("prompt"), **args)
+
+
+def test_long_prompt_slides_by_default(trained) -> None:
+    """The default window keeps a long prompt's last context_length tokens and goes on past the context."""
+    long = "The cat sat " * 20
+    ids = trained.tokenizer.encode(long)
+    assert len(ids) > trained.config.context_length
+    tail = trained.tokenizer.decode(ids[-trained.config.context_length :])
+    kw = dict(max_new_tokens=70, temperature=0.0, stop_at_eot=False)
+    pieces = list(stream(trained, long, **kw))
+    assert len([p for p in pieces if p.id >= 0]) == 70  # more than the context of 32 allows at once
+    assert "".join(p.text for p in pieces) == generate_text(trained, tail, **kw)
+
+
+@pytest.mark.parametrize("stop_at_eot", [True, False])
+def test_nan_weights_raise_before_any_text(run, stop_at_eot) -> None:
+    from lmkit.generation import NonFiniteLogitsError
+
+    nan = load_trained(run.checkpoint, device="cpu")
+    with torch.no_grad():
+        nan.model.norm.weight.fill_(float("nan"))
+    pieces = stream(nan, "The", max_new_tokens=10, temperature=0.0, stop_at_eot=stop_at_eot)
+    with pytest.raises(NonFiniteLogitsError, match="not finite"):
+        next(pieces)
 
 
 def test_tokenizer_hash_mismatch_is_refused(run, tmp_path) -> None:

@@ -107,7 +107,9 @@ class GraphedDecoder:
 
         The next replay is always queued before the previous one's tokens are handed out, so the
         GPU keeps working while the caller reads a token back (e.g. to print it or to test for a
-        stop).
+        stop). The graphs read the position from ``self.pos``, so when the window slides (an
+        eager re-prefill of the cache's first slots between two runs) the same graphs serve the
+        next run from the new position.
         """
         self.token.copy_(token)
         self.pos.copy_(input_pos)

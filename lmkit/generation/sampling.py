@@ -7,21 +7,57 @@ Notation used in shape comments:
 Everything here stays on the device: no ``.item()``, ``.tolist()`` or data-dependent Python
 branches. A host sync per token would stall the GPU until the token is known and would break
 CUDA-graph capture of the decode step, so the random draw is done with the "exponential race"
-(below) instead of anything that reads a value back.
+(below) instead of anything that reads a value back. For the same reason a row whose scores are
+not finite is not raised on here: ``sample`` marks it with the id ``INVALID_TOKEN`` (-1), and
+the code that reads tokens back anyway (a stop check, the text stream) raises
+``NonFiniteLogitsError`` on it.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from lmkit.errors import LmkitError
+
+# Temperatures below this are greedy. At 1e-3 a logit lead of 0.01 is already a 22,000:1 odds
+# ratio (e^10), so colder sampling differs from the argmax only on exact ties, while dividing by
+# a far smaller temperature (1e-300 is 0 in float32) turns finite scores into inf and the
+# softmax into NaN.
+MIN_TEMPERATURE = 1e-3
+# The id ``sample`` gives a row without a finite best score (a NaN, a +inf, or all -inf).
+INVALID_TOKEN = -1
+
+
+class NonFiniteLogitsError(LmkitError):
+    """The model's next-token scores were NaN or infinite, so no token can be sampled."""
+
+    def __init__(self, position: int | None = None) -> None:
+        """Args:
+        position: index of the first new token that could not be sampled, when known.
+        """
+        self.position = position
+        where = "" if position is None else f" at generated token {position + 1}"
+        super().__init__(
+            f"the model's next-token scores are not finite (NaN or inf){where}, "
+            "so nothing sensible can be sampled: its weights are probably damaged (a run that diverged; "
+            "check them with `lmkit ckpt inspect`) or overflow in this dtype (try --dtype float32)"
+        )
+
+
+def effective_temperature(temperature: float) -> float:
+    """``temperature``, or 0 (greedy) when it is below ``MIN_TEMPERATURE``."""
+    return 0.0 if temperature < MIN_TEMPERATURE else temperature
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ``ValueError`` unless temperature >= 0, top_k >= 1 and 0 < top_p <= 1 (None allowed).
+    """Raise ``ValueError`` unless 0 <= temperature < inf, top_k >= 1 and 0 < top_p <= 1 (None allowed).
 
-    Checks Python numbers only, so it costs no device sync.
+    Checks Python numbers only, so it costs no device sync. NaN fails every bound.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -42,7 +78,7 @@ def logits_to_probs(
     Args:
         logits: (B, V) unnormalised scores (any float dtype; the math is done in fp32).
         temperature: divides the logits; below 1 sharpens, above 1 flattens. 0 means greedy:
-            all the mass on the argmax.
+            all the mass on the argmax; so does anything below ``MIN_TEMPERATURE``.
         top_k: keep only the k highest-scoring tokens (None: all). Exactly k survive even
             when scores tie.
         top_p: keep the smallest set of most likely tokens whose total probability is
@@ -55,6 +91,7 @@ def logits_to_probs(
         ValueError: on a negative temperature, top_k < 1 or top_p outside (0, 1].
     """
     check_sampling_args(temperature, top_k, top_p)
+    temperature = effective_temperature(temperature)
     logits = logits.float()
     if temperature == 0:
         # Greedy as a distribution: a one-hot at the argmax.
@@ -124,12 +161,20 @@ def sample(
         noise: (B, V) precomputed ``exponential_noise``; when given, ``generator`` is unused.
 
     Returns:
-        (B,) long token ids, on the logits' device.
+        (B,) long token ids, on the logits' device; ``INVALID_TOKEN`` for a row whose scores
+        (greedy) or probabilities (sampling) hold a NaN or +inf, or are all -inf. The caller raises on it when
+        it reads the tokens back, instead of a host sync here (see the module docstring).
     """
     check_sampling_args(temperature, top_k, top_p)
+    temperature = effective_temperature(temperature)
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = logits_to_probs(logits, temperature, top_k, top_p)  # (B, V)
-    if noise is None:
-        noise = exponential_noise(probs.shape, generator, probs.device)
-    return (probs / noise).argmax(dim=-1)
+        scores = logits
+    else:
+        scores = logits_to_probs(logits, temperature, top_k, top_p)  # (B, V) probabilities
+        if noise is None:
+            noise = exponential_noise(scores.shape, generator, scores.device)
+    # The row's maximum is finite unless a score is NaN (max propagates it) or +inf, or every
+    # score is -inf; single -inf scores (tokens ruled out) are fine.
+    usable = torch.isfinite(scores.amax(dim=-1))  # (B,)
+    token = (scores if temperature == 0 else scores / noise).argmax(dim=-1)  # (B,)
+    return torch.where(usable, token, INVALID_TOKEN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmkit.generation import generate
+from lmkit.generation import NonFiniteLogitsError, generate
 from lmkit.generation.cuda_graph import _decoders
 from lmkit.model import ModelConfig, TransformerLM
 
@@ -104,5 +104,40 @@ def test_multi_step_replays_match_eager_to_the_context_end(model: TransformerLM,
         torch.testing.assert_close(tokens(model, prompt, 13, compile_decode=True, **kw), tokens(model, prompt, 13, **kw))
     finally:
         cuda_graph.STEPS_PER_REPLAY = old
+        _decoders.clear()
+        model.clear_cache()
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_compiled_decode_slides_like_eager(model: TransformerLM, steps: int) -> None:
+    """The CPU oracle's GPU twin (test_generate.py checks eager sliding against full forwards):
+    several slides of a context of 64 (a re-prefill every 16 tokens), a prompt longer than the
+    context, replays of several steps between re-prefills, and sampling draws in eager's order."""
+    from lmkit.generation import cuda_graph
+
+    old, cuda_graph.STEPS_PER_REPLAY = cuda_graph.STEPS_PER_REPLAY, steps
+    try:
+        _decoders.clear()
+        n = 3 * SMALL["context_length"] + 5
+        for prompt in (torch.randint(0, 256, (2, 9)), torch.randint(0, 256, (2, 80))):
+            torch.testing.assert_close(tokens(model, prompt, n, temperature=0.0, compile_decode=True),
+                                       tokens(model, prompt, n, temperature=0.0))
+        kw = dict(temperature=0.8, top_k=40, seed=5)
+        prompt = torch.randint(0, 256, (2, 9))
+        torch.testing.assert_close(tokens(model, prompt, n, compile_decode=True, **kw), tokens(model, prompt, n, **kw))
+    finally:
+        cuda_graph.STEPS_PER_REPLAY = old
+        _decoders.clear()
+        model.clear_cache()
+
+
+@pytest.mark.parametrize("stop_ids", [(), (3,)])
+def test_compiled_decode_refuses_non_finite_scores(model: TransformerLM, stop_ids: tuple) -> None:
+    with torch.no_grad():
+        model.blocks[1].ffn.w2.weight.fill_(float("nan"))
+    try:
+        with pytest.raises(NonFiniteLogitsError):
+            tokens(model, torch.randint(0, 256, (2, 5)), 100, temperature=0.0, stop_ids=stop_ids, compile_decode=True)
+    finally:
         _decoders.clear()
         model.clear_cache()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmkit.generation import exponential_noise, logits_to_probs, sample
+from lmkit.generation import INVALID_TOKEN, MIN_TEMPERATURE, exponential_noise, logits_to_probs, sample
 
 # Logits whose softmax is exactly (0.5, 0.3, 0.15, 0.05), shuffled so order matters.
 PROBS = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
@@ -99,7 +99,8 @@ def test_precomputed_noise_matches_generator() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)]
+    "bad", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(temperature=float("inf")),
+            dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(top_p=float("nan"))]
 )
 def test_rejects_bad_parameters(bad: dict) -> None:
     with pytest.raises(ValueError):
@@ -110,3 +111,33 @@ def test_low_precision_logits() -> None:
     probs = logits_to_probs(LOGITS.to(torch.bfloat16), top_k=3)
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-300, 1e-30, MIN_TEMPERATURE / 2])
+def test_temperature_below_the_floor_is_greedy(temperature: float) -> None:
+    logits = torch.randn(16, 50) * 20
+    noise = exponential_noise((16, 50), torch.Generator().manual_seed(0))
+    assert torch.equal(sample(logits, temperature, noise=noise), logits.argmax(-1))
+    probs = logits_to_probs(logits, temperature)
+    assert torch.isfinite(probs).all() and torch.equal(probs.argmax(-1), logits.argmax(-1))
+    assert (probs.max(-1).values == 1).all()
+
+
+def test_temperature_at_the_floor_still_samples() -> None:
+    # Two tokens tied at the top: sampling picks either, greedy always the first.
+    logits = torch.zeros(400, 3)
+    logits[:, 2] = -1.0
+    ids = sample(logits, MIN_TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    assert set(ids.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1e-300])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_rows_are_marked_invalid(temperature: float, bad: float) -> None:
+    logits = torch.randn(4, 10)
+    logits[1, 3] = bad  # one poisoned score spoils its row only
+    logits[2, :] = float("-inf")  # no score at all: no distribution either
+    logits[3, 5] = float("-inf")  # one token ruled out: still a distribution
+    ids = sample(logits, temperature, top_k=5 if temperature else None, generator=torch.Generator().manual_seed(1))
+    assert ids[1] == INVALID_TOKEN and ids[2] == INVALID_TOKEN
+    assert 0 <= ids[0] < 10 and 0 <= ids[3] < 10 and ids[3] != 5
