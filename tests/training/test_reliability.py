@@ -21,11 +21,14 @@ from lmkit.training.trainer import Trainer
 
 def _save_forever(d: Path, conn) -> None:
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
+    written: list[str] = []  # this saver's checkpoints, oldest write first (run.json's list)
     for i in range(1, 10_000):
         state = {"iter": i, "model": {"w": torch.full((1 << 21,), float(i))}}  # 8 MB a save
         p = ckpt.save_checkpoint(state, d / ckpt.checkpoint_name(i))
         ckpt.link_latest(p)
-        ckpt.prune_checkpoints(d, 2)
+        written = [n for n in written if n != p.name] + [p.name]
+        removed = ckpt.prune_checkpoints(d, 2, written)
+        written = [n for n in written if d / n not in removed]
         conn.send(i)
 
 
