@@ -101,25 +101,18 @@ def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[
         warn: receives one line per bad line skipped (``FILE:LINE: why``), at most a few plus a count.
 
     Raises:
-        DataError: the file cannot be read, or it has bad lines and no metric row.
+        DataError: the file cannot be read, or none of its lines is usable.
     """
     by_step: dict[int, dict[str, Any]] = {}
-    rows, bad = _history(path, warn)
-    for row in rows:
+    for row in _history(path, warn):
         if "event" not in row and "step" in row:
             by_step.setdefault(row["step"], {}).update(row)
-    if not by_step and bad:
-        raise DataError(f"{path}: no usable metric lines ({bad}); is this an lmkit metrics.jsonl?")
     return [by_step[s] for s in sorted(by_step)]
 
 
 def read_events(path: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The event lines of a metrics.jsonl's newest run, in file order (same rules as ``read_metrics``)."""
-    rows, bad = _history(path, warn)
-    events = [row for row in rows if "event" in row]
-    if not events and bad:
-        raise DataError(f"{path}: no usable event lines ({bad}); is this an lmkit metrics.jsonl?")
-    return events
+    return [row for row in _history(path, warn) if "event" in row]
 
 
 MAX_LINE = 1 << 20  # a longer "line" is not something lmkit wrote (a binary file, a missing newline)
@@ -127,13 +120,18 @@ _SHOWN = 5  # bad lines reported one by one; the rest are counted
 _TEXT_KEYS = {"event": str, "kind": str, "status": str, "run": str}
 
 
-def _history(path: Path, warn: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], str]:
-    """The newest run's lines, older segments' superseded lines dropped, in file order; and a
-    summary of the bad lines ("" when there were none)."""
+def _history(path: Path, warn: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    """The newest run's lines, older segments' superseded lines dropped, in file order.
+
+    Raises:
+        DataError: the file cannot be read, or it has bad lines and not one usable line.
+    """
     kept: list[dict[str, Any]] = []
     run = segment = None
     problems: list[str] = []
+    usable = 0
     for row in _rows(Path(path), problems):
+        usable += 1
         if "run" in row:
             if run is not None and row["run"] != run:
                 kept = []  # another run's lines were appended: only the newest run counts
@@ -151,8 +149,10 @@ def _history(path: Path, warn: Callable[[str], None] | None) -> tuple[list[dict[
             warn(f"{line}; line skipped")
         if len(problems) > _SHOWN:
             warn(f"{path}: {len(problems) - _SHOWN} more bad lines skipped")
-    summary = f"{len(problems)} bad line{'s' * (len(problems) != 1)}, first {problems[0]}" if problems else ""
-    return kept, summary
+    if problems and not usable:
+        n = len(problems)
+        raise DataError(f"{path}: no usable lines ({n} bad line{'s' * (n != 1)}, first {problems[0]}); is this an lmkit metrics.jsonl?")
+    return kept
 
 
 def _rows(path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
