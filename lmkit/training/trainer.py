@@ -299,6 +299,7 @@ class Trainer:
         s, rt = self.settings, self.rt
         self._t_start = time.time()
         if rt.is_main:
+            self._run_lock.acquire()  # already held, unless released since (or a second run())
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 # Before anything else is written: another run's files move aside, run.json says whose the rest are.
