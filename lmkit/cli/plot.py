@@ -13,11 +13,11 @@ from lmkit.cli.app import LmkitCommand, app
 @app.command("plot", cls=LmkitCommand, epilog="Example:  lmkit plot runs/demo   (PNG with `uv sync --extra plot`, else a terminal chart)")
 def plot_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory (holding metrics.jsonl) or the metrics.jsonl itself.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: RUN_DIR/metrics.png).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write: an image (.png, .svg, .pdf; needs matplotlib) or .txt for the text chart. Default: RUN_DIR/metrics.png with matplotlib, else the chart is printed.")] = None,
 ) -> None:
     """Chart train/validation loss and learning rate from a run's metrics.jsonl."""
     from lmkit.observe import plot_metrics
 
     metrics = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
-    result = plot_metrics(metrics, output)
+    result = plot_metrics(metrics, output, warn=lambda m: typer.echo(f"lmkit: warning: {m}", err=True))
     typer.echo(f"wrote {result}" if isinstance(result, Path) else result)

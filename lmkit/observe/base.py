@@ -46,6 +46,8 @@ class RunInfo:
     settings: dict[str, Any] = field(default_factory=dict)  # Settings.flat(), saved as W&B config
     world_size: int = 1
     wandb_run_id: str | None = None  # from a checkpoint: a resumed run continues its W&B run
+    run_id: str | None = None  # lmkit's run id (run.json); a resumed run keeps it
+    segment: int = 0  # 0 for a run's first process, +1 at every resume
     title: str = "lmkit train"
 
 

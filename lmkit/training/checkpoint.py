@@ -1,7 +1,8 @@
 """Checkpoints: self-describing dicts, written atomically, loaded without unpickling code.
 
 Layout of ``checkpoint_dir``:
-    ckpt_0001000.pt   every ``checkpoint_interval`` steps (pruned by ``keep_last``)
+    ckpt_0001000.pt   every ``checkpoint_interval`` steps (``keep_last`` prunes only this run's:
+                      the run's own list is in run.json, see lmkit/training/rundir.py)
     latest.pt         a hard link to the newest one (a copy where links are unsupported)
 
     ckpt_0001000.pt.sha256, latest.pt.sha256   manifests: "<sha256> <size>", written last
@@ -20,6 +21,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,20 +117,32 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
 
 
 def link_latest(ckpt_path: Path) -> Path:
-    """Point ``latest.pt`` beside ``ckpt_path`` at it, atomically (hard link, else a copy)."""
+    """Point ``latest.pt`` beside ``ckpt_path`` at it, atomically (hard link, else a copy).
+
+    Raises:
+        CheckpointError: the link or copy cannot be made (disk full, permissions); the previous
+            ``latest.pt`` is untouched and no temp file is left behind.
+    """
     ckpt_path = Path(ckpt_path)
     latest = ckpt_path.parent / LATEST
     tmp = ckpt_path.parent / f".{LATEST}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(ckpt_path, tmp)
-    except OSError:
-        shutil.copyfile(ckpt_path, tmp)
-    manifest_path(latest).unlink(missing_ok=True)
-    os.replace(tmp, latest)
-    if manifest_path(ckpt_path).exists():
-        atomic_write_bytes(manifest_path(latest), manifest_path(ckpt_path).read_bytes())
-    _fsync_dir(latest.parent)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(ckpt_path, tmp)
+        except OSError:
+            shutil.copyfile(ckpt_path, tmp)
+        manifest_path(latest).unlink(missing_ok=True)
+        os.replace(tmp, latest)
+        if manifest_path(ckpt_path).exists():
+            atomic_write_bytes(manifest_path(latest), manifest_path(ckpt_path).read_bytes())
+        _fsync_dir(latest.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{latest}: cannot point it at {ckpt_path.name} ({e.strerror}); {ckpt_path} itself is complete. Free disk space or fix permissions") from None
+    except BaseException:  # Ctrl-C or SIGTERM mid-copy: no half-copied temp left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return latest
 
 
@@ -199,25 +213,50 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return sorted(Path(checkpoint_dir).glob("ckpt_*.pt"))
 
 
-def prune_checkpoints(checkpoint_dir: Path, keep_last: int | None) -> list[Path]:
-    """Delete all but the newest ``keep_last`` step checkpoints; returns what was removed."""
-    if not keep_last:
+def prune_checkpoints(checkpoint_dir: Path, keep_last: int | None, own: Sequence[str]) -> list[Path]:
+    """Delete this run's step checkpoints beyond the ``keep_last`` most recently written.
+
+    Args:
+        checkpoint_dir: the run directory.
+        keep_last: how many of this run's checkpoints to keep (None: keep all).
+        own: names of the checkpoints this run wrote, oldest write first (``run.json``'s list);
+            the last one is the checkpoint just written. Write order, not step order: a run
+            resumed from an older checkpoint must not delete what it just wrote in favour of
+            the higher-numbered files it is replacing.
+
+    Returns:
+        What was removed. Files not in ``own`` (another run's, or one copied in by hand) are
+        never touched, and neither is the newest entry of ``own``.
+    """
+    if not keep_last or not own:
         return []
-    old = list_checkpoints(checkpoint_dir)[:-keep_last]
-    for p in old:
-        p.unlink(missing_ok=True)
-        manifest_path(p).unlink(missing_ok=True)
-    return old
+    checkpoint_dir = Path(checkpoint_dir)
+    removed = []
+    for name in list(own)[: -max(keep_last, 1)]:
+        if Path(name).name != name or not name.startswith("ckpt_"):
+            continue  # only plain step-checkpoint names inside this directory
+        p = checkpoint_dir / name
+        if p.exists():
+            p.unlink(missing_ok=True)
+            manifest_path(p).unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
-def newest_intact(checkpoint_dir: Path, warn) -> tuple[Path, dict[str, Any]] | None:
+def newest_intact(checkpoint_dir: Path, warn, order: Sequence[str] = ()) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in ``checkpoint_dir`` that loads, trying ``latest.pt`` first.
 
-    Each damaged file is reported through ``warn`` and skipped (``--resume auto``'s fallback).
+    Args:
+        checkpoint_dir: the run directory.
+        warn: receives one line per damaged file, which is then skipped (``--resume auto``'s fallback).
+        order: the run's checkpoint names, oldest write first (``run.json``): after a resume from
+            an older checkpoint the newest file is the last written, not the highest step.
+            Files not listed follow, highest step first.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    candidates = [checkpoint_dir / LATEST] + list_checkpoints(checkpoint_dir)[::-1]
-    for path in candidates:
+    listed = [checkpoint_dir / n for n in reversed(list(order)) if Path(n).name == n]
+    rest = [p for p in list_checkpoints(checkpoint_dir)[::-1] if p not in listed]
+    for path in [checkpoint_dir / LATEST, *listed, *rest]:
         if not path.exists():
             continue
         try:

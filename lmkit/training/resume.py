@@ -9,6 +9,7 @@ from typing import Any
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.settings import Settings, validate_tree
 from lmkit.training.checkpoint import LATEST, list_checkpoints, load_checkpoint, newest_intact
+from lmkit.training.rundir import read_record
 
 # Sections whose change makes the checkpoint's weights meaningless for the new run.
 _ARCHITECTURE = ("model",)
@@ -28,17 +29,19 @@ def load_resume_state(resume: str, checkpoint_dir: Path, notice: Callable[[str],
     """The checkpoint to continue from, loaded.
 
     ``auto``: ``checkpoint_dir/latest.pt`` if present; if it is damaged, the newest intact
-    ``ckpt_*.pt`` with a warning. ``never``: none. Anything else: a path that must exist and load.
+    ``ckpt_*.pt`` (newest written, as run.json lists them) with a warning. ``never``: none (an
+    earlier run's files there are moved aside when the run starts; see ``rundir.open_run``).
+    Anything else: a path that must exist and load.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if resume == "never":
-        if (checkpoint_dir / LATEST).exists():
-            notice(f"--resume never: starting fresh; checkpoints in {checkpoint_dir} will be overwritten as steps are reached")
         return None
     if resume == "auto":
         if not (checkpoint_dir / LATEST).exists() and not list_checkpoints(checkpoint_dir):
             return None
-        found = newest_intact(checkpoint_dir, lambda m: notice(f"warning: {m}"))
+        record = read_record(checkpoint_dir)
+        order = record.checkpoints if record else ()
+        found = newest_intact(checkpoint_dir, lambda m: notice(f"warning: {m}"), order)
         if found is None:
             raise CheckpointError(f"{checkpoint_dir}: every checkpoint there is damaged; use --resume never or a new --checkpoint-dir to start over")
         return found

@@ -20,12 +20,14 @@ import torch
 
 from lmkit.data.loader import BatchLoader, TokenDataset, data_vocab_size, eval_batches
 from lmkit.data.tokens import atomic_write_bytes
-from lmkit.errors import TrainingError
+from lmkit.errors import LmkitError, TrainingError
+from lmkit.locking import OutputLock
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.observe.base import MultiSink, RunInfo
 from lmkit.observe.streams import say
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
+from lmkit.training import rundir
 from lmkit.training.compile_plan import plan_compile
 from lmkit.training.distributed import Distributed
 from lmkit.training.loss import LMLoss
@@ -96,9 +98,42 @@ class Trainer:
         self._stop_signal: int | None = None  # the signal this process received
         self._stop_reason: str | None = None  # why this process asked to stop (signal, closed output)
         self._stopped = False  # whether the run stopped early (agreed by every rank)
-        self._build()
+        self.run_record: rundir.RunRecord | None = None  # this run's id, segment, checkpoints (rank 0)
+        self._resumed_identity: dict[str, Any] | None = None  # run id/segment of the checkpoint resumed
+        self._run_lock = self._claim_run_dir()
+        try:
+            self._build()
+        except BaseException:
+            self.release_run_dir()
+            raise
 
     # ------------------------------------------------------------------ setup
+    def _claim_run_dir(self) -> OutputLock | None:
+        """Rank 0 locks the run directory before the build (a refused run costs nothing) and holds
+        it until ``run()`` ends; every rank learns of a refusal, so none waits on a missing peer."""
+        lock, refused = None, None
+        if self.rt.is_main:
+            try:
+                lock = rundir.claim_run_dir(self.run_dir)
+            except LmkitError as e:
+                refused = e
+        if self.dist.any(refused is not None):  # without torchrun: just the flag, no collective
+            if refused is not None:
+                raise refused
+            raise TrainingError(f"rank {self.rt.rank}: rank 0 could not take the run directory {self.run_dir} (see its message)")
+        return lock
+
+    def release_run_dir(self) -> None:
+        """Let go of the run directory (``run()`` does this however it ends; for a Trainer
+        that is built but never run)."""
+        if self._run_lock is not None:
+            self._run_lock.release()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_run_lock", None)
+        if lock is not None:
+            lock.release()
+
     def _build(self) -> None:
         s, rt = self.settings, self.rt
         found = load_resume_state(s.checkpoint.resume, self.run_dir, self.notice)
@@ -144,6 +179,7 @@ class Trainer:
         self.tokens_per_step = s.train.batch_size * s.model.context_length
 
     def _restore_counters(self, state: dict[str, Any]) -> None:
+        self._resumed_identity = {"run_id": state.get("run_id"), "segment": state.get("segment")}
         self.step = int(state["iter"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_val_loss = state.get("val_loss")
@@ -188,9 +224,17 @@ class Trainer:
         if not self.rt.is_main:
             self.dist.barrier()
             return None
+        record = self.run_record
+        state.update(run_id=record.run, segment=record.segment)
         path = ckpt.save_checkpoint(state, self.run_dir / ckpt.checkpoint_name(self.step))
         ckpt.link_latest(path)
-        ckpt.prune_checkpoints(self.run_dir, self.settings.checkpoint.keep_last)
+        # Listed as this run's before pruning, so a crash in between never orphans it from the list.
+        record.wrote(path.name)
+        rundir.write_record(self.run_dir, record)
+        removed = ckpt.prune_checkpoints(self.run_dir, self.settings.checkpoint.keep_last, record.checkpoints)
+        if removed:
+            record.forget([p.name for p in removed])
+            rundir.write_record(self.run_dir, record)
         self.last_checkpoint = path
         self.sinks.event(f"checkpoint saved: {path}", "checkpoint")
         self.dist.barrier()
@@ -313,13 +357,22 @@ class Trainer:
         s, rt = self.settings, self.rt
         self._t_start = time.time()
         if rt.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.run_dir / "settings.yaml", settings_to_yaml(s).encode())
+            self._run_lock.acquire()  # already held, unless released since (or a second run())
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                # Before anything else is written: another run's files move aside, run.json says whose the rest are.
+                self.run_record = rundir.open_run(self.run_dir, s.checkpoint.resume, self._resumed_identity, self.notice)
+                atomic_write_bytes(self.run_dir / "settings.yaml", settings_to_yaml(s).encode())
+            except BaseException:
+                self.release_run_dir()
+                raise
+        record = self.run_record
         info = RunInfo(
             run_dir=self.run_dir, max_iters=s.train.max_iters, start_iter=self.step, resumed=self.step > 0,
             device=str(rt.device), dtype=rt.dtype_name, num_params=self.model.num_params(),
             tokens_per_step=self.tokens_per_step, settings=s.flat(), world_size=rt.world_size,
-            wandb_run_id=self.wandb_run_id,
+            wandb_run_id=self.wandb_run_id, run_id=record.run if record else None,
+            segment=record.segment if record else 0,
         )
         self.sinks.start(info)
         self.wandb_run_id = self.sinks.run_id or self.wandb_run_id
@@ -352,6 +405,7 @@ class Trainer:
                 signal.signal(sig, h)
             self.loader.close()
             self.sinks.close(status)
+            self.release_run_dir()
         result = TrainResult(
             self.run_dir, status, self.step, self.step * self.tokens_per_step, self.last_train_loss,
             self.last_val_loss, self.best_val_loss, self.last_checkpoint, self.elapsed_before + time.time() - self._t_start,

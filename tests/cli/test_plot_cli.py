@@ -35,3 +35,34 @@ def test_plot_writes_png_or_prints_chart(tmp_path: Path):
 def test_plot_missing_run_is_one_line_error(tmp_path: Path):
     r = runner.invoke(app, ["plot", str(tmp_path / "nope")])
     assert r.exit_code == 2 and r.stderr.startswith("lmkit: error:") and "metrics file not found" in r.stderr
+
+
+def test_plot_on_a_garbage_file_is_one_line_error(tmp_path: Path):
+    """Issue 20: a non-numeric step or non-UTF-8 bytes gave a traceback."""
+    bad = tmp_path / "metrics.jsonl"
+    bad.write_bytes(b'{"step": "ten", "loss": 1.0}\n\xff\xfe\x00binary\n')
+    r = runner.invoke(app, ["plot", str(bad)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.splitlines()[-1].startswith(f"lmkit: error: {bad}: no usable lines (2 bad lines, first {bad}:1: step")
+    assert f"lmkit: warning: {bad}:2: not UTF-8 text; line skipped" in r.stderr
+
+
+def test_plot_skips_bad_lines_with_a_warning(tmp_path: Path):
+    run_dir = _metrics(tmp_path / "run")
+    with (run_dir / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"step": [1], "loss": 2}\n')
+    r = runner.invoke(app, ["plot", str(run_dir), "-o", str(tmp_path / "c.txt")])
+    assert r.exit_code == 0, r.output
+    assert f"lmkit: warning: {run_dir / 'metrics.jsonl'}:22: step [1] is not a whole number >= 0; line skipped" in r.stderr
+    assert f"wrote {tmp_path / 'c.txt'}" in r.stdout and "train loss" in (tmp_path / "c.txt").read_text()
+
+
+def test_plot_text_fallback_writes_output(tmp_path: Path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    run_dir = _metrics(tmp_path / "run")
+    r = runner.invoke(app, ["plot", str(run_dir), "-o", str(tmp_path / "chart.txt")])
+    assert r.exit_code == 0 and f"wrote {tmp_path / 'chart.txt'}" in r.stdout
+    r = runner.invoke(app, ["plot", str(run_dir), "-o", str(tmp_path / "chart.png")])
+    assert r.exit_code == 2 and r.stderr.startswith("lmkit: error: --output") and "needs matplotlib" in r.stderr

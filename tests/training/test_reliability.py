@@ -22,11 +22,14 @@ from lmkit.training.trainer import Trainer
 
 def _save_forever(d: Path, conn) -> None:
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
+    written: list[str] = []  # this saver's checkpoints, oldest write first (run.json's list)
     for i in range(1, 10_000):
         state = {"iter": i, "model": {"w": torch.full((1 << 21,), float(i))}}  # 8 MB a save
         p = ckpt.save_checkpoint(state, d / ckpt.checkpoint_name(i))
         ckpt.link_latest(p)
-        ckpt.prune_checkpoints(d, 2)
+        written = [n for n in written if n != p.name] + [p.name]
+        removed = ckpt.prune_checkpoints(d, 2, written)
+        written = [n for n in written if d / n not in removed]
         conn.send(i)
 
 
@@ -82,6 +85,53 @@ def test_sigkill_during_training_then_resume_completes(tiny_overrides):
         step = state["iter"]
         result = train(resolve_settings(overrides=dict(o, max_iters=step + 2), environ={}))
         assert result.step == step + 2
+
+
+def test_second_train_into_a_running_run_dir_is_refused_and_a_kill_leaves_no_stale_lock(tiny_overrides):
+    """Issue 20: two `lmkit train` into one directory both ran. The second is refused naming the
+    first; SIGKILL of the first leaves nothing to clean by hand (the next run starts, and deletes
+    the temp files dead writers left)."""
+    o = dict(tiny_overrides, max_iters=100000, lr_decay_iters=100000, checkpoint_interval=2, log_interval=2)
+    run_dir = Path(o["checkpoint_dir"])
+    first = subprocess.Popen(_train_cmd(o), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(run_dir / "latest.pt", first)
+        first_run = ckpt.load_checkpoint(run_dir / "latest.pt")["run_id"]
+        second = subprocess.run(_train_cmd(dict(o, resume="never")), capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        errors = [line for line in second.stderr.splitlines() if line.startswith("lmkit: error:")]
+        assert len(errors) == 1 and "Traceback" not in second.stderr
+        assert f"run directory {run_dir} is in use by another lmkit process (pid {first.pid} on " in errors[0]
+        assert "since" in errors[0] and "--checkpoint-dir" in errors[0]
+        assert first.poll() is None  # the first run goes on, its files untouched
+        assert not (run_dir / "previous").exists()
+    finally:
+        first.kill()
+        first.wait()
+    dead = run_dir / ".ckpt_0000099.pt.k1ll3d.tmp"
+    dead.write_bytes(b"half a checkpoint")
+    step = ckpt.load_checkpoint(run_dir / "latest.pt")["iter"]
+    assert train(resolve_settings(overrides=dict(o, max_iters=step + 1), environ={})).step == step + 1
+    assert not dead.exists() and not list(run_dir.glob("*.tmp"))
+    assert ckpt.load_checkpoint(run_dir / "latest.pt")["run_id"] == first_run  # resumed: same run
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_interrupted_link_latest_leaves_no_temp_and_keeps_latest(tmp_path, monkeypatch, fault):
+    d = tmp_path / "run"
+    ckpt.link_latest(ckpt.save_checkpoint({"iter": 1}, d / ckpt.checkpoint_name(1)))
+    p2 = ckpt.save_checkpoint({"iter": 2}, d / ckpt.checkpoint_name(2))
+
+    def replace(src, dst):
+        raise fault
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    expected = (KeyboardInterrupt, None) if fault is KeyboardInterrupt else (CheckpointError, "latest.pt: cannot point it at ckpt_0000002.pt")
+    with pytest.raises(expected[0], match=expected[1]):
+        ckpt.link_latest(p2)
+    monkeypatch.undo()
+    assert not list(d.glob(".*.tmp"))
+    assert ckpt.load_checkpoint(d / ckpt.LATEST, verify=False)["iter"] == 1
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])

@@ -258,3 +258,63 @@ def test_cuda_graphs_asked_for_where_impossible_says_so_and_trains(tiny_override
     rec, res = run(tiny_overrides, cuda_graphs=True, max_iters=2, lr_decay_iters=2)
     assert res.status == "finished"
     assert "cuda_graphs needs compile on one CUDA device" in capsys.readouterr().err + " ".join(rec.events)
+
+
+def run_logged(overrides: dict, **more):
+    """``run`` with metrics.jsonl written, as the CLI does."""
+    from lmkit.observe.jsonl import JsonlSink
+
+    s = resolve_settings(overrides={**overrides, **more}, environ={})
+    return train(s, MultiSink([Recorder(), JsonlSink(s.checkpoint.checkpoint_dir)]))
+
+
+def test_fresh_run_over_an_older_longer_run_keeps_its_own_checkpoint(tiny_overrides):
+    """Issue 20: --resume never --keep-last 1 into a directory holding a longer run deleted the
+    checkpoint it had just written and kept the old run's. Now the old run moves aside whole."""
+    run_dir = Path(tiny_overrides["checkpoint_dir"])
+    run_logged(tiny_overrides, max_iters=30, lr_decay_iters=30)
+    old_id = json.loads((run_dir / "run.json").read_text())["run"]
+    result = run_logged(tiny_overrides, resume="never", keep_last=1, max_iters=10, lr_decay_iters=10)
+    assert result.last_checkpoint == run_dir / "ckpt_0000010.pt" and result.last_checkpoint.is_file()
+    assert sorted(p.name for p in run_dir.glob("ckpt_*.pt")) == ["ckpt_0000010.pt"]
+    new_id = json.loads((run_dir / "run.json").read_text())["run"]
+    assert new_id != old_id and load_checkpoint(run_dir / "latest.pt")["run_id"] == new_id
+    aside = run_dir / "previous" / old_id
+    assert load_checkpoint(aside / "ckpt_0000030.pt")["run_id"] == old_id  # the old run, whole
+    assert {p.name for p in aside.iterdir()} >= {"latest.pt", "ckpt_0000010.pt", "metrics.jsonl", "settings.yaml", "run.json"}
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {x["run"] for x in lines} == {new_id} and max(x["step"] for x in lines) == 10
+
+
+def test_resume_from_an_older_checkpoint_reads_as_one_history(tiny_overrides):
+    """Resuming from step 10 of a run that reached 20: the new segment's checkpoint survives
+    --keep-last (write order, not step order), and the readers drop the old segment beyond 10."""
+    from lmkit.observe.jsonl import read_events, read_metrics
+
+    run_dir = Path(tiny_overrides["checkpoint_dir"])
+    run_logged(tiny_overrides)  # steps 1..20, checkpoints at 10 and 20
+    result = run_logged(tiny_overrides, resume=str(run_dir / "ckpt_0000010.pt"), max_iters=15, checkpoint_interval=5, keep_last=1)
+    assert result.last_checkpoint == run_dir / "ckpt_0000015.pt" and result.last_checkpoint.is_file()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["segment"] == 1 and record["checkpoints"] == ["ckpt_0000015.pt"]
+    state = load_checkpoint(run_dir / "latest.pt")
+    assert (state["iter"], state["run_id"], state["segment"]) == (15, record["run"], 1)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(x["run"] == record["run"] for x in lines) and {x["segment"] for x in lines} == {0, 1}
+    path = run_dir / "metrics.jsonl"
+    assert [r["step"] for r in read_metrics(path)] == [5, 10, 15]  # step 20 was the abandoned segment's
+    assert not any(e["step"] > 15 and e["segment"] == 0 for e in read_events(path))
+
+
+def test_trainer_refuses_a_held_run_dir_before_building(tiny_overrides, tmp_path):
+    from lmkit.locking import LockHeldError, lock_run_dir
+
+    run_dir = Path(tiny_overrides["checkpoint_dir"])
+    with lock_run_dir(run_dir):
+        # The data does not exist: being refused (not a DataError) shows the lock comes first.
+        s = resolve_settings(overrides=dict(tiny_overrides, train_data_path=str(tmp_path / "none.bin")), environ={})
+        with pytest.raises(LockHeldError, match="in use by another lmkit process"):
+            Trainer(s)
+    trainer = Trainer(resolve_settings(overrides=tiny_overrides, environ={}))
+    trainer.release_run_dir()  # built but never run: the directory can be let go of
+    assert Trainer(resolve_settings(overrides=dict(tiny_overrides, max_iters=2), environ={})).run().step == 2
