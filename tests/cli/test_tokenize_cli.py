@@ -153,7 +153,7 @@ BAD_INPUT = [
     ("train-dir-without-text", lambda t, k, s: ["train", "-i", str(_write(t / "d" / "x.bin", b"1").parent), "-v", "300", "-o", str(t / "out")],
      "no text files"),
     ("train-huge-vocab", lambda t, k, s: ["train", "-i", str(s), "-v", str(10**20), "-o", str(t / "out")],
-     "vocab size 100,000,000,000,000,000,000 is too large"),
+     "--vocab-size' / '-v': Input should be less than or equal to 16777216"),
     ("train-single-byte-special", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "-s", "x", "-o", str(t / "out")],
      "special token 'x' is a single byte"),
     ("train-over-a-tokenizer", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "-o", str(k)],

@@ -62,8 +62,9 @@ def test_a_model_too_big_for_any_batch_says_so_and_the_override_lets_it_through(
     assert check_training_memory(off, torch.device("cpu"), torch.float32, False, True, available=1).total > 24 * 10**9
 
 
-HUGE = [["--d-model", "16384", "--num-heads", "16"], ["--vocab-size", "1000000000"], ["--num-layers", "100000"],
-        ["--batch-size", "100000000"]]
+# Within the settings' bounds (which refuse 10**9 ids or 10**5 layers outright), far past any machine.
+HUGE = [["--d-model", "16384", "--num-heads", "16"], ["--vocab-size", "16000000"], ["--num-layers", "1000"],
+        ["--batch-size", "1000000"]]
 
 
 def test_cli_refuses_before_allocating_under_an_address_space_limit(tmp_path):
