@@ -141,8 +141,9 @@ def shape_problems(weights: Mapping[str, Any], config: ModelConfig) -> list[str]
     if not isinstance(weights, Mapping):
         return ["the 'model' entry is not a state_dict"]
     layers = {int(m.group(1)) for k in weights if isinstance(k, str) and (m := _BLOCK.match(k))}
-    if layers != set(range(config.num_layers)):
-        held = f"blocks 0..{max(layers)}" if layers == set(range(len(layers))) and layers else f"{len(layers)} block indices"
+    contiguous = layers == set(range(len(layers)))  # sized by the tensors held, not by the field
+    if len(layers) != config.num_layers or not contiguous:
+        held = f"blocks 0..{len(layers) - 1}" if contiguous and layers else f"{len(layers)} block indices"
         return [f"num_layers is {config.num_layers} but the weights hold {held}"]
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in TransformerLM(config).state_dict().items()}
