@@ -181,11 +181,11 @@ def load_checkpoint(
             configuration that is out of range or does not fit its tensors.
     """
     path = Path(path)
+    if verify and path.is_file():
+        verify_checkpoint(path)  # first: a manifest says exactly what is wrong with a damaged copy
     what = describe_non_checkpoint(path)
     if what is not None:
         raise CheckpointError(what)
-    if verify:
-        verify_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
