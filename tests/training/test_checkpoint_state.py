@@ -170,3 +170,44 @@ def test_huge_context_refused_before_allocating(tmp_path: Path) -> None:
         assert "Traceback" not in out and "MemoryError" not in out, out
         assert "model_config.context_length 2,147,483,648 is out of range" in out, out
         assert proc.returncode == (2 if command == "inspect" else 1), out
+
+
+def _resume(path: Path) -> None:
+    from lmkit.settings import resolve_settings
+    from lmkit.training.trainer import Trainer
+
+    # --resume auto would warn with the same text and then refuse: every checkpoint there is invalid.
+    Trainer(resolve_settings(overrides=dict(TINY_MODEL, checkpoint_dir=str(path.parent), resume=str(path), device="cpu", wandb=False), environ={}))
+
+
+def _loaders():
+    from lmkit.export import export_checkpoint
+    from lmkit.inference import load_trained
+    from lmkit.inspection import inspect_checkpoint, validate_checkpoint
+
+    def validate(path: Path) -> None:
+        report = validate_checkpoint(path)
+        assert not report.ok
+        raise CheckpointError(report.problems[0])
+
+    return {
+        "generate": lambda p: load_trained(p, device="cpu", tokenizer="none"),
+        "inspect": inspect_checkpoint,
+        "export": lambda p: export_checkpoint(p, p.parent / "out"),
+        "validate": validate,
+        "resume": _resume,
+    }
+
+
+@pytest.mark.parametrize("loader", ["generate", "inspect", "export", "validate", "resume"])
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("model_config.num_layers", 2.0, "model_config.num_layers must be a positive integer"),
+    ("iter", "many", "iter must be an integer >= 0"),
+    ("model_config.context_length", 2**31, "model_config.context_length 2,147,483,648 is out of range"),
+])
+def test_every_load_path_validates(tmp_path: Path, loader: str, field: str, value, message: str) -> None:
+    # The eval command loads through load_trained (generate's path) too.
+    path = save_checkpoint(_crafted(field, value), tmp_path / "run" / "latest.pt")
+    with pytest.raises(CheckpointError) as e:
+        _loaders()[loader](path)
+    assert message in str(e.value)
