@@ -55,6 +55,7 @@ class CheckpointSummary:
     wandb_run_id: str | None
     world_size: int | None
     tokenizer: dict[str, Any] | None  # {dir, hash, vocab_size} as recorded
+    init_from: dict[str, Any] | None  # {path, sha256, iter} of the checkpoint the run started from
     tensors: list[TensorInfo] | None = None  # with tensors=True
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         train_loss=state.get("train_loss"), model_config=asdict(config), params_total=total,
         params_non_embedding=total - embed, dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()}),
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
-        world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), tensors=infos,
+        world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,
     )
 
 

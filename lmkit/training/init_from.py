@@ -104,6 +104,8 @@ def load_init_source(settings: Settings, notice: Callable[[str], None]) -> InitS
             f"{given}: --init-from names a checkpoint of this run's own --checkpoint-dir {run_dir}; a new run "
             "needs a directory of its own (pick another --checkpoint-dir), and to continue that run drop --init-from"
         )
+    if not path.exists():
+        raise CheckpointError(f"{given}: --init-from checkpoint not found; pass a checkpoint file or a run directory holding {LATEST}")
     state = load_checkpoint(path, validate=False)
     config = validate_checkpoint_state(state, path)
     source = f"the --init-from checkpoint {path}"

@@ -55,6 +55,11 @@ def test_new_run_starts_from_the_weights_at_step_zero(source, tiny_overrides, tm
     ckpt = load_checkpoint(tmp_path / "tuned" / "latest.pt")
     assert ckpt["iter"] == 4 and ckpt["tokens_seen"] == 4 * 8 * TINY_MODEL["context_length"]
     assert ckpt["init_from"] == {"path": str(source / "latest.pt"), "sha256": file_digest(source / "latest.pt"), "iter": 10}
+    from lmkit.inspection import inspect_checkpoint
+
+    assert inspect_checkpoint(tmp_path / "tuned").init_from == ckpt["init_from"]
+    shown = CliRunner().invoke(app, ["ckpt", "inspect", str(tmp_path / "tuned")], terminal_width=300).stdout
+    assert f"started from {source / 'latest.pt'} (step 10, sha256 {ckpt['init_from']['sha256'][:12]})" in shown
     saved = yaml.safe_load((tmp_path / "tuned" / "settings.yaml").read_text())
     assert saved["checkpoint"]["init_from"] == str(source) and ckpt["settings"]["checkpoint"]["init_from"] == str(source)
 
@@ -97,6 +102,11 @@ def test_init_from_into_a_dir_of_another_run_is_refused(source, tiny_overrides, 
     train(resolve_settings(overrides=scratch, environ={}))
     with pytest.raises(ConfigError, match="already holds a run .step 2. that was trained from scratch"):
         Trainer(resolve_settings(overrides=dict(new_run(tiny_overrides, tmp_path, init_from=str(source)), checkpoint_dir=scratch["checkpoint_dir"]), environ={}))
+
+
+def test_missing_init_checkpoint(tiny_overrides, tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="nope: --init-from checkpoint not found"):
+        Trainer(resolve_settings(overrides=new_run(tiny_overrides, tmp_path, init_from=str(tmp_path / "nope")), environ={}))
 
 
 def test_init_from_its_own_run_dir_is_refused(source, tiny_overrides, tmp_path) -> None:
