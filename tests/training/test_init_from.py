@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,8 @@ def test_new_run_starts_from_the_weights_at_step_zero(source, tiny_overrides, tm
     from lmkit.inspection import inspect_checkpoint
 
     assert inspect_checkpoint(tmp_path / "tuned").init_from == ckpt["init_from"]
-    shown = CliRunner().invoke(app, ["ckpt", "inspect", str(tmp_path / "tuned")], terminal_width=300).stdout
-    assert f"started from {source / 'latest.pt'} (step 10, sha256 {ckpt['init_from']['sha256'][:12]})" in shown
+    shown = CliRunner().invoke(app, ["ckpt", "inspect", str(tmp_path / "tuned")], env={"COLUMNS": "300"}).stdout
+    assert re.search(rf"started from +{re.escape(str(source / 'latest.pt'))} \(step 10, sha256 {ckpt['init_from']['sha256'][:12]}\)", shown)
     saved = yaml.safe_load((tmp_path / "tuned" / "settings.yaml").read_text())
     assert saved["checkpoint"]["init_from"] == str(source) and ckpt["settings"]["checkpoint"]["init_from"] == str(source)
 
