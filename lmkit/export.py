@@ -20,12 +20,13 @@ from typing import Any, Literal
 import torch
 
 from lmkit.data.tokens import atomic_write_bytes
-from lmkit.errors import CheckpointError, ConfigError
-from lmkit.inference import EOT, checkpoint_file, find_tokenizer, model_config_of, weight_problems
+from lmkit.errors import ConfigError
+from lmkit.inference import EOT, checkpoint_file, find_tokenizer
 from lmkit.model import ModelConfig
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.files import token_to_str
 from lmkit.training.checkpoint import load_checkpoint
+from lmkit.training.checkpoint_state import validate_checkpoint_state
 
 Format = Literal["safetensors", "hf"]
 
@@ -169,11 +170,8 @@ def export_checkpoint(
     path, output = checkpoint_file(path), Path(output)
     if format not in ("safetensors", "hf"):
         raise ConfigError(f"unknown export format {format!r}; use safetensors or hf")
-    state = load_checkpoint(path)
-    config = model_config_of(state, path)
-    problems = weight_problems(state.get("model"), config)
-    if problems:
-        raise CheckpointError(f"{path}: weights do not match model_config: {problems[0]}")
+    state = load_checkpoint(path, validate=False)
+    config = validate_checkpoint_state(state, path)
     prepare_output(output, force)
     weights = {k: v.detach().contiguous() for k, v in state["model"].items()}
     dtype = weights["lm_head.weight"].dtype

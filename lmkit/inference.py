@@ -32,6 +32,7 @@ from lmkit.model import ModelConfig, TransformerLM
 from lmkit.settings import Settings, validate_tree
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import LATEST, load_checkpoint
+from lmkit.training.checkpoint_state import validate_checkpoint_state
 from lmkit.training.runtime import Runtime, resolve_runtime
 
 EOT = "<|endoftext|>"
@@ -73,41 +74,22 @@ class Piece:
 
 
 def checkpoint_file(path: Path | str) -> Path:
-    """``path`` itself, or ``path/latest.pt`` when ``path`` is a run directory holding one."""
+    """``path`` itself, or ``path/latest.pt`` when ``path`` is a run directory holding one.
+
+    A directory without ``latest.pt`` is returned as is: loading it then says what it holds.
+    """
     path = Path(path)
     return path / LATEST if path.is_dir() and (path / LATEST).is_file() else path
 
 
 def model_config_of(state: dict[str, Any], path: Path) -> ModelConfig:
-    """The ``ModelConfig`` a checkpoint records.
+    """The ``ModelConfig`` a checkpoint records, after checking the whole dict against its tensors.
 
     Raises:
-        CheckpointError: the entry is missing or describes an impossible model.
+        CheckpointError: the entry is missing, out of range, or does not fit the weights
+            (see ``lmkit.training.checkpoint_state.validate_checkpoint_state``).
     """
-    raw = state.get("model_config")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: checkpoint has no model_config; it was not written by `lmkit train`")
-    try:
-        return ModelConfig(**raw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid model_config ({e})") from None
-
-
-def weight_problems(weights: Any, config: ModelConfig) -> list[str]:
-    """Compare a state_dict with the one ``config`` implies; one line per problem (none: OK)."""
-    if not isinstance(weights, dict):
-        return ["the 'model' entry is not a state_dict"]
-    with torch.device("meta"):  # shapes only: building on the meta device allocates nothing
-        expected = {k: tuple(v.shape) for k, v in TransformerLM(config).state_dict().items()}
-    problems = [f"missing tensor {k} {list(s)}" for k, s in expected.items() if k not in weights]
-    problems += [f"unexpected tensor {k}" for k in weights if k not in expected]
-    for k, shape in expected.items():
-        t = weights.get(k)
-        if isinstance(t, torch.Tensor) and tuple(t.shape) != shape:
-            problems.append(f"{k}: shape {list(t.shape)} but model_config implies {list(shape)}")
-        elif k in weights and not isinstance(t, torch.Tensor):
-            problems.append(f"{k}: not a tensor")
-    return problems
+    return validate_checkpoint_state(state, path)
 
 
 def settings_of(state: dict[str, Any]) -> Settings | None:
@@ -160,7 +142,7 @@ def find_tokenizer(state: dict[str, Any], path: Path, override: Path | None = No
             f"{where}: tokenizer hash {tok.hash} does not match the {want_hash} that {path.name} was trained with; "
             "its ids would decode to garbage. Pass the training tokenizer with --tokenizer DIR"
         )
-    vocab = int((state.get("model_config") or {}).get("vocab_size", tok.vocab_size))
+    vocab = (state.get("model_config") or {}).get("vocab_size", tok.vocab_size)
     if tok.vocab_size > vocab:
         raise TokenizerError(f"{where}: tokenizer has {tok.vocab_size} ids but the model only {vocab}; it is not this model's tokenizer")
     return tok
@@ -199,12 +181,8 @@ def load_trained(
     """
     path = checkpoint_file(path)
     runtime = resolve_runtime(device, dtype, compile)
-    state = load_checkpoint(path)
-    config = model_config_of(state, path)
-    problems = weight_problems(state.get("model"), config)
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointError(f"{path}: weights do not match model_config: {'; '.join(problems[:3])}{more}")
+    state = load_checkpoint(path, validate=False)
+    config = validate_checkpoint_state(state, path)  # before any tensor is sized by the file's fields
     tok = None
     if tokenizer != "none" or tokenizer_dir:
         tok = find_tokenizer(state, path, Path(tokenizer_dir) if tokenizer_dir else None)

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from lmkit.errors import CheckpointError, LmkitError
-from lmkit.inference import checkpoint_file, find_tokenizer, model_config_of, settings_of, weight_problems
+from lmkit.inference import checkpoint_file, find_tokenizer, settings_of
 from lmkit.model import TransformerLM
 from lmkit.training.checkpoint import load_checkpoint
+from lmkit.training.checkpoint_state import validate_checkpoint_state
 
 # Text the tokenizer check encodes and decodes: ASCII, accents, an emoji, CJK, whitespace runs.
 ROUND_TRIP_TEXT = "Hello, world! Caf\u00e9 na\u00efve \U0001f44b \u4f60\u597d\n\n\t  spaces  42"
@@ -54,6 +55,7 @@ class CheckpointSummary:
     wandb_run_id: str | None
     world_size: int | None
     tokenizer: dict[str, Any] | None  # {dir, hash, vocab_size} as recorded
+    init_from: dict[str, Any] | None  # {path, sha256, iter} of the checkpoint the run started from
     tensors: list[TensorInfo] | None = None  # with tensors=True
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,11 +74,9 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         CheckpointError: missing, truncated, foreign or newer-format file.
     """
     path = checkpoint_file(path)
-    state = load_checkpoint(path)
-    config = model_config_of(state, path)
-    weights = state.get("model")
-    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
-        raise CheckpointError(f"{path}: the 'model' entry is not a state_dict of tensors")
+    state = load_checkpoint(path, validate=False)
+    config = validate_checkpoint_state(state, path)
+    weights = state["model"]
     total = sum(t.numel() for t in weights.values())
     embed = sum(weights[k].numel() for k in _EMBEDDINGS if k in weights)
     infos = None
@@ -89,7 +89,7 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         train_loss=state.get("train_loss"), model_config=asdict(config), params_total=total,
         params_non_embedding=total - embed, dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()}),
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
-        world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), tensors=infos,
+        world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,
     )
 
 
@@ -141,22 +141,22 @@ def validate_checkpoint(path: Path | str, tokenizer_dir: Path | str | None = Non
     """
     path = checkpoint_file(path)
     if not path.is_file():
-        load_checkpoint(path)  # raises the standard "not found" / "is a directory" error
+        load_checkpoint(path)  # raises what the path is instead ("not found", "a directory without latest.pt" ...)
     report = ValidationReport(str(path))
     add = report.checks.append
     try:
-        state = load_checkpoint(path)
-        config = model_config_of(state, path)
+        state = load_checkpoint(path, validate=False)
     except CheckpointError as e:
         add(Check("loads", "fail", str(e).removeprefix(f"{path}: ")))
         return report
     add(Check("loads", "ok", f"format {state['version']}, lmkit {state.get('lmkit_version')}, step {state.get('iter')}"))
-    problems = weight_problems(state.get("model"), config)
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        add(Check("shapes", "fail", "; ".join(problems[:3]) + more))
+    try:
+        # Before anything is built: the recorded fields in range and fitting the tensors held.
+        config = validate_checkpoint_state(state, path)
+    except CheckpointError as e:
+        add(Check("shapes", "fail", str(e).removeprefix(f"{path}: ")))
         return report
-    add(Check("shapes", "ok", f"{len(state['model'])} tensors match model_config"))
+    add(Check("shapes", "ok", f"model_config valid, {len(state['model'])} tensors match it"))
     bad = [k for k, t in state["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     add(Check("finite", "fail" if bad else "ok", f"NaN/inf in {', '.join(bad[:3])}" if bad else "no NaN or inf"))
     add(_forward_check(state, config))

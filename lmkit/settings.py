@@ -170,6 +170,16 @@ class CheckpointSettings(Section):
     checkpoint_interval: int = Field(1000, gt=0, le=MAX_STEPS, description="Steps between checkpoints (a final one is always written).")
     keep_last: int | None = Field(None, gt=0, le=10**6, examples=[3], description="Keep only the newest K step checkpoints (latest.pt is always kept).")
     resume: str = Field("auto", examples=["never"], description="auto: resume from checkpoint_dir/latest.pt if present; never: start fresh; or a checkpoint path.")
+    init_from: Path | None = Field(
+        None, examples=["runs/pretrain"],
+        description="Start a new run from this checkpoint's weights (a file, or a run directory's latest.pt): fresh optimizer, schedule and step count; the architecture comes from it (model settings that differ are refused) and the data must use its tokenizer. If checkpoint_dir already holds this run's latest.pt, resume wins.",
+    )
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        # As for the data paths: an empty value means "none", not the current directory.
+        return None if v in ("", "none", "None") else v
 
 
 class LoggingSettings(Section):

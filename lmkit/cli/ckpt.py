@@ -63,6 +63,7 @@ def _render_summary(s: Any) -> None:
 
     cfg = s.model_config
     tok = s.tokenizer or {}
+    init = s.init_from
     rows = [
         ("checkpoint", f"{s.path} ({_size(s.size_bytes)} on disk)"),
         ("written by", f"lmkit {s.lmkit_version}, checkpoint format {s.format_version}"),
@@ -76,6 +77,7 @@ def _render_summary(s: Any) -> None:
         ("dtype", ", ".join(s.dtypes)),
         ("optimizer", "present (training can resume)" if s.has_optimizer else "absent (weights only)"),
         ("W&B run", s.wandb_run_id or "none"),
+        ("started from", f"{init.get('path')} (step {init.get('iter')}, sha256 {str(init.get('sha256'))[:12]})" if init else "scratch"),
         ("tokenizer", f"{tok.get('hash')} ({tok.get('vocab_size')} ids) at {tok.get('dir')}" if tok.get("hash") or tok.get("dir") else "none recorded"),
     ]
     table = Table(show_header=False, box=None, pad_edge=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ import torch
 from lmkit import __version__
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import CheckpointError
+from lmkit.training.checkpoint_files import describe_non_checkpoint
+from lmkit.training.checkpoint_state import validate_checkpoint_state
 
 FORMAT = "lmkit-checkpoint"
 FORMAT_VERSION = 1
@@ -172,40 +175,73 @@ def verify_checkpoint(path: Path) -> bool | None:
     return True
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", verify: bool = True) -> dict[str, Any]:
-    """Load a checkpoint dict safely.
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", verify: bool = True, validate: bool = True
+) -> dict[str, Any]:
+    """Load a checkpoint dict safely and check it before anything is built from it.
 
     Args:
         path: the checkpoint file.
         map_location: where tensors are loaded.
         verify: check the file against its sha256 manifest first (when it has one).
+        validate: check the recorded fields against each other and against the tensors
+            (``lmkit.training.checkpoint_state.validate_checkpoint_state``); only ``ckpt
+            validate`` turns this off, to report the same problems as separate checks.
 
     Raises:
-        CheckpointError: missing, a directory, truncated, not an lmkit checkpoint, written by a
-            newer format, or carrying pickled code (refused, never executed).
+        CheckpointError: missing; not a checkpoint (a directory, a token file, a text or
+            safetensors file ..., named as such); truncated; not an lmkit checkpoint; written by a
+            newer format; carrying pickled objects (refused, never executed); or recording a
+            configuration that is out of range or does not fit its tensors.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / LATEST}")
-    if verify:
-        verify_checkpoint(path)
+    if verify and path.is_file():
+        verify_checkpoint(path)  # first: a manifest says exactly what is wrong with a damaged copy
+    what = describe_non_checkpoint(path)
+    if what is not None:
+        raise CheckpointError(what)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else "unsupported content"
         if "weights_only" in str(e) or "GLOBAL" in str(e) or "Unsupported" in str(e):
-            raise CheckpointError(f"{path}: refused: the file holds pickled objects that could run code ({msg[:120]})") from None
-        raise CheckpointError(f"{path}: damaged or not a checkpoint ({msg[:120]})") from None
+            raise CheckpointError(_refusal(path, str(e))) from e
+        raise CheckpointError(f"{path}: damaged checkpoint: its contents cannot be read as a PyTorch archive; {_RECOVER}") from e
     except Exception as e:  # torch.load raises many types on damaged input (KeyError, RuntimeError, EOFError ...)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({first[:120]})") from None
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint: PyTorch cannot read it ({type(e).__name__}); {_RECOVER}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an lmkit checkpoint")
-    if int(state.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer lmkit (checkpoint format {state['version']}, this lmkit reads {FORMAT_VERSION}); upgrade lmkit")
+        raise CheckpointError(_foreign(path, state))
+    version = state.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: invalid checkpoint: version must be a positive integer, got {version!r}; the file is damaged or was not written by `lmkit train`")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer lmkit (checkpoint format {version}, this lmkit reads {FORMAT_VERSION}); upgrade lmkit")
+    if validate:
+        validate_checkpoint_state(state, path)
     return state
+
+
+_RECOVER = "copy it again, or use an older ckpt_*.pt of the same run"
+
+
+def _refusal(path: Path, torch_message: str) -> str:
+    # torch's text is long and ends in advice about weights_only=False, which lmkit never
+    # uses; name the offending global (when torch says it) and say what happened instead.
+    found = re.search(r"GLOBAL ([\w.]+)", torch_message)
+    what = f" (it references {found.group(1)})" if found else ""
+    return (
+        f"{path}: refused: the file holds pickled Python objects{what} that lmkit will not unpickle, because "
+        "unpickling can run arbitrary code; it was not loaded and nothing in it ran. lmkit checkpoints hold only "
+        "tensors and plain values: use one written by `lmkit train`, or if you trust the file's source, re-save "
+        "its tensors as a plain dict"
+    )
+
+
+def _foreign(path: Path, state: Any) -> str:
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return (f"{path}: not an lmkit checkpoint: a bare PyTorch state_dict ({len(state)} tensors) without the model "
+                "config, settings and tokenizer record that `lmkit train` writes")
+    kind = f"a dict with keys {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else f"a {type(state).__name__}"
+    return f"{path}: not an lmkit checkpoint: a PyTorch file holding {kind}; pass a checkpoint written by `lmkit train`"
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:

@@ -10,6 +10,8 @@ from lmkit.errors import CheckpointError, ConfigError
 from lmkit.settings import Settings, validate_tree
 from lmkit.training.checkpoint import LATEST, list_checkpoints, load_checkpoint, newest_intact
 from lmkit.training.rundir import read_record
+from lmkit.training.checkpoint_state import validate_resume_state
+from lmkit.training.init_from import same_source, take_architecture
 
 # Sections whose change makes the checkpoint's weights meaningless for the new run.
 _ARCHITECTURE = ("model",)
@@ -61,16 +63,46 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, Any,
     return out
 
 
+def _init_from(settings: Settings, old: dict[str, Any], state: dict[str, Any], path: Path, notice: Callable[[str], None]) -> Settings:
+    """Resume wins over ``--init-from`` when the run being resumed started from that checkpoint.
+
+    A run that started from a checkpoint took its architecture from it, so model fields left
+    unset come from the saved settings (the command that started it did not give them either).
+    """
+    given, before = settings.checkpoint.init_from, old["checkpoint"].get("init_from")
+    run_dir = path.parent
+    if given is not None and not same_source(given, before):
+        began = f"started from {before}" if before else "was trained from scratch"
+        raise ConfigError(
+            f"checkpoint.init_from: {run_dir} already holds a run (step {state.get('iter')}) that {began}, so resuming it "
+            f"would not start from --init-from {given}; pick a new --checkpoint-dir for the new run (or --resume never to "
+            "start over in this one, overwriting its checkpoints)"
+        )
+    if before is None:
+        return settings
+    if given is not None:
+        notice(f"{run_dir} already holds this run's checkpoints: resuming it (resume wins over --init-from; "
+               f"{given} gave it its starting weights and is not loaded again)")
+    settings = take_architecture(settings, old["model"], f"{path} (this run's checkpoint)", notice)
+    tree = settings.model_dump(mode="json")
+    tree["checkpoint"]["init_from"] = before  # the resumed run keeps its record of where it began
+    return validate_tree(tree, "settings")
+
+
 def reconcile_settings(settings: Settings, state: dict[str, Any], path: Path, notice: Callable[[str], None]) -> Settings:
     """Check the new settings against the checkpoint's and say what changes.
 
     Architecture changes are refused (listing every differing field); changes to the schedule,
     intervals, logging and runtime are applied and listed. Changing ``batch_size``, ``seed`` or
-    the data would silently make a different run, so those are refused too.
+    the data would silently make a different run, so those are refused too. A run that began
+    with ``--init-from`` resumes as itself (see ``_init_from``); naming another ``--init-from``
+    for it is refused.
 
     Raises:
+        CheckpointError: the checkpoint lacks what resuming needs (optimizer state, step).
         ConfigError: one line per field that cannot change on resume.
     """
+    validate_resume_state(state, path)
     saved = state.get("settings")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: checkpoint has no settings; cannot resume from it")
@@ -79,6 +111,7 @@ def reconcile_settings(settings: Settings, state: dict[str, Any], path: Path, no
         if isinstance(saved.get(section), dict):
             saved[section].setdefault(key, value)
     old = validate_tree(saved, f"{path} (saved settings)").model_dump(mode="json")
+    settings = _init_from(settings, old, state, path, notice)
     new = settings.model_dump(mode="json")
     refused, applied = [], []
     for section, key, before, after in _diff(old, new):

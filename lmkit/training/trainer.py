@@ -30,6 +30,7 @@ from lmkit.training import checkpoint as ckpt
 from lmkit.training import rundir
 from lmkit.training.compile_plan import plan_compile
 from lmkit.training.distributed import Distributed
+from lmkit.training.init_from import check_init_tokenizer, load_init_source
 from lmkit.training.loss import LMLoss
 from lmkit.training.memory import check_training_memory
 from lmkit.training.optim import build_optimizer, clip_gradients
@@ -137,24 +138,31 @@ class Trainer:
     def _build(self) -> None:
         s, rt = self.settings, self.rt
         found = load_resume_state(s.checkpoint.resume, self.run_dir, self.notice)
-        self.settings = s = data_vocab_size(s, found[1] if found else None, self.notice)  # unset vocab_size: the data's tokenizer's
-        state = None
+        state = init = None
         if found is not None:
             resume_path, state = found
             self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
+        elif s.checkpoint.init_from is not None:  # a new run from trained weights (resume wins: above)
+            init = load_init_source(s, self.notice)
+            self.settings = s = init.settings
+        self.init_from = init.record if init is not None else (state or {}).get("init_from")
+        # Unset vocab_size: the data's tokenizer's (after resume/init, which fix the architecture).
+        self.settings = s = data_vocab_size(s, state, self.notice)
         torch.manual_seed(s.runtime.seed)
         self.train_data = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train", self.notice)
         self.val_data = None
         if s.data.val_data_path is not None:
             self.val_data = TokenDataset(s.data.val_data_path, s.model.context_length, s.model.vocab_size, "validation", self.notice)
+        if init is not None:
+            check_init_tokenizer(init, [self.train_data, self.val_data])
         self.config = ModelConfig.from_settings(s.model)
         plan = plan_compile(s, rt, self.notice)
         # Before the first large allocation: a model or batch that cannot fit is refused in one
         # line instead of being found out by the operating system killing the process.
         check_training_memory(s, rt.device, rt.dtype, rt.compile, plan.fused_loss, rt.world_size)
         model = TransformerLM(self.config)
-        if state is not None:
-            model.load_state_dict(state["model"])
+        if state is not None or init is not None:
+            model.load_state_dict(state["model"] if state is not None else init.weights)
         model.set_activation_checkpointing(s.train.activation_checkpointing)
         if not s.runtime.fp32_residual and rt.dtype != torch.float32:
             # bf16 between blocks: ~3 % faster at GPT-2 small, and no difference in validation loss
@@ -216,6 +224,7 @@ class Trainer:
             "wandb_run_id": self.wandb_run_id,
             "world_size": self.rt.world_size,
             "tokenizer": {"dir": tok_meta.tokenizer_dir, "hash": tok_meta.tokenizer_hash, "vocab_size": tok_meta.vocab_size},
+            "init_from": self.init_from,  # {path, sha256, iter} of the checkpoint this run started from
         }
 
     def save(self) -> Path | None:

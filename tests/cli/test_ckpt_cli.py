@@ -90,3 +90,35 @@ def test_help_has_examples() -> None:
     for cmd in ("inspect", "export", "validate"):
         result = invoke("ckpt", cmd, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout, cmd
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_non_checkpoint_files_say_what_they_are(run, tmp_path) -> None:
+    line = _one_line_error(invoke("ckpt", "inspect", str(run.root / "train.bin")))
+    assert "a token file written by `lmkit tokenize encode`" in line and "pop from empty list" not in line
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(run.checkpoint.read_bytes()[:5000])  # a copy without its manifest
+    line = _one_line_error(invoke("ckpt", "inspect", str(cut)))
+    assert "the archive is incomplete" in line and "miniz" not in line
+    line = _one_line_error(invoke("ckpt", "export", str(tmp_path), "-o", str(tmp_path / "out")))
+    assert "a directory with no latest.pt or ckpt_*.pt" in line
+
+
+def test_crafted_checkpoint_is_one_line_on_every_command(run, tmp_path) -> None:
+    state = load_checkpoint(run.checkpoint)
+    state["model_config"]["num_layers"] = 2.0
+    save_checkpoint(state, tmp_path / "crafted.pt")
+    crafted = str(tmp_path / "crafted.pt")
+    for args in (("ckpt", "inspect", crafted), ("ckpt", "export", crafted, "-o", str(tmp_path / "o")),
+                 ("generate", "--checkpoint", crafted, "--prompt", "The", "--device", "cpu")):
+        line = _one_line_error(invoke(*args))
+        assert f"{crafted}: invalid checkpoint: model_config.num_layers must be a positive integer, got 2.0 (float)" in line
+    report = invoke("ckpt", "validate", crafted)
+    assert report.exit_code == 1 and "fail  shapes" in report.stdout and "num_layers" in report.stdout

@@ -49,7 +49,8 @@ def test_sigkill_during_checkpoint_writes_never_loses_latest(tmp_path: Path):
         time.sleep(rng.uniform(0.0, 0.3))
         proc.kill()  # SIGKILL: no cleanup handlers run
         proc.join()
-        state = ckpt.load_checkpoint(d / ckpt.LATEST)  # verifies against the manifest too
+        # verifies against the manifest too; validate=False: this toy state is no model checkpoint
+        state = ckpt.load_checkpoint(d / ckpt.LATEST, validate=False)
         assert torch.all(state["model"]["w"] == float(state["iter"]))
         assert ckpt.verify_checkpoint(d / ckpt.LATEST) in (True, None)
 
