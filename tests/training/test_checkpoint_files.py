@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_token_data
+from tests.conftest import write_token_data
 from test_checkpoint_state import good_state
 
 from lmkit.errors import CheckpointError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL
 
 from lmkit.errors import CheckpointError
 from lmkit.model import ModelConfig, TransformerLM

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import TINY_MODEL, write_token_data
+from tests.conftest import TINY_MODEL, write_token_data
 from typer.testing import CliRunner
 
 from lmkit.api import resolve_settings, train
