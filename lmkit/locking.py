@@ -149,6 +149,21 @@ def remove_stale_temps(directory: Path, prefix: str = ".") -> list[Path]:
     return removed
 
 
+def fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable across a power cut (best effort: directories cannot
+    be opened on Windows, and some file systems refuse to sync them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _try_lock(fd: int) -> bool:
     try:
         if fcntl is not None:

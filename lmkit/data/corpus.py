@@ -317,7 +317,7 @@ def import_ids(
             empty file, a full disk; LockHeldError: another process writes one of the outputs.
     """
     if vocab_size is not None and not 1 <= vocab_size <= MAX_VOCAB:
-        raise DataError(f"vocab_size {vocab_size} is outside 1..2**32 (token files hold ids below 2**32)")
+        raise DataError(f"vocab_size (--vocab-size) {vocab_size} is outside 1..2**32 (token files hold ids below 2**32)")
     inputs = list_text_files(Path(input_path))
     output_dir = _prepare_output(output_dir)
     outputs = _output_paths(inputs, output_dir)

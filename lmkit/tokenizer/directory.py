@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 
 from lmkit.errors import TokenizerError
-from lmkit.locking import OutputLock, lock_output, remove_stale_temps
+from lmkit.locking import OutputLock, fsync_dir, lock_output, remove_stale_temps
 from lmkit.tokenizer import files
 
 # Temp names carry this tag so clean-up never touches another output's temps ("tok" vs "tok.v2").
@@ -144,7 +144,7 @@ class TokenizerOutput:
             try:
                 for file_name, data in contents.items():
                     _write_file(temp / file_name, data)
-                _fsync_dir(temp)
+                fsync_dir(temp)
                 self._swap(temp)
             finally:
                 if os.path.lexists(temp):
@@ -155,7 +155,7 @@ class TokenizerOutput:
     def _swap(self, temp: Path) -> None:
         if not os.path.lexists(self.real):
             os.rename(temp, self.real)
-            _fsync_dir(self.real.parent)
+            fsync_dir(self.real.parent)
             return
         backup = backup_path(self.real)
         os.rename(self.real, backup)
@@ -164,7 +164,7 @@ class TokenizerOutput:
         except BaseException:
             os.rename(backup, self.real)  # a failed write leaves the old tokenizer as it was
             raise
-        _fsync_dir(self.real.parent)
+        fsync_dir(self.real.parent)
         # Renamed away before deletion, so a deletion cut short never leaves a partial
         # directory under the backup name that readers fall back to.
         trash = self.real.parent / f".{self.real.name}.{TEMP_TAG}-{secrets.token_hex(4)}.tmp"
@@ -204,20 +204,6 @@ def _write_file(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the renames durable across a power cut; directories cannot be opened on Windows.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -31,6 +31,7 @@ import torch
 from lmkit import __version__
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import CheckpointError
+from lmkit.locking import fsync_dir
 from lmkit.training.checkpoint_files import describe_non_checkpoint
 from lmkit.training.checkpoint_state import validate_checkpoint_state
 
@@ -62,19 +63,6 @@ class _HashingWriter:
 def manifest_path(path: Path) -> Path:
     """``ckpt_0000100.pt`` -> ``ckpt_0000100.pt.sha256``."""
     return Path(path).with_name(Path(path).name + ".sha256")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
@@ -109,7 +97,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
         manifest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
         atomic_write_bytes(manifest_path(path), f"{writer.sha.hexdigest()} {writer.size}\n".encode())
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"{path}: checkpoint write failed ({e.strerror}); the previous checkpoint is intact. Free disk space or fix permissions") from None
@@ -139,7 +127,7 @@ def link_latest(ckpt_path: Path) -> Path:
         os.replace(tmp, latest)
         if manifest_path(ckpt_path).exists():
             atomic_write_bytes(manifest_path(latest), manifest_path(ckpt_path).read_bytes())
-        _fsync_dir(latest.parent)
+        fsync_dir(latest.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{latest}: cannot point it at {ckpt_path.name} ({e.strerror}); {ckpt_path} itself is complete. Free disk space or fix permissions") from None

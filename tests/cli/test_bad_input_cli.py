@@ -55,9 +55,9 @@ GEN = ["generate", "--checkpoint", "{ckpt}", "--device", "cpu", "--max-new-token
 CASES = [
     ("missing checkpoint", ["generate", "-k", "{ckpt}.nope", "-p", "hi"], "checkpoint not found"),
     ("missing checkpoint (inspect)", ["ckpt", "inspect", "/no/such/file.pt"], "checkpoint not found"),
-    ("text file", ["ckpt", "inspect", "{text.pt}"], "damaged or truncated"),
+    ("text file", ["ckpt", "inspect", "{text.pt}"], "a text file, not a checkpoint"),
     ("foreign torch file", ["eval", "-k", "{foreign.pt}", "--data", "{val}"], "not an lmkit checkpoint"),
-    ("truncated checkpoint", ["generate", "-k", "{truncated.pt}", "-p", "hi"], "damaged or truncated"),
+    ("truncated checkpoint", ["generate", "-k", "{truncated.pt}", "-p", "hi"], "damaged checkpoint: the archive is incomplete"),
     ("newer format", ["ckpt", "export", "{newer.pt}", "-o", "{full}/x"], "newer lmkit"),
     ("pickled code", ["inspect-checkpoint", "{pickled.pt}"], "refused"),
     ("empty prompt", [*GEN, "--prompt", ""], "prompt is empty"),

@@ -123,7 +123,7 @@ def test_decode_refuses_another_tokenizers_ids(tok, tmp_path):
     [
         ("1 2\n3 4294967296\n", None, r"tokens.txt:2: token id 4294967296 is too large \(token files hold ids below 2\*\*32"),
         ("1 " + "9" * 5000 + "\n", None, r"tokens.txt:1: token id 9{40} is too large"),
-        ("1 4294967295\n", 2**40, r"vocab_size 1099511627776 is outside 1..2\*\*32"),
+        ("1 4294967295\n", 2**40, r"vocab_size \(--vocab-size\) 1099511627776 is outside 1..2\*\*32"),
         ("1\u00a02 3\n", None, r"tokens.txt:1: '1\\xa02' is not a token id: U\+00A0 is not a separator"),
         ("1 2\n3\u001c4\n", None, r"tokens.txt:2: '3\\x1c4' is not a token id: U\+001C is not a separator"),
         ("1 2\u20033\n", None, r"U\+2003 is not a separator"),

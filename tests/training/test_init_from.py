@@ -93,6 +93,7 @@ def test_resume_wins_over_init_from(source, tiny_overrides, tmp_path) -> None:
     assert trainer.step == 4  # the stopped fine-tune resumes; the source is not loaded again
     assert any("resume wins over --init-from" in n for n in notices)
     assert trainer.init_from["path"] == str(source / "latest.pt")
+    trainer.release_run_dir()  # a built Trainer owns its run directory until it runs or lets go
     # Resuming without repeating --init-from still resumes the fine-tune, record kept.
     again = Trainer(resolve_settings(overrides={k: v for k, v in dict(flat, max_iters=6).items() if k != "init_from"}, environ={}))
     assert again.step == 4 and again.settings.checkpoint.init_from == Path(str(source))

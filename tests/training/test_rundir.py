@@ -35,7 +35,7 @@ def test_fresh_run_moves_another_runs_files_aside(tmp_path):
         ["ckpt_0000020.pt", "ckpt_0000040.pt", "ckpt_0000060.pt", "ckpt_0000020.pt.sha256", "ckpt_0000040.pt.sha256",
          "ckpt_0000060.pt.sha256", "latest.pt", "latest.pt.sha256", "metrics.jsonl", "settings.yaml", "metrics.png",
          "nan_report.json", "run.json"])
-    assert ckpt.load_checkpoint(aside / "latest.pt")["iter"] == 60  # moved whole, manifest with it
+    assert ckpt.load_checkpoint(aside / "latest.pt", validate=False)["iter"] == 60  # moved whole, manifest with it
     assert sorted(p.name for p in d.iterdir()) == ["notes.txt", "previous", "run.json"]
     assert record.run != "old-run" and record.segment == 0 and record.checkpoints == []
     assert json.loads((d / "run.json").read_text())["run"] == record.run
