@@ -60,6 +60,16 @@ FILLERS = {"--checkpoint": "/nonexistent/ck.pt", "--data": "/nonexistent/v.bin",
 EXTRA = {("train",): ["--print-config"], ("generate",): ["--prompt", "hi"]}
 
 
+def _annotation_name(p) -> str:
+    """``int``/``float`` for a typed option: typer >= 0.29 keeps the annotation, older releases
+    (the GPU machine's) hand click's parameter type ("integer", "float range", ...)."""
+    desc = getattr(p, "type_descriptor", None)
+    if desc is not None:
+        return getattr(desc.annotation, "__name__", "")
+    name = getattr(getattr(p, "type", None), "name", "").split(" ")[0]
+    return {"integer": "int", "float": "float"}.get(name, name)
+
+
 def _numeric_flags():
     def walk(group, path=()):
         for name, cmd in group.commands.items():
@@ -70,7 +80,7 @@ def _numeric_flags():
                 if p.param_type_name != "option" or getattr(p, "is_flag", False) or p.hidden:
                     continue
                 # Settings flags travel as text with an <int>/<float> metavar; the others are typed.
-                kind = p.metavar if p.metavar in ("<int>", "<float>") else getattr(p.type_descriptor.annotation, "__name__", "")
+                kind = p.metavar if p.metavar in ("<int>", "<float>") else _annotation_name(p)
                 if kind.strip("<>") in ("int", "float"):
                     yield (*path, name), cmd, next(o for o in p.opts if o.startswith("--")), "float" in kind
 
