@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from lmkit.training.optim import build_optimizer, clip_gradients
 from lmkit.training.resume import load_resume_state, reconcile_settings
 from lmkit.training.runtime import Runtime, resolve_runtime
 from lmkit.training.schedule import get_lr
+from lmkit.training.stopping import StopRequests, TrainingInterrupted, aborted, oom_error
 
 
 @dataclass
@@ -57,19 +56,6 @@ class TrainResult:
 def _stderr_notice(message: str) -> None:
     """Default for notices raised before any sink exists (resume, data conversion)."""
     say(f"lmkit: {message}")  # a closed stderr silences it rather than failing the run
-
-
-class TrainingInterrupted(TrainingError):
-    """A requested stop. Exit 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (terminal
-    closed), 141 a closed output (SIGPIPE's number); a checkpoint was written, except after a
-    second Ctrl-C ("aborted", which says so)."""
-
-
-# Why a run stopped, as the stop event words it, keyed by signal number.
-_SIGNAL_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-if hasattr(signal, "SIGHUP"):  # not on Windows
-    _SIGNAL_WORDS[signal.SIGHUP] = "SIGHUP: terminal closed"
-_OUTPUT_CLOSED_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
 class Trainer:
@@ -96,8 +82,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.skipped_steps = 0
         self.wandb_run_id: str | None = None
-        self._stop_signal: int | None = None  # the signal this process received
-        self._stop_reason: str | None = None  # why this process asked to stop (signal, closed output)
+        self.stops = StopRequests()
         self._stopped = False  # whether the run stopped early (agreed by every rank)
         self.run_record: rundir.RunRecord | None = None  # this run's id, segment, checkpoints (rank 0)
         self._resumed_identity: dict[str, Any] | None = None  # run id/segment of the checkpoint resumed
@@ -270,53 +255,10 @@ class Trainer:
         return float(total)
 
     # ------------------------------------------------------------------ loop
-    def _install_signals(self) -> dict:
-        """Make Ctrl-C, SIGTERM and SIGHUP (a closed terminal) requests to stop after this step.
-
-        The handler only records the signal: it runs between two bytecodes of the training
-        thread, which may be inside a sink holding a lock or half-way through a write, so the
-        stop is reported from the loop (``_agree_stop``). A second Ctrl-C aborts at once. A
-        signal the parent set to be ignored (``nohup`` ignores SIGHUP) stays ignored.
-        """
-        # Under nohup the user asked the run to outlive its terminal, so a lost output only
-        # silences the console there (``_local_stop_reason``).
-        self._nohup = hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        self._output_noted = False
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: abort now
-            if self._stop_signal is None:
-                self._stop_signal = signum
-
-        old = {}
-        for sig in _SIGNAL_WORDS:
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                old[sig] = signal.signal(sig, handler)
-        return old
-
-    def _local_stop_reason(self) -> str | None:
-        """Why this process wants to stop now: a signal, or console output that has gone."""
-        if self._stop_reason is None:
-            if self._stop_signal is not None:
-                self._stop_reason = _SIGNAL_WORDS.get(self._stop_signal, f"signal {self._stop_signal}")
-            elif (lost := self.sinks.output_lost) is not None:
-                if not self._nohup:
-                    self._stop_reason = lost
-                elif not self._output_noted:
-                    self._output_noted = True
-                    self.sinks.event(f"{lost}: console output off; training goes on (nohup), metrics.jsonl still records it", "warning")
-            if self._stop_reason is not None:
-                why = "Ctrl-C; press it again to abort" if self._stop_signal == signal.SIGINT else self._stop_reason
-                self.sinks.event(f"stop requested ({why}): saving a checkpoint, then exiting", "stop")
-        return self._stop_reason
-
     def _agree_stop(self) -> bool:
         """Whether to stop after this step. Several ranks must stop at the same step (or the
         others would wait forever in the next all-reduce), so they vote at log intervals."""
-        local = self._local_stop_reason() is not None
+        local = self.stops.reason_now(self.sinks.output_lost, self.sinks.event) is not None
         if not self.dist.active:
             self._stopped = local
             return local
@@ -324,11 +266,6 @@ class Trainer:
             return False
         self._stopped = self.dist.any(local)
         return self._stopped
-
-    def _stop_exit_code(self) -> int:
-        if self._stop_signal is not None:
-            return 128 + int(self._stop_signal)
-        return _OUTPUT_CLOSED_EXIT if self._stop_reason is not None else 130  # 130: another rank's stop
 
     def _final_step(self) -> None:
         """Tell the sinks the step the run really reached, for their closing line: a failure or
@@ -347,19 +284,6 @@ class Trainer:
             f"stopped without saving. Last good checkpoint: {self.last_checkpoint or 'none'}. "
             "Lower --learning-rate, raise --warmup-iters or use --on-nan skip"
         )
-
-    def _oom_error(self) -> TrainingError:
-        s = self.settings
-        micro = s.train.batch_size // (s.train.grad_accum_steps * self.rt.world_size)
-        hint = (
-            f"lower --batch-size ({s.train.batch_size}) or raise --grad-accum-steps ({s.train.grad_accum_steps}; "
-            f"micro-batch is {micro}), or lower --context-length ({s.model.context_length})"
-        )
-        if not s.train.activation_checkpointing:
-            hint += ", or recompute activations in backward with --activation-checkpointing"
-        if self.rt.world_size > 1 and s.train.parallel == "ddp":
-            hint += ", or shard the model with --parallel fsdp"
-        return TrainingError(f"out of GPU memory at step {self.step}: {hint}. Last checkpoint: {self.last_checkpoint or 'none'}")
 
     def run(self) -> TrainResult:
         """Train from ``self.step`` to ``max_iters``, checkpointing along the way."""
@@ -385,7 +309,7 @@ class Trainer:
         )
         self.sinks.start(info)
         self.wandb_run_id = self.sinks.run_id or self.wandb_run_id
-        old_handlers = self._install_signals()
+        old_handlers = self.stops.install()
         status = "failed"
         try:
             self._loop()
@@ -393,10 +317,10 @@ class Trainer:
         except KeyboardInterrupt:
             status = "aborted"  # second Ctrl-C: no checkpoint for this step
             self._final_step()
-            raise self._aborted() from None
+            raise aborted(self.run_dir, self.step, self.last_checkpoint) from None
         except torch.cuda.OutOfMemoryError:
             self._final_step()
-            raise self._oom_error() from None
+            raise oom_error(s, rt.world_size, self.step, self.last_checkpoint) from None
         except RuntimeError as e:  # includes torch.distributed.DistError
             self._final_step()
             if not self.dist.active:
@@ -410,8 +334,7 @@ class Trainer:
             self._final_step()
             raise
         finally:
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
+            self.stops.restore(old_handlers)
             self.loader.close()
             self.sinks.close(status)
             self.release_run_dir()
@@ -420,22 +343,12 @@ class Trainer:
             self.last_val_loss, self.best_val_loss, self.last_checkpoint, self.elapsed_before + time.time() - self._t_start,
         )
         if status == "interrupted":
-            why = f" ({self._stop_reason})" if self._stop_reason else ""
+            why = f" ({self.stops.reason})" if self.stops.reason else ""
             raise TrainingInterrupted(
                 f"interrupted at step {self.step}{why}; checkpoint saved to {self.last_checkpoint}. "
-                "Run the same command again to resume", exit_code=self._stop_exit_code(),
+                "Run the same command again to resume", exit_code=self.stops.exit_code(),
             )
         return result
-
-    def _aborted(self) -> TrainingInterrupted:
-        latest = self.run_dir / ckpt.LATEST  # a resumed run that has not saved yet resumes from it
-        last = self.last_checkpoint or (latest if latest.exists() else None)
-        if last is not None and last.name == ckpt.checkpoint_name(self.step):
-            saved = f"checkpoint for this step: {last}"
-        else:
-            saved = f"no checkpoint written for this step; last checkpoint: {last or 'none'}"
-        resume = "run the same command again to resume from it" if last else "nothing to resume from"
-        return TrainingInterrupted(f"aborted at step {self.step}: {saved} ({resume})", exit_code=130)
 
     def _loop(self) -> None:
         s, rt = self.settings, self.rt

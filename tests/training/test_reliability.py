@@ -350,17 +350,16 @@ def test_closed_terminal_stops_the_dashboard_run_with_a_checkpoint(tiny_override
 
 def test_nohup_keeps_sighup_ignored():
     """Under ``nohup`` SIGHUP is ignored on purpose: closing the terminal must not stop the run."""
-    import types
+    from lmkit.training.stopping import StopRequests
 
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        installed = Trainer._install_signals(types.SimpleNamespace(_stop_signal=None))
+        installed = StopRequests().install()
         try:
             assert signal.SIGHUP not in installed and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             assert {signal.SIGINT, signal.SIGTERM} <= set(installed)
         finally:
-            for sig, handler in installed.items():
-                signal.signal(sig, handler)
+            StopRequests.restore(installed)
     finally:
         signal.signal(signal.SIGHUP, before)
 
