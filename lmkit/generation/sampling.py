@@ -54,9 +54,11 @@ def effective_temperature(temperature: float) -> float:
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ``ValueError`` unless 0 <= temperature < inf, top_k >= 1 and 0 < top_p <= 1 (None allowed).
 
-    Checks Python numbers only, so it costs no device sync. NaN fails every bound.
+    Checks Python numbers only, so it costs no device sync. NaN fails every bound. Plain
+    comparisons, not ``math.isfinite``: inside the compiled decode step the temperature can be a
+    symbolic float, which comparisons handle and ``math.isfinite`` does not.
     """
-    if not (temperature >= 0 and math.isfinite(temperature)):
+    if not 0 <= temperature < math.inf:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")

@@ -141,3 +141,17 @@ def test_non_finite_rows_are_marked_invalid(temperature: float, bad: float) -> N
     ids = sample(logits, temperature, top_k=5 if temperature else None, generator=torch.Generator().manual_seed(1))
     assert ids[1] == INVALID_TOKEN and ids[2] == INVALID_TOKEN
     assert 0 <= ids[0] < 10 and 0 <= ids[3] < 10 and ids[3] != 5
+
+
+def test_sample_traces_whole_with_a_symbolic_temperature() -> None:
+    """The compiled decode step calls ``sample`` with the temperature as a (possibly symbolic)
+    float; its argument checks must trace without a graph break (``math.isfinite`` did not: every
+    compiled-decode test on the GPU failed), also once the value changes and dynamo generalises it."""
+    import torch
+
+    from lmkit.generation.sampling import sample
+
+    step = torch.compile(lambda scores, t: sample(scores, t, None, None, noise=torch.ones_like(scores)), fullgraph=True, backend="eager")
+    scores = torch.randn(2, 10)
+    for t in (0.8, 0.9, 1.1):
+        assert step(scores, t).tolist() == scores.argmax(-1).tolist()  # unit noise: the most likely id
