@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from lmkit.bytecode import allow_bytecode_once
+
+# Under PYTHONDONTWRITEBYTECODE (CI images set it) this session writes the .pyc files of what it
+# imports, torch and Inductor included, once: the suite's many `python -m lmkit` / torchrun
+# subprocesses then read them instead of compiling torch's sources again, seconds each.
+allow_bytecode_once()
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -46,8 +46,8 @@ class StopRequests:
 
         The handler only records the signal: it runs between two bytecodes of the training
         thread, which may be inside a sink holding a lock or half-way through a write, so the
-        stop is reported from the loop (``reason_now``). A signal the parent set to be ignored
-        (``nohup`` ignores SIGHUP) stays ignored.
+        stop is reported from the loop (``reason_now``). SIGHUP stays ignored where the parent
+        ignores it (``nohup``).
         """
         self._nohup = hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         self._output_noted = False
@@ -60,7 +60,10 @@ class StopRequests:
             if self.signal is None:
                 self.signal = signum
 
-        return {sig: signal.signal(sig, handler) for sig in SIGNAL_WORDS if signal.getsignal(sig) is not signal.SIG_IGN}
+        # Only SIGHUP keeps a parent's "ignore" (that is what nohup asks for); SIGINT/SIGTERM are
+        # ignored by shells for background jobs too, where an explicit kill must still stop cleanly.
+        return {sig: signal.signal(sig, handler) for sig in SIGNAL_WORDS
+                if not (self._nohup and sig == getattr(signal, "SIGHUP", None))}
 
     @staticmethod
     def restore(old: dict) -> None:

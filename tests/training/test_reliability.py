@@ -352,7 +352,9 @@ def test_nohup_keeps_sighup_ignored():
     """Under ``nohup`` SIGHUP is ignored on purpose: closing the terminal must not stop the run."""
     from lmkit.training.stopping import StopRequests
 
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A shell ignores SIGINT for its background jobs too: an explicit `kill -INT` must still stop
+    # the run cleanly, so only SIGHUP keeps the parent's "ignore".
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGHUP, signal.SIGINT)}
     try:
         installed = StopRequests().install()
         try:
@@ -361,7 +363,7 @@ def test_nohup_keeps_sighup_ignored():
         finally:
             StopRequests.restore(installed)
     finally:
-        signal.signal(signal.SIGHUP, before)
+        StopRequests.restore(before)
 
 
 def test_under_nohup_a_closed_output_only_silences_the_run(tiny_overrides):
