@@ -127,7 +127,7 @@ class SourceStream:
     def __init__(self, path: Path, compression: str | None):
         self.path, self.compression = Path(path), compression
         try:
-            self._raw = open(self.path, "rb", buffering=READ_BYTES)
+            self._raw = open(self.path, "rb", buffering=READ_BYTES)  # noqa: SIM115 (closed by close())
         except OSError as e:
             raise DataError(f"{self.path}: cannot be read ({e.strerror or e})") from None
         try:
