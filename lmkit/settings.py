@@ -119,8 +119,8 @@ class DataSettings(Section):
     train_data_path: Path | list[DataSource] = Field(
         Path("data/owt_train.txt"), examples=["data/train.bin"],
         description="Training tokens: a dataset manifest (.json) or .bin from `lmkit tokenize encode`, a directory or glob of "
-                    "them, or a text file of token ids; or a weighted mixture 'web=data/web.json:0.7,code=data/code.json:0.3' "
-                    "(YAML: a list of {name, path, weight}).",
+                    "them, or a text file of token ids; or a weighted mixture of those, name=path:weight joined by commas, "
+                    "e.g. web=web.json:0.7,code=code.json:0.3 (YAML: a list of {name, path, weight}).",
     )
     val_data_path: Path | list[DataSource] | None = Field(
         Path("data/owt_valid.txt"), examples=["data/val.bin"],

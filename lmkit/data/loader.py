@@ -31,9 +31,11 @@ _VAL_STREAM = 0x5EED_0F_7A1
 _SCAN = 1 << 24
 
 
-def max_token_id(data: np.ndarray) -> int:
-    """The largest id in a token array, read in slices so a memmap is never loaded whole."""
-    return max(int(data[i : i + _SCAN].max()) for i in range(0, len(data), _SCAN))
+def max_token_id(data: np.ndarray | TokenData, stop: int | None = None) -> int:
+    """The largest id in ``data[:stop]`` (a token array or dataset), read in slices so a memmap
+    is never loaded whole."""
+    stop = len(data) if stop is None else min(stop, len(data))
+    return max(int(data[i : min(i + _SCAN, stop)].max()) for i in range(0, stop, _SCAN))
 
 
 def check_batch_ids(windows: np.ndarray, vocab_size: int, source: str) -> None:
