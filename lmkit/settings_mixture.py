@@ -68,7 +68,7 @@ def _weight(raw: Any, where: str) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"{where}: weight {str(raw)!r} is not a number; {SPELLING}") from None
     if not math.isfinite(w) or w <= 0:
-        raise ValueError(f"{where}: weight {raw} must be a finite number > 0 (leave a source out instead of weighting it 0)")
+        raise ValueError(f"{where}: weight {raw} must be a finite number > 0 (to leave a source out, drop it)")
     return w
 
 

@@ -68,7 +68,8 @@ def resolve_token_file(path: Path, notice: Callable[[str], None] = lambda m: Non
         DataError: the path is not token data (the message says what it is and what to do).
     """
     path = Path(path)
-    expected = "a .bin token file from `lmkit tokenize encode` (with its .json) or a text file of token ids"
+    expected = ("a dataset from `lmkit tokenize encode` (its manifest .json, or a .bin with its .json; "
+                "a directory or glob of them) or a text file of token ids")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected {expected}")
     if not path.is_file():
