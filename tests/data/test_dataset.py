@@ -9,14 +9,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tests.data.datasets import write_dataset
 
 from lmkit.data.dataset import open_data, open_dataset
-from lmkit.data.loader import BatchLoader, TokenDataset, data_vocab_size, eval_batches, get_batch, mixture_plan, window_starts
+from lmkit.data.loader import (
+    BatchLoader,
+    TokenDataset,
+    data_vocab_size,
+    eval_batches,
+    get_batch,
+    mixture_plan,
+    window_starts,
+)
 from lmkit.data.tokens import TokenFileMeta, open_tokens, write_tokens
 from lmkit.errors import DataError
 from lmkit.settings import resolve_settings
 from lmkit.settings_mixture import parse_data_path
+from tests.data.datasets import write_dataset
 
 IDS = (np.arange(20000) * 7 % 61).astype(np.uint16)
 
@@ -175,7 +183,7 @@ def test_mixture_samples_in_proportion(tmp_path):
     loader = BatchLoader(ds, batch_size=100, grad_accum_steps=1, device="cpu", seed=7, prefetch=False)
     n_windows = 0
     for step in range(200):  # 20,000 windows
-        (x, y), = loader.step_batches(step)
+        (x, _), = loader.step_batches(step)
         assert torch.all(x // 20 == x[:, :1] // 20)  # every window lies within one source
         n_windows += x.shape[0]
     T = 16

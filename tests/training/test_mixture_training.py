@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import TINY_MODEL
-from tests.data.datasets import write_dataset
 from typer.testing import CliRunner
 
 from lmkit.api import resolve_settings, train
@@ -19,6 +17,8 @@ from lmkit.observe.base import MultiSink
 from lmkit.observe.jsonl import read_metrics
 from lmkit.settings import Settings, validate_tree
 from lmkit.settings_mixture import DataSource
+from tests.conftest import TINY_MODEL
+from tests.data.datasets import write_dataset
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def test_sharded_dataset_trains_like_the_one_file(tmp_path):
     val = write_dataset(tmp_path / "val", "val", _stream(3000, 2), shard_tokens=1000)
     a = _run(_overrides(tmp_path, str(one.with_suffix(".bin")), val, max_iters=4, lr_decay_iters=4), checkpoint_dir=str(tmp_path / "a"))
     b = _run(_overrides(tmp_path, str(many), val, max_iters=4, lr_decay_iters=4), checkpoint_dir=str(tmp_path / "b"))
-    losses = lambda rec: [(s, m.get("loss"), m.get("val_loss")) for s, m in rec.logs]  # noqa: E731
+    losses = lambda rec: [(s, m.get("loss"), m.get("val_loss")) for s, m in rec.logs]
     assert losses(a) == losses(b) and not any("tokens_by_source" in m for _, m in a.logs)
 
 
