@@ -355,7 +355,6 @@ def open_dataset(path: str | Path, notice: Callable[[str], None] = lambda m: Non
         if lone:
             raise DataError(f"{lone[0]}: has no {meta_path(lone[0]).name} beside it, so {p} cannot be read as a dataset; "
                             "remove it or re-encode it")
-        notice(f"{p}: {len(bins)} token files read as one dataset, in name order")
         return _from_bins(p.name or "data", p, bins)
     if p.suffix == ".json" and p.is_file():
         if _is_manifest(p):

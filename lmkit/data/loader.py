@@ -227,6 +227,8 @@ def open_run_data(settings: Settings, notice: Callable[[str], None] = lambda m: 
     for role, data in (("train", train), ("validation", val)):
         if data is not None and data.mixture.is_mixture:
             notice(f"{role} mixture: {data.mixture.describe()}")
+        elif data is not None and len(data.data.shards) > 1:  # what a directory or glob was read as
+            notice(f"{role} data: {data.data.path}: {len(data.data.shards)} shards, {len(data):,} tokens")
     return train, val
 
 
