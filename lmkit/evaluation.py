@@ -30,10 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmkit.data.loader import max_token_id, resolve_token_file
-from lmkit.data.tokens import open_tokens, tokenizer_vocab
+from lmkit.data.dataset import TokenData, open_dataset
+from lmkit.data.loader import max_token_id
+from lmkit.data.tokens import tokenizer_vocab
 from lmkit.errors import ConfigError, DataError
 from lmkit.inference import Trained, load_trained
+from lmkit.settings_mixture import is_mixture_spelling
 
 # Rows of logits materialised at once: bounds memory at 50k vocabularies ((rows, V) fp32).
 _CE_ROWS = 4096
@@ -61,13 +63,13 @@ class EvalResult:
         return asdict(self)
 
 
-def check_token_ids(data: np.ndarray, vocab_size: int, path: Path) -> None:
-    """Raise ``DataError`` if any id in ``data`` is outside ``0..vocab_size-1``.
+def check_token_ids(data: np.ndarray | TokenData, vocab_size: int, path: Path, stop: int | None = None) -> None:
+    """Raise ``DataError`` if any id in ``data[:stop]`` is outside ``0..vocab_size-1``.
 
     Every id is read (in slices), whatever the metadata says: a ``.json`` understating the ids
     would otherwise send them into the embedding. It is one pass of reads next to the model's.
     """
-    top = max_token_id(data) if len(data) else 0
+    top = max_token_id(data, stop) if len(data) and stop != 0 else 0
     if top >= vocab_size:
         raise DataError(
             f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
@@ -125,8 +127,8 @@ def evaluate(
     Args:
         trained: from ``lmkit.inference.load_trained`` (float32 weights give the most accurate
             numbers; pass ``autocast_dtype=torch.bfloat16`` for speed on CUDA).
-        data_path: a ``.bin`` token file (with its ``.json`` metadata), or a text file of token
-            ids (converted once to a ``.bin`` beside it, as ``train`` does).
+        data_path: one dataset, in any form ``train`` accepts (a manifest, a ``.bin`` with its
+            ``.json``, a directory or glob of them, a text file of token ids); not a mixture.
         batch_size: windows per forward pass.
         max_tokens: evaluate at most this many tokens (rounded down to whole windows).
         autocast_dtype: run the forward under autocast in this dtype (None: the weights' dtype).
@@ -148,8 +150,13 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if max_tokens is not None and max_tokens < T:
         raise ConfigError(f"max_tokens ({max_tokens}) must be at least one window, context_length = {T}")
-    data_path = resolve_token_file(data_path, notice)
-    data, meta = open_tokens(data_path)
+    if is_mixture_spelling(str(data_path)):
+        raise ConfigError(f"--data {data_path}: evaluates one dataset, not a mixture; evaluate each source on its own")
+    data = open_dataset(data_path, notice)
+    if data.num_tokens == 0:
+        raise DataError(f"{data_path}: holds no tokens")
+    meta = data.meta()
+    data_path = data.path
     want = (trained.state.get("tokenizer") or {}).get("hash")
     if want and meta.tokenizer_hash and meta.tokenizer_hash != want:
         raise DataError(
@@ -176,9 +183,9 @@ def evaluate(
             f"{data_path}: encoded with a tokenizer of {tok_vocab} ids, but {trained.path.name} has {V}; "
             "encode the data with the model's tokenizer"
         )
-    used = data[: windows * T + 1]
-    check_token_ids(used, V, data_path)
-    total = _sum_nats(trained, used, windows, batch_size, autocast_dtype, progress)
+    used = windows * T + 1
+    check_token_ids(data, V, data_path, used)
+    total = _sum_nats(trained, data, windows, batch_size, autocast_dtype, progress)
     tokens = windows * T
     loss = total / tokens
     covered = meta.source_bytes * tokens / meta.num_tokens if meta.source_bytes else None
@@ -193,7 +200,7 @@ def evaluate(
 @torch.inference_mode()
 def _sum_nats(
     trained: Trained,
-    used: np.ndarray,
+    used: np.ndarray | TokenData,
     windows: int,
     batch_size: int,
     autocast_dtype: torch.dtype | None,

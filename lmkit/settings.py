@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lmkit.errors import ConfigError
+from lmkit.settings_mixture import DataSource, parse_data_path
 from lmkit.settings_sources import Origin, format_validation_error
 
 
@@ -115,9 +116,24 @@ class ModelSettings(Section):
 class DataSettings(Section):
     """Where the token data lives."""
 
-    train_data_path: Path = Field(Path("data/owt_train.txt"), examples=["data/train.bin"], description="Training tokens: a .bin from `lmkit tokenize encode`, or a text file of token ids.")
-    val_data_path: Path | None = Field(Path("data/owt_valid.txt"), examples=["data/val.bin"], description="Validation tokens (same formats); empty to skip validation.")
+    train_data_path: Path | list[DataSource] = Field(
+        Path("data/owt_train.txt"), examples=["data/train.bin"],
+        description="Training tokens: a dataset manifest (.json) or .bin from `lmkit tokenize encode`, a directory or glob of "
+                    "them, or a text file of token ids; or a weighted mixture of those, name=path:weight joined by commas, "
+                    "e.g. web=web.json:0.7,code=code.json:0.3 (YAML: a list of {name, path, weight}).",
+    )
+    val_data_path: Path | list[DataSource] | None = Field(
+        Path("data/owt_valid.txt"), examples=["data/val.bin"],
+        description="Validation tokens (same forms, mixtures too); empty to skip validation.",
+    )
     tokenizer_dir: Path | None = Field(None, examples=["tokenizers/tinyshakespeare"], description="Tokenizer directory recorded with the run so `lmkit generate` can decode; found from the data's metadata when unset.")
+
+    @field_validator("train_data_path", "val_data_path", mode="before")
+    @classmethod
+    def _mixture(cls, v: Any) -> Any:
+        # The mixture spelling (flag, variable) and YAML lists become sources here, with one
+        # message per mistake; a plain path passes through unchanged.
+        return parse_data_path(v)
 
 
 class OptimSettings(Section):

@@ -156,3 +156,15 @@ def test_a_huge_batch_size_is_refused_before_allocating(run, tmp_path) -> None:
                           check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refused: --batch-size 1000000000 needs about" in proc.stdout and "lower --batch-size" in proc.stdout
+
+
+def test_a_sharded_dataset_evaluates_like_its_one_file(run, trained, tmp_path) -> None:
+    from tests.data.datasets import write_dataset
+
+    data, meta = open_tokens(run.val_bin)
+    manifest = write_dataset(tmp_path, "val", np.asarray(data), shard_tokens=37, vocab_size=meta.vocab_size,
+                             tokenizer_hash=meta.tokenizer_hash, source_bytes=meta.source_bytes)
+    one, many = evaluate(trained, run.val_bin, batch_size=4), evaluate(trained, manifest, batch_size=4)
+    assert (many.loss, many.tokens, many.bits_per_byte) == (one.loss, one.tokens, one.bits_per_byte)
+    with pytest.raises(ConfigError, match="evaluates one dataset, not a mixture"):
+        evaluate(trained, f"a={manifest}:1,b={manifest}:1")

@@ -75,7 +75,7 @@ class _Progress:
 )
 def eval_cmd(
     checkpoint: CheckpointOpt,
-    data: Annotated[Path, typer.Option("--data", "-d", help="Token file (.bin from `lmkit tokenize encode`, with its .json), or a text file of token ids as `train` accepts. Example: --data data/val.bin")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="One dataset as `train` accepts it: a manifest or token .json/.bin from `lmkit tokenize encode`, a directory or quoted glob of .bin files, or a text file of token ids (not a mixture: evaluate each source on its own). Example: --data data/web-val.json")],
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=2**20, help="Windows per forward pass (memory vs speed; results do not change). Example: --batch-size 16")] = 8,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, max=10**15, help="Evaluate at most this many tokens from the start of the file (whole windows). Example: --max-tokens 1000000")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for scripts). Example: --json")] = False,

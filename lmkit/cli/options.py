@@ -37,6 +37,8 @@ def _cli_type(annotation: Any) -> tuple[type, dict[str, Any]]:
         annotation = args[0]
     if typing.get_origin(annotation) is Literal or annotation is bool:
         return annotation, {}  # a choice (validated, listed, tab-completed) or an on/off flag
+    if Path in args and len(args) > 1:
+        return str, {"metavar": "<path|mixture>"}  # a data path, or name=path:weight,... (settings_mixture)
     return str, {"metavar": _METAVARS.get(annotation, "<value>")}
 
 

@@ -26,6 +26,9 @@ TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "r
         "  lmkit train --config examples/configs/small_model.yaml --max-iters 5000\n"
         "  lmkit train --d_model 512 --num_layers 6 --no-wandb \\\n"
         "      --train-data-path data/train.bin\n"
+        "  lmkit train --train-data-path data/web-train.json \\\n"
+        "      --val-data-path data/web-val.json\n"
+        "  lmkit train --train-data-path 'web=web.json:0.7,code=code.json:0.3'\n"
         "  lmkit train --nproc-per-node 8 --config cfg.yaml\n\n"
         "Flags accept --d-model and --d_model spellings; precedence: defaults < --config YAML < "
         "LMKIT_* environment < flags."
@@ -86,13 +89,13 @@ def _generate_hint(settings, ckpt) -> str:
     the settings; a run on token-id files that record no tokenizer (or one since moved) would
     fail there with "records no tokenizer", so the hint asks for the directory instead.
     """
-    from lmkit.data.tokens import read_meta
+    from lmkit.data.dataset import open_data
     from lmkit.errors import LmkitError
     from lmkit.inference import find_tokenizer
 
     base = f"lmkit generate --checkpoint {ckpt}"
     try:
-        meta = read_meta(settings.data.train_data_path)
+        meta = open_data(settings.data.train_data_path).sources[0].meta()  # one tokenizer for all sources
         record = {"dir": meta.tokenizer_dir, "hash": meta.tokenizer_hash}
         state = {"tokenizer": record, "settings": settings.model_dump(mode="json"), "model_config": {"vocab_size": settings.model.vocab_size}}
         found = find_tokenizer(state, ckpt) is not None

@@ -10,20 +10,20 @@ are a pure function of ``(seed, step)``. That one choice gives three properties 
 
 from __future__ import annotations
 
-import re
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmkit.data.tokens import TokenFileMeta, meta_path, open_tokens, read_meta, tokenizer_vocab
+from lmkit.data.dataset import TokenData, check_same_tokenizer, open_data
+from lmkit.data.paths import resolve_token_file  # noqa: F401 - re-exported: its home before datasets
+from lmkit.data.tokens import tokenizer_vocab
 from lmkit.errors import DataError
-from lmkit.locking import LockHeldError, lock_output
 from lmkit.settings import Settings
+from lmkit.settings_mixture import DataSource
 
 # Mixed into the seed so validation windows never coincide with training ones by construction.
 _VAL_STREAM = 0x5EED_0F_7A1
@@ -31,9 +31,11 @@ _VAL_STREAM = 0x5EED_0F_7A1
 _SCAN = 1 << 24
 
 
-def max_token_id(data: np.ndarray) -> int:
-    """The largest id in a token array, read in slices so a memmap is never loaded whole."""
-    return max(int(data[i : i + _SCAN].max()) for i in range(0, len(data), _SCAN))
+def max_token_id(data: np.ndarray | TokenData, stop: int | None = None) -> int:
+    """The largest id in ``data[:stop]`` (a token array or dataset), read in slices so a memmap
+    is never loaded whole."""
+    stop = len(data) if stop is None else min(stop, len(data))
+    return max(int(data[i : min(i + _SCAN, stop)].max()) for i in range(0, stop, _SCAN))
 
 
 def check_batch_ids(windows: np.ndarray, vocab_size: int, source: str) -> None:
@@ -97,6 +99,11 @@ def get_batch(
         starts = rng.integers(0, len(data) - context_length, size=batch_size, dtype=np.int64)
     # (B, T+1): one contiguous read per window; the memmap only pages in what is touched.
     windows = np.stack([np.asarray(data[s : s + context_length + 1]) for s in starts]).astype(np.int64)
+    return _to_device(windows, vocab_size, source, device)
+
+
+def _to_device(windows: np.ndarray, vocab_size: int | None, source: str, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) int64 windows, ids checked, as ``(x, y)`` on ``device``."""
     if vocab_size is not None:
         check_batch_ids(windows, vocab_size, source)
     batch = torch.from_numpy(windows)
@@ -109,113 +116,6 @@ def get_batch(
     return batch[:, :-1], batch[:, 1:]  # (B, T), (B, T)
 
 
-# Enough of a file's start to tell token ids, raw text and binary data apart.
-_SNIFF_BYTES = 1 << 16
-_ID_TEXT = re.compile(rb"[0-9 \t\n\r\f\v]*")
-
-
-def _sniff(path: Path) -> str:
-    """``"ids"`` (text of token ids), ``"text"`` (other text), ``"binary"`` or ``"empty"``, from the file's start."""
-    with open(path, "rb") as f:
-        head = f.read(_SNIFF_BYTES)
-    if not head.strip():
-        return "empty"
-    if b"\0" in head:
-        return "binary"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:  # not just a character cut by the sniff window
-            return "binary"
-    return "ids" if _ID_TEXT.fullmatch(head) else "text"
-
-
-def _made_from(cached: Path, source: Path) -> bool | None:
-    """Whether ``cached`` (and its ``.json``) is a current conversion of ``source``.
-
-    None: nothing is there, or an older conversion of it, so converting is safe. False:
-    something else is there, which converting would overwrite.
-    """
-    if not cached.exists() and not meta_path(cached).exists():
-        return None
-    try:
-        meta = read_meta(cached)
-    except DataError:
-        return False
-    if meta.source != str(source.resolve()):
-        return False
-    return cached.stat().st_mtime >= source.stat().st_mtime or None
-
-
-def resolve_token_file(path: Path, notice: Callable[[str], None] = lambda m: None) -> Path:
-    """What a data path is, decided in one place for ``train`` and ``eval`` alike.
-
-    A ``.bin`` is a token file (its ``.json`` must be beside it). Any other file is looked at: a
-    text file of token ids (the training guide's format) is converted once to a ``.bin`` beside
-    it, reused while the text is unchanged; raw text, binary data, metadata passed instead of
-    its ``.bin``, directories and missing paths are refused, each saying what the file is.
-
-    Returns:
-        The ``.bin`` to memory-map.
-
-    Raises:
-        DataError: the path is not token data (the message says what it is and what to do).
-    """
-    path = Path(path)
-    expected = "a .bin token file from `lmkit tokenize encode` (with its .json) or a text file of token ids"
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; expected {expected}")
-    if not path.is_file():
-        raise DataError(f"{path}: token file not found (expected {expected})")
-    if path.suffix == ".bin":
-        if not meta_path(path).is_file() and _sniff(path) in ("ids", "text"):
-            raise DataError(f"{path}: has no {meta_path(path).name} beside it and holds text, not binary token ids; "
-                            "rename a text file of token ids to .txt, or encode raw text with `lmkit tokenize encode` first")
-        return path  # read_meta says what is wrong with it, if anything
-    if path.suffix == ".json" and path.with_suffix(".bin").is_file():
-        raise DataError(f"{path}: is the metadata of a token file; pass the token file {path.with_suffix('.bin')} itself")
-    kind = _sniff(path)
-    if kind == "empty":
-        raise DataError(f"{path}: is empty; expected {expected}")
-    if kind == "binary":
-        raise DataError(f"{path}: is binary data but not a token file; expected {expected}")
-    if kind == "text":
-        raise DataError(f"{path}: is raw text, not token ids; encode it with `lmkit tokenize encode --tokenizer DIR "
-                        f"--input {path} --output DIR` first and pass the .bin it writes")
-    return _converted(path, notice)
-
-
-def _converted(path: Path, notice: Callable[[str], None]) -> Path:
-    """The ``.bin`` beside a text file of ids, converting it unless a current conversion exists."""
-    from lmkit.data.corpus import import_file
-
-    cached = path.with_suffix(".bin")
-    lock = lock_output(cached, hint="")
-    told = False
-    # Several ranks of one torchrun job convert the same file: one converts, the others wait for it.
-    while True:
-        try:
-            lock.acquire()
-            break
-        except LockHeldError:
-            if not told:
-                notice(f"{cached}: another lmkit process is converting {path}; waiting for it")
-                told = True
-            time.sleep(0.2)
-    try:
-        made = _made_from(cached, path)
-        if made:
-            return cached
-        if made is False:
-            raise DataError(f"{cached} (or {meta_path(cached).name}): exists but is not a conversion of {path} (or is damaged), "
-                            "and converting would overwrite it; move it away or pass the .bin directly")
-        notice(f"{path}: text file of token ids; converting once to {cached} (memory-mapped from now on)")
-        import_file(path, cached)
-    finally:
-        lock.release()
-    return cached
-
-
 def data_vocab_size(settings: Settings, saved: dict | None, notice: Callable[[str], None] = lambda m: None) -> Settings:
     """``settings`` with ``vocab_size`` taken from the data's tokenizer when the user did not set it.
 
@@ -226,76 +126,132 @@ def data_vocab_size(settings: Settings, saved: dict | None, notice: Callable[[st
     smaller than the tokenizer's.
 
     Raises:
-        DataError: training and validation data name two different tokenizers, or are unusable.
+        DataError: the datasets of the run (training and validation, every source of a mixture)
+            name two different tokenizers, or are unusable.
     """
-    named: list[tuple[Path, TokenFileMeta, int]] = []
-    for p in (settings.data.train_data_path, settings.data.val_data_path):
-        if p is None:
-            continue
-        bin_path = resolve_token_file(Path(p), notice)
-        meta = read_meta(bin_path)
-        vocab = tokenizer_vocab(meta)
-        if vocab is not None:
-            named.append((bin_path, meta, vocab))
-    if len(named) == 2:
-        (a, ma, va), (b, mb, vb) = named
-        same = ma.tokenizer_hash == mb.tokenizer_hash if ma.tokenizer_hash and mb.tokenizer_hash else va == vb
-        if not same:
-            raise DataError(
-                f"{a} and {b} were encoded with different tokenizers ({ma.tokenizer_hash or ma.tokenizer_dir}, "
-                f"{va} ids; {mb.tokenizer_hash or mb.tokenizer_dir}, {vb} ids); encode both with the same tokenizer"
-            )
+    datasets = []
+    for value in (settings.data.train_data_path, settings.data.val_data_path):
+        if value is not None:
+            datasets += open_data(value, notice).sources
+    check_same_tokenizer(datasets)
+    named = [d for d in datasets if tokenizer_vocab(d.meta()) is not None]
     if not named or "vocab_size" in settings.model.model_fields_set:
         return settings
-    bin_path, _, want = named[0]
+    want = named[0].vocab_size
     saved_vocab = (((saved or {}).get("settings") or {}).get("model") or {}).get("vocab_size")
     if type(saved_vocab) is int and saved_vocab >= want:
         want = saved_vocab  # what the checkpoint's weights were built with
     if want != settings.model.vocab_size:
-        notice(f"vocab_size {want}: from the tokenizer that encoded {bin_path} (set --vocab-size to choose another)")
+        notice(f"vocab_size {want}: from the tokenizer that encoded {named[0].path} (set --vocab-size to choose another)")
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"vocab_size": want})})
     return settings
 
 
 class TokenDataset:
-    """One token file, checked against the model's context length and vocabulary."""
+    """The data of one role (train or validation), checked against the model's context and vocabulary.
 
-    def __init__(self, path: Path, context_length: int, vocab_size: int, role: str = "train", notice: Callable[[str], None] = lambda m: None):
-        self.path = resolve_token_file(Path(path), notice)
-        self.data, self.meta = open_tokens(self.path)
+    Args:
+        path: a data path (``open_dataset`` forms) or mixture sources, as the settings hold them.
+        context_length: the model's; every source must hold at least one window.
+        vocab_size: the model's; a tokenizer or ids beyond it are refused.
+        role: "train" or "validation", for messages.
+        notice: one-line notices (a text file of ids being converted, a directory's files).
+    """
+
+    def __init__(self, path: Path | str | list[DataSource], context_length: int, vocab_size: int, role: str = "train",
+                 notice: Callable[[str], None] = lambda m: None):
+        self.mixture = open_data(path, notice)
         self.context_length = context_length
         self.vocab_size = vocab_size
-        if self.meta.num_tokens < context_length + 1:
-            raise DataError(
-                f"{self.path}: {self.meta.num_tokens} tokens is shorter than one window of "
-                f"context_length + 1 = {context_length + 1}; use more {role} data or a smaller --context-length"
-            )
-        self._check_vocab(vocab_size)
+        for d in self.mixture.sources:
+            if d.num_tokens < context_length + 1:
+                raise DataError(
+                    f"{d.path}: {d.num_tokens} tokens is shorter than one window of "
+                    f"context_length + 1 = {context_length + 1}; use more {role} data or a smaller --context-length"
+                )
+            self._check_vocab(d, vocab_size)
+        first = self.mixture.sources[0]
+        self.data = first  # one dataset's stream (read as one array: len(), slices)
+        self.path = first.path
+        self.meta = first.meta()  # every source shares this tokenizer (open_data checks)
 
-    def _check_vocab(self, vocab_size: int) -> None:
-        meta: TokenFileMeta = self.meta
-        tok_vocab = tokenizer_vocab(meta)
+    @staticmethod
+    def _check_vocab(d: TokenData, vocab_size: int) -> None:
+        tok_vocab = tokenizer_vocab(d.meta())
         if tok_vocab is not None and tok_vocab > vocab_size:
             # Training would work on ids that happen to be small, but `generate` could not use the
             # tokenizer: refuse now rather than after the run.
             raise DataError(
-                f"{self.path}: encoded with a tokenizer of {tok_vocab} ids ({meta.tokenizer_dir or meta.tokenizer_hash}) "
+                f"{d.path}: encoded with a tokenizer of {tok_vocab} ids ({d.tokenizer_dir or d.tokenizer_hash}) "
                 f"but the model's vocab_size is {vocab_size}; set --vocab-size to at least {tok_vocab} "
                 "(or leave it unset to use the tokenizer's)"
             )
-        if meta.vocab_size is not None and meta.vocab_size <= vocab_size:
+        if d.vocab_size is not None and d.vocab_size <= vocab_size:
             return  # what the metadata vouches for; every batch is still checked (check_batch_ids)
         # Unknown (or larger) vocabulary: look at the ids themselves, in slices so a large file
         # is never loaded whole.
-        top = max_token_id(self.data)
+        top = max_token_id(d)
         if top >= vocab_size:
             raise DataError(
-                f"{self.path}: holds token id {top} but the model's vocab_size is {vocab_size}; "
+                f"{d.path}: holds token id {top} but the model's vocab_size is {vocab_size}; "
                 f"set --vocab-size to at least {top + 1} (or encode with the matching tokenizer)"
             )
 
     def __len__(self) -> int:
-        return self.meta.num_tokens
+        return self.data.num_tokens
+
+    def plan(self, count: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Which source and start each of ``count`` windows of one step reads; see ``mixture_plan``."""
+        return mixture_plan([len(d) for d in self.mixture.sources], self.mixture.weights, self.context_length, count, seed, step)
+
+    def cut(self, sources: np.ndarray, starts: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows ``(sources[i], starts[i])`` as a batch ``(x, y)`` on ``device``, ids checked."""
+        T = self.context_length
+        data = self.mixture.sources
+        # (B, T+1): one contiguous read per window (two where it spans a shard boundary).
+        windows = np.stack([np.asarray(data[k].window(int(s), T + 1)) for k, s in zip(sources, starts)]).astype(np.int64)
+        return _to_device(windows, self.vocab_size, str(data[int(sources[0])].path) if len(data) == 1 else "the mixture's data", device)
+
+
+def open_run_data(settings: Settings, notice: Callable[[str], None] = lambda m: None) -> tuple[TokenDataset, TokenDataset | None]:
+    """A run's training and validation data (None without validation), checked against its model.
+
+    A mixture is announced with its resolved (normalised) weights, so the shares a run uses are
+    on record at its start.
+    """
+    s = settings
+    train = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train", notice)
+    val = None
+    if s.data.val_data_path is not None:
+        val = TokenDataset(s.data.val_data_path, s.model.context_length, s.model.vocab_size, "validation", notice)
+    for role, data in (("train", train), ("validation", val)):
+        if data is not None and data.mixture.is_mixture:
+            notice(f"{role} mixture: {data.mixture.describe()}")
+        elif data is not None and len(data.data.shards) > 1:  # what a directory or glob was read as
+            notice(f"{role} data: {data.data.path}: {len(data.data.shards)} shards, {len(data):,} tokens")
+    return train, val
+
+
+def mixture_plan(lengths: Sequence[int], weights: np.ndarray, context_length: int, count: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source index and start offset of each of ``count`` windows: a pure function of its arguments.
+
+    One dataset: exactly ``window_starts(length, T, count, seed, step)``, so a run on the same ids
+    (one file or any number of shards) draws the same windows as always and resumes bitwise. A
+    mixture: the step's generator draws every window's source from ``weights``, then, source by
+    source, the starts within it.
+
+    Returns:
+        ``(sources, starts)``: int64 arrays of shape (count,).
+    """
+    if len(lengths) == 1:
+        return np.zeros(count, dtype=np.int64), window_starts(lengths[0], context_length, count, seed, step)
+    rng = np.random.default_rng([seed, step])
+    sources = rng.choice(len(lengths), size=count, p=weights).astype(np.int64)
+    starts = np.empty(count, dtype=np.int64)
+    for k, n in enumerate(lengths):
+        picked = sources == k
+        starts[picked] = rng.integers(0, n - context_length, size=int(picked.sum()), dtype=np.int64)
+    return sources, starts
 
 
 class BatchLoader:
@@ -333,28 +289,44 @@ class BatchLoader:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmkit-loader") if prefetch else None
         self._pending: dict[int, Future] = {}
         self._lock = threading.Lock()
+        self.tokens_by_source: dict[str, int] = {n: 0 for n in dataset.mixture.names}
 
-    def _build(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        T = self.dataset.context_length
-        starts = window_starts(len(self.dataset), T, self.batch_size, self.seed, step)
+    def _build(self, step: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], np.ndarray]:
+        sources, starts = self.dataset.plan(self.batch_size, self.seed, step)
+        # Windows per source in the whole global batch (every rank counts the same).
+        counts = np.bincount(sources, minlength=len(self.dataset.mixture))
+        sources = sources.reshape(self.accum, self.world_size, self.micro_batch)[:, self.rank]  # (A, b)
         starts = starts.reshape(self.accum, self.world_size, self.micro_batch)[:, self.rank]  # (A, b)
-        ds = self.dataset
-        return [get_batch(ds.data, self.micro_batch, T, self.device, starts=s, vocab_size=ds.vocab_size, source=str(ds.path))
-                for s in starts]
+        return [self.dataset.cut(k, s, self.device) for k, s in zip(sources, starts)], counts
 
     def step_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The ``grad_accum_steps`` micro-batches ``(x, y)`` of this rank for optimizer step ``step``."""
+        """The ``grad_accum_steps`` micro-batches ``(x, y)`` of this rank for optimizer step ``step``.
+
+        Taking a step's batches counts its tokens per source (``tokens_by_source``).
+        """
         if self._pool is None:
-            return self._build(step)
-        with self._lock:
-            fut = self._pending.pop(step, None) or self._pool.submit(self._build, step)
-            # Start on the next step while the caller computes on this one.
-            self._pending = {step + 1: self._pending.get(step + 1) or self._pool.submit(self._build, step + 1)}
-        return fut.result()
+            batches, counts = self._build(step)
+        else:
+            with self._lock:
+                fut = self._pending.pop(step, None) or self._pool.submit(self._build, step)
+                # Start on the next step while the caller computes on this one.
+                self._pending = {step + 1: self._pending.get(step + 1) or self._pool.submit(self._build, step + 1)}
+            batches, counts = fut.result()
+        T = self.dataset.context_length
+        for name, n in zip(self.dataset.mixture.names, counts):
+            self.tokens_by_source[name] = self.tokens_by_source.get(name, 0) + int(n) * T
+        return batches
 
     def state_dict(self) -> dict:
-        """Everything needed to continue the same data stream (positions derive from the step)."""
-        return {"seed": self.seed, "batch_size": self.batch_size}
+        """Everything needed to continue the same data stream (positions derive from the step),
+        plus the tokens taken from each source so far."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "tokens_by_source": dict(self.tokens_by_source)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the per-source token counts of a checkpoint (sources new to this run start at 0)."""
+        saved = (state or {}).get("tokens_by_source") or {}
+        self.tokens_by_source = {**{n: 0 for n in self.dataset.mixture.names},
+                                 **{str(k): int(v) for k, v in saved.items() if type(v) is int}}
 
     def close(self) -> None:
         if self._pool is not None:
@@ -365,11 +337,11 @@ def eval_batches(dataset: TokenDataset, batch_size: int, eval_iters: int, device
     """The same ``eval_iters`` batches every time, so validation losses are comparable over a run.
 
     ``batch_size`` is the global evaluation batch; each rank takes its own contiguous slice, so
-    the mean over ranks covers exactly the windows a single process would evaluate.
+    the mean over ranks covers exactly the windows a single process would evaluate. A mixture
+    is sampled by its weights, as for training (with the validation stream's seed).
     """
-    T = dataset.context_length
     per_rank = batch_size // world_size
     for k in range(eval_iters):
-        starts = window_starts(len(dataset), T, batch_size, seed ^ _VAL_STREAM, k)
-        yield get_batch(dataset.data, per_rank, T, device, starts=starts[rank * per_rank : (rank + 1) * per_rank],
-                        vocab_size=dataset.vocab_size, source=str(dataset.path))
+        sources, starts = dataset.plan(batch_size, seed ^ _VAL_STREAM, k)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        yield dataset.cut(sources[mine], starts[mine], device)

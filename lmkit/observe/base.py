@@ -9,7 +9,8 @@ The trainer never knows which sinks exist. It builds a ``MultiSink`` with ``make
 
 Metric keys (each optional; sinks render what is present): ``loss``, ``val_loss``,
 ``best_val_loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu`` (fraction 0-1, CUDA only),
-``step_ms``, ``gpu_mem_gb``, ``tokens_seen``, ``skipped_steps``, ``elapsed_s``.
+``step_ms``, ``gpu_mem_gb``, ``tokens_seen``, ``skipped_steps``, ``elapsed_s``, and for a mixture
+``tokens_by_source`` (``{name: tokens}``, the one value that is a mapping).
 
 Observing must never stop training: a sink that raises is reported once on stderr and dropped.
 A closed terminal or pipe is not a sink failure: the console sinks go quiet and report it as

@@ -27,6 +27,7 @@ from lmkit.observe.text import (
     fmt_loss,
     fmt_lr,
     fmt_percent,
+    fmt_sources,
 )
 
 # Keys that make a "train" line; a log call holding only val_loss/best_val_loss is an eval line.
@@ -52,6 +53,8 @@ def format_train_line(step: int, max_iters: int, m: dict[str, float]) -> str:
         parts.append(f"mem {m['gpu_mem_gb']:.1f} GB")
     if m.get("skipped_steps", 0) > 0:
         parts.append(f"skipped {int(m['skipped_steps'])}")
+    if m.get("tokens_by_source"):
+        parts.append(f"sources {fmt_sources(m['tokens_by_source'])}")
     return " | ".join(parts)
 
 

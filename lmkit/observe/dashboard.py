@@ -56,6 +56,7 @@ from lmkit.observe.text import (
     fmt_loss,
     fmt_lr,
     fmt_percent,
+    fmt_sources,
     sparkline,
 )
 
@@ -315,6 +316,8 @@ class Dashboard:
             pairs.append(("skipped", f"{int(m['skipped_steps'])} steps", "yellow"))
 
         yield _Pairs(pairs)
+        if m.get("tokens_by_source"):  # a mixture: one line, whatever the number of sources
+            yield _cell(f"sources   {fmt_sources(m['tokens_by_source'])}")
 
     def _event_rows(self) -> Iterator[RenderableType]:
         if self._last_checkpoint is not None:

@@ -224,6 +224,10 @@ def _check(row: Any) -> str | None:
         for key, value in row.items():
             if key in ("step", "segment") or key in _TEXT_KEYS:
                 continue
+            if isinstance(value, dict):  # e.g. tokens_by_source: {name: count}
+                row[key] = {str(k): v for k, v in value.items()
+                            if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)}
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 row[key] = None
     return None

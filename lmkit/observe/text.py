@@ -23,6 +23,12 @@ def fmt_count(x: float) -> str:
     return f"{x:.0f}"
 
 
+def fmt_sources(tokens_by_source: dict[str, float]) -> str:
+    """Tokens seen per source of a mixture, with shares: ``web 1.2M (70%) · code 500.0k (30%)``."""
+    total = sum(tokens_by_source.values()) or 1
+    return " · ".join(f"{name} {fmt_count(n)} ({100 * n / total:.0f}%)" for name, n in tokens_by_source.items())
+
+
 def fmt_duration(seconds: float) -> str:
     """``h:mm:ss`` (``fmt_duration(3725) == "1:02:05"``); ``--:--`` when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lmkit.data.loader import BatchLoader, TokenDataset, data_vocab_size, eval_batches
+from lmkit.data.loader import BatchLoader, data_vocab_size, eval_batches, open_run_data
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import LmkitError, TrainingError
 from lmkit.locking import OutputLock
@@ -134,10 +134,7 @@ class Trainer:
         # Unset vocab_size: the data's tokenizer's (after resume/init, which fix the architecture).
         self.settings = s = data_vocab_size(s, state, self.notice)
         torch.manual_seed(s.runtime.seed)
-        self.train_data = TokenDataset(s.data.train_data_path, s.model.context_length, s.model.vocab_size, "train", self.notice)
-        self.val_data = None
-        if s.data.val_data_path is not None:
-            self.val_data = TokenDataset(s.data.val_data_path, s.model.context_length, s.model.vocab_size, "validation", self.notice)
+        self.train_data, self.val_data = open_run_data(s, self.notice)
         if init is not None:
             check_init_tokenizer(init, [self.train_data, self.val_data])
         self.config = ModelConfig.from_settings(s.model)
@@ -169,6 +166,8 @@ class Trainer:
         self.loader = BatchLoader(
             self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
         )
+        if state is not None:
+            self.loader.load_state_dict(state.get("sampler"))  # tokens seen per source so far
         self.tokens_per_step = s.train.batch_size * s.model.context_length
 
     def _restore_counters(self, state: dict[str, Any]) -> None:
@@ -407,6 +406,8 @@ class Trainer:
                     "step_ms": 1000 * dt / steps_in_window, "tokens_seen": self.step * self.tokens_per_step,
                     "elapsed_s": self.elapsed_before + time.time() - self._t_start, "skipped_steps": self.skipped_steps,
                 }
+                if self.train_data.mixture.is_mixture:
+                    metrics["tokens_by_source"] = dict(self.loader.tokens_by_source)
                 if peak:
                     metrics["mfu"] = flops_per_token * tok_s / (peak * rt.world_size)
                 if dev.type == "cuda":

@@ -155,3 +155,19 @@ def test_narrower_terminal_erases_the_reflowed_frame(make_info):
     dash.close("finished")
     # rich moves up (and erases) one row fewer than the frame's height; twice the rows now.
     assert redraw.count("\x1b[1A") >= 2 * height - 1
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_mixture_shows_tokens_per_source_on_one_line(dashboard, make_info, train_metrics, width):
+    from lmkit.observe.console import format_train_line
+
+    dashboard.start(make_info())
+    sources = {"web": 7_000_000, "code": 2_500_000, "books": 500_000}
+    dashboard.log(10, {**train_metrics, "tokens_by_source": sources})
+    lines = snapshot(dashboard, width)
+    assert_fits(lines, width)
+    rows = [line for line in lines if "sources" in line]
+    assert len(rows) == 1 and "web 7.0M (70%)" in rows[0], lines
+    assert "sources web 7.0M (70%) · code 2.5M (25%) · books 500.0k (5%)" in format_train_line(10, 100, {"tokens_by_source": sources})
+    dashboard.log(20, {**train_metrics, "tokens_by_source": {}})
+    assert not any("sources" in line for line in snapshot(dashboard, width))

@@ -177,3 +177,11 @@ def test_nothing_usable_is_a_data_error_naming_the_file(tmp_path):
         read_metrics(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="cannot read the metrics file"):
         read_metrics(tmp_path)  # a directory
+
+
+def test_tokens_by_source_is_read_back_as_a_mapping(tmp_path):
+    from lmkit.observe.jsonl import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "loss": 3.0, "tokens_by_source": {"web": 80, "code": 48, "bad": "x"}}\n')
+    assert read_metrics(path)[0]["tokens_by_source"] == {"web": 80, "code": 48}
