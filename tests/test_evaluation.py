@@ -159,7 +159,7 @@ def test_a_huge_batch_size_is_refused_before_allocating(run, tmp_path) -> None:
 
 
 def test_a_sharded_dataset_evaluates_like_its_one_file(run, trained, tmp_path) -> None:
-    from tests.data.datasets import write_dataset
+    from tests.data.dataset_fixtures import write_dataset
 
     data, meta = open_tokens(run.val_bin)
     manifest = write_dataset(tmp_path, "val", np.asarray(data), shard_tokens=37, vocab_size=meta.vocab_size,

@@ -24,7 +24,7 @@ from lmkit.data.tokens import TokenFileMeta, open_tokens, write_tokens
 from lmkit.errors import DataError
 from lmkit.settings import resolve_settings
 from lmkit.settings_mixture import parse_data_path
-from tests.data.datasets import write_dataset
+from tests.data.dataset_fixtures import write_dataset
 
 IDS = (np.arange(20000) * 7 % 61).astype(np.uint16)
 

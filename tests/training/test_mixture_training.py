@@ -18,7 +18,7 @@ from lmkit.observe.jsonl import read_metrics
 from lmkit.settings import Settings, validate_tree
 from lmkit.settings_mixture import DataSource
 from tests.conftest import TINY_MODEL
-from tests.data.datasets import write_dataset
+from tests.data.dataset_fixtures import write_dataset
 
 runner = CliRunner()
 
