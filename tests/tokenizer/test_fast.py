@@ -155,9 +155,20 @@ def test_trained_fast_equals_reference(trained, text):
     agree(trained, encoder, text)
 
 
-def test_trained_ids_need_no_lookup_table(trained):
-    # lmkit numbers bytes 0..255 then merges in order: tiktoken's ranks are the ids already.
+def test_ids_that_rise_with_the_merges_need_no_lookup_table(trained, gpt2):
+    # lmkit numbers bytes 0..255 then merges in order; GPT-2 numbers bytes its own way, then
+    # merges in order: either way the ids can be tiktoken's ranks.
     assert trained.fast_encoder()._lut is None
+    assert gpt2.fast_encoder()._lut is None
+
+
+def test_ids_in_another_order_go_through_the_lookup_table():
+    merges = [(b"a", b"b"), (b"ab", b"c"), (b"c", b"c")]
+    order = list(range(256)) + [258, 256, 257]  # ab -> 258, abc -> 256, cc -> 257
+    tok = handmade(merges, order=order)
+    encoder = FastEncoder.build(tok)
+    assert encoder._lut is not None
+    assert encoder.encode("abc ab cc").tolist() == tok.encode("abc ab cc") == [256, 32, 258, 32, 257]
 
 
 def test_overlapping_specials_longest_first(trained):
@@ -170,14 +181,15 @@ def test_overlapping_specials_longest_first(trained):
 # --- hand-made merges where tiktoken's merging differs -----------------------------------------
 
 
-def handmade(merges: list[tuple[bytes, bytes]], specials: list[str] = ()) -> Tokenizer:
-    vocab = {i: bytes([i]) for i in range(256)}
+def handmade(merges: list[tuple[bytes, bytes]], specials: list[str] = (), order: list[int] | None = None) -> Tokenizer:
+    tokens = [bytes([i]) for i in range(256)]
     for left, right in merges:
-        if left + right not in vocab.values():
-            vocab[len(vocab)] = left + right
-    for s in specials:
-        vocab[len(vocab)] = s.encode()
-    return Tokenizer(vocab, merges, list(specials))
+        if left + right not in tokens:
+            tokens.append(left + right)
+    tokens += [s.encode() for s in specials]
+    # `order` renumbers the tokens (any permutation of the ids): ids need not follow the merges.
+    ids = order if order is not None else range(len(tokens))
+    return Tokenizer(dict(zip(ids, tokens)), merges, list(specials))
 
 
 def naive_tiktoken(tok: Tokenizer):
@@ -273,9 +285,12 @@ def merges_lists(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(merges_lists(), st.lists(st.text("abc ", max_size=12), min_size=1, max_size=8))
-def test_random_merges_fast_equals_reference(merges, words):
-    tok = handmade(merges)
+@given(merges_lists(), st.lists(st.text("abc ", max_size=12), min_size=1, max_size=8), st.randoms())
+def test_random_merges_fast_equals_reference(merges, words, rng):
+    order = list(range(256 + len({a + b for a, b in merges})))
+    if rng.random() < 0.5:
+        rng.shuffle(order)
+    tok = handmade(merges, order=order)
     encoder = FastEncoder.build(tok)
     if encoder is None:  # only for two different merges with one result
         results = [a + b for a, b in dict.fromkeys(merges)]
