@@ -164,19 +164,23 @@ def encode_blocks(
     blocks: Iterable[T],
     threads: int,
     key: Callable[[T], str] = lambda block: block,  # type: ignore[assignment,return-value]
+    batch_chars: int = 1 << 18,
 ) -> Iterator[tuple[T, np.ndarray]]:
     """Encode blocks on ``threads`` threads, yielding ``(block, ids)`` in the blocks' order.
 
-    At most ``2 * threads`` blocks are read ahead, so memory stays bounded however long the
-    stream is, and every thread has the next block waiting when it finishes one. Threads (not
-    processes) work because the engine releases the GIL; the pure-Python ``Tokenizer`` holds it,
-    so with one the blocks are encoded in the calling thread.
+    Consecutive small blocks (short documents) go to a thread together, up to ``batch_chars``
+    characters, so handing work to a thread costs little next to encoding it. At most
+    ``2 * threads`` such batches are read ahead: memory stays bounded however long the stream,
+    and every thread has work waiting when it finishes. Threads (not processes) work because
+    the engine releases the GIL; the pure-Python ``Tokenizer`` holds it, so with one the blocks
+    are encoded in the calling thread.
 
     Args:
         encoder: A ``FastEncoder``, or a ``Tokenizer`` (reference speed, one thread).
         blocks: Any iterable, consumed lazily (e.g. ``sources.read_blocks(...)``).
         threads: Worker threads; 1 or less encodes in the calling thread.
         key: The text of a block (default: the block is the text).
+        batch_chars: Characters of text a thread is given at once (0: one block each).
 
     Yields:
         ``(block, ids)`` with ``ids`` a ``uint32`` array; an error in a block is raised when
@@ -192,22 +196,52 @@ def encode_blocks(
         for block in blocks:
             yield block, encode(key(block))
         return
-    pending: deque[tuple[T, Future]] = deque()
+
+    def work(texts: list[str]) -> list[np.ndarray | Exception]:
+        # An error stays with its block, so the blocks before it in the batch still come out.
+        out: list[np.ndarray | Exception] = []
+        for text in texts:
+            try:
+                out.append(encode(text))
+            except Exception as e:  # noqa: BLE001 - re-raised in the caller's thread, in order
+                out.append(e)
+                break
+        return out
+
+    pending: deque[tuple[list[T], Future]] = deque()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
+    batch: list[T] = []
+    texts: list[str] = []
+    size = 0
     try:
         for block in blocks:
-            pending.append((block, pool.submit(encode, key(block))))
+            text = key(block)
+            batch.append(block)
+            texts.append(text)
+            size += len(text)
+            if size < batch_chars:
+                continue
+            pending.append((batch, pool.submit(work, texts)))
+            batch, texts, size = [], [], 0
             if len(pending) >= 2 * threads:
-                done, future = pending.popleft()
-                yield done, future.result()
+                yield from _finished(pending.popleft())
+        if batch:
+            pending.append((batch, pool.submit(work, texts)))
         while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+            yield from _finished(pending.popleft())
     finally:
         # Reached early when the consumer stops or a block fails: drop the queued work.
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def _finished(item: tuple[list[T], Future]) -> Iterator[tuple[T, np.ndarray]]:
+    batch, future = item
+    for block, ids in zip(batch, future.result()):
+        if isinstance(ids, Exception):
+            raise ids
+        yield block, ids
 
 
 def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:

@@ -307,21 +307,25 @@ def test_random_merges_fast_equals_reference(merges, words, rng):
 # --- encode_blocks -----------------------------------------------------------------------------
 
 
-def test_encode_blocks_in_order_and_bounded(gpt2_fast, gpt2):
+@pytest.mark.parametrize("batch_chars", [0, 100])
+def test_encode_blocks_in_order_and_bounded(gpt2_fast, gpt2, batch_chars):
     pulled = []
 
     def blocks():
-        for i in range(40):
+        for i in range(60):
             pulled.append(i)
             yield {"n": i, "text": f"block {i} " * (i % 5 + 1)}
 
     seen = 0
-    for block, ids in encode_blocks(gpt2_fast, blocks(), threads=3, key=lambda b: b["text"]):
+    for block, ids in encode_blocks(gpt2_fast, blocks(), threads=3, key=lambda b: b["text"], batch_chars=batch_chars):
         assert block["n"] == seen
         assert ids.tolist() == gpt2.encode(block["text"])
         seen += 1
-        assert len(pulled) - seen <= 2 * 3  # never more than 2 * threads read ahead
-    assert seen == 40
+        # Never more than 2 * threads batches read ahead: blocks of 9..50 characters, so a
+        # batch holds one block (batch_chars 0) or at most 100 // 9 + 1 = 12 of them.
+        per_batch = 1 if batch_chars == 0 else batch_chars // 9 + 1
+        assert len(pulled) - seen <= 2 * 3 * per_batch
+    assert seen == 60
 
 
 def test_encode_blocks_with_the_reference_and_one_thread(gpt2):
@@ -330,9 +334,10 @@ def test_encode_blocks_with_the_reference_and_one_thread(gpt2):
     assert all(ids.dtype == np.uint32 for _, ids in out)
 
 
-def test_encode_blocks_raises_in_turn_and_stops_early(gpt2_fast):
+@pytest.mark.parametrize("batch_chars", [0, 1000])
+def test_encode_blocks_raises_in_turn_and_stops_early(gpt2_fast, batch_chars):
     good = iter(["x", "y", "\ud800", "z"])  # a lone surrogate cannot be encoded
-    results = encode_blocks(gpt2_fast, good, threads=2)
+    results = encode_blocks(gpt2_fast, good, threads=2, batch_chars=batch_chars)
     assert next(results)[0] == "x" and next(results)[0] == "y"
     with pytest.raises(UnicodeEncodeError):
         next(results)
