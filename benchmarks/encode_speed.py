@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus  # noqa: E402
+import corpus
 
-from lmkit.tokenizer import Tokenizer  # noqa: E402
-from lmkit.tokenizer.fast import FastEncoder, encode_blocks  # noqa: E402
-from lmkit.tokenizer.pretokenize import GPT2_PATTERN, safe_cut  # noqa: E402
+from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.fast import FastEncoder, encode_blocks
+from lmkit.tokenizer.pretokenize import GPT2_PATTERN, safe_cut
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -58,15 +58,17 @@ import regex
 from lmkit.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
 
 if TYPE_CHECKING:
+    import tiktoken
+
     from lmkit.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# tiktoken treats an empty special-token table as a pattern that matches everywhere and tests
-# every position of the text against it (twice as slow). One special that is never allowed
-# costs nothing and is never emitted: text that contains it is encoded as plain text.
+# tiktoken turns an empty special-token table into a pattern that matches everywhere, then
+# steps through the text one character at a time rejecting those matches. One special that is
+# never allowed is searched for at full speed and never emitted: text holding it stays text.
 _UNUSED_SPECIAL = "<|lmkit: never allowed|>"
 
 
@@ -77,8 +79,9 @@ class FastEncoder:
     at once and releases the GIL while the engine works.
     """
 
-    def __init__(self, core, lut: np.ndarray | None, specials: list[str], special_ids: dict[str, int]):
-        self._core = core  # a tiktoken.Encoding
+    def __init__(self, core: tiktoken.Encoding, lut: np.ndarray | None, specials: list[str],
+                 special_ids: dict[str, int]):
+        self._core = core
         self._lut = lut  # tiktoken rank -> lmkit id, or None where they are equal
         self._splitter = special_splitter(specials)
         self._special_ids = special_ids
@@ -190,7 +193,7 @@ def encode_blocks(
         encode = encoder.encode
     else:
         tokenizer = encoder
-        encode = lambda text: np.array(tokenizer.encode(text), dtype=np.uint32)  # noqa: E731
+        encode = lambda text: np.array(tokenizer.encode(text), dtype=np.uint32)
         threads = 1
     if threads <= 1:
         for block in blocks:
