@@ -106,6 +106,15 @@ def test_tokenizer_encode_array(gpt2):
     assert gpt2.fast_encoder() is gpt2.fast_encoder()  # built once
 
 
+def test_pickled_tokenizer_leaves_the_engine_behind(gpt2):
+    import pickle
+
+    gpt2.fast_encoder()
+    copy = pickle.loads(pickle.dumps(gpt2))
+    assert copy._fast is False
+    assert copy.encode_array("Hello world").tolist() == [15496, 995]
+
+
 def test_encode_releases_the_gil(gpt2_fast, shared_data):
     # A pure-Python thread keeps counting while another thread is inside the engine only if the
     # engine let go of the GIL; holding it, the counter would advance only at switch intervals.
