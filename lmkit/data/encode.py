@@ -301,8 +301,6 @@ def encode_corpus(
     threads = threads or workers or os.cpu_count() or 1
     total = sum(s.size for s in sources)
     stage = _COMPRESSED_STAGE if any(s.compression for s in sources) else "encode"
-    if progress:
-        progress(stage, 0, total)  # at once: the first line must not wait for the encoder to build
     tok_dir = str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None
     fp = fingerprint(tokenizer, sources, opts, dtype=dtype, eot_id=eot_id, shard_tokens=shard_tokens, names=names,
                      val_fraction=val_fraction, val_docs=val_docs, tokenizer_dir=tok_dir)
@@ -313,6 +311,8 @@ def encode_corpus(
                              num_sources=len(sources), count_ids=c.add if c else None)
                for n, c in zip(names, counters)]
     with locked_outputs([output_dir / f"{n}.bin" for n in names]), stop_on_signals():
+        if progress:
+            progress(stage, 0, total)  # at once: the first line must not wait for the encoder to build
         for n in names:
             remove_shard_temps(output_dir, n)
         start = min(w.resume(create_stats) for w in writers)
