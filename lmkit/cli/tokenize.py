@@ -142,7 +142,7 @@ def train(
 
 EncodeInputOpt = Annotated[
     list[str],
-    typer.Option("--input", "-i", help="A file (.txt/.md, .jsonl, .parquet, .arrow; .gz/.zst/.xz too), a directory "
+    typer.Option("--input", "-i", metavar="<path|glob>", help="A file (.txt/.md, .jsonl, .parquet, .arrow; .gz/.zst/.xz too), a directory "
                  "(every such file, recursively), or a quoted glob; repeat for several. Example: --input 'data/**/*.jsonl.zst'"),
 ]
 
@@ -173,6 +173,7 @@ def encode(
     Run again with the same arguments after an interruption: complete shards are kept.
 
     Example: lmkit tokenize encode --tokenizer tok/ --input data/train.txt --output data/ --create-stats
+
     Example: lmkit tokenize encode -t tok/ -i 'corpus/*.jsonl.gz' -o data/ --name web --val-fraction 0.01
     """
     from collections import Counter
