@@ -317,21 +317,20 @@ def encode_corpus(
             remove_shard_temps(output_dir, n)
         start = min(w.resume(create_stats) for w in writers)
         rel = _relative_names(sources)
-        if start < writers[0].end:
-            chosen = _choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
-            router = _Router(rel, val_fraction, chosen)
-            try:
-                _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
-            except BaseException:
-                for w in writers:
-                    w.discard()
-                raise
-        _check_not_empty(writers, sources, val_fraction)
         extra = [{"split": {"role": role, "val_fraction": val_fraction, "val_docs": val_docs}} if split else {}
                  for role in ("train", "val")[:len(names)]]
-        src_list = [(str(s.path), s.size) for s in sources]
-        return [w.finish(src_list, x, c.summary(w.num_tokens, w.source_bytes) if c else None)
-                for w, x, c in zip(writers, extra, counters)]
+        try:
+            if start < writers[0].end:
+                chosen = _choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
+                router = _Router(rel, val_fraction, chosen)
+                _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
+            _check_not_empty(writers, sources, val_fraction)
+            src_list = [(str(s.path), s.size) for s in sources]
+            return [w.finish(src_list, x, c.summary if c else None) for w, x, c in zip(writers, extra, counters)]
+        except BaseException:
+            for w in writers:  # the shard being written goes; finished shards stay for a rerun
+                w.discard()
+            raise
 
 
 def _check_not_empty(writers: list[DatasetWriter], sources: list[SourceFile], val_fraction: float | None) -> None:

@@ -40,6 +40,7 @@ from lmkit.errors import DataError
 from lmkit.locking import fsync_dir
 
 DEFAULT_SHARD_TOKENS = 100_000_000
+FLUSH_IDS = 1 << 20  # ids buffered before a write: one syscall and one hash update per few MB
 _HASH_CHUNK = 8 << 20
 
 
@@ -106,6 +107,8 @@ class _Shard:
 
 @dataclass
 class _OpenShard:
+    """The shard being written; ids are buffered so a document of a few ids costs no syscall."""
+
     k: int
     partial: PartialFile
     sha: Any = field(default_factory=hashlib.sha256)
@@ -113,6 +116,26 @@ class _OpenShard:
     starts: array = field(default_factory=lambda: array("Q"))
     credits: dict[int, list[int]] = field(default_factory=dict)
     source_bytes: int = 0
+    pending: list[np.ndarray] = field(default_factory=list)
+    pending_n: int = 0
+
+    def add(self, ids: np.ndarray, count_ids: Callable[[np.ndarray], None] | None) -> None:
+        self.pending.append(ids)
+        self.pending_n += ids.size
+        self.n += ids.size
+        if self.pending_n >= FLUSH_IDS:
+            self.flush(count_ids)
+
+    def flush(self, count_ids: Callable[[np.ndarray], None] | None) -> None:
+        if not self.pending:
+            return
+        ids = np.concatenate(self.pending)
+        self.pending, self.pending_n = [], 0
+        data = ids.tobytes()
+        self.partial.write(data)
+        self.sha.update(data)
+        if count_ids is not None:
+            count_ids(ids)
 
 
 class DatasetWriter:
@@ -137,6 +160,7 @@ class DatasetWriter:
         self.shard_tokens, self.eot_id, self.fingerprint = shard_tokens, eot_id, fingerprint
         self.meta, self.count_ids = meta, count_ids
         self.end = Cursor(num_sources, 0, 0)
+        self._eot = np.array([eot_id or 0], dtype=self.dtype.newbyteorder("<"))
         self.shards: list[_Shard] = []
         self.cursor = Cursor(0, 0, 0)  # where this dataset's unwritten part starts
         self.complete: Path | None = None  # the finished output, when resume found it intact
@@ -255,7 +279,7 @@ class DatasetWriter:
         self._doc_bytes += nbytes
         ids = ids.astype(self.dtype.newbyteorder("<"), copy=False)
         if last and self.eot_id is not None:
-            ids = np.append(ids, np.array([self.eot_id], dtype=ids.dtype))
+            ids = np.concatenate([ids, self._eot])
         if self._drop:
             k = min(self._drop, ids.size)
             ids, self._drop, self._doc_done = ids[k:], self._drop - k, self._doc_done + k
@@ -265,12 +289,7 @@ class DatasetWriter:
             if self._doc_done == 0:
                 self._shard.starts.append(self._shard.n)
             part = ids[:self.shard_tokens - self._shard.n]
-            data = part.tobytes()
-            self._shard.partial.write(data)
-            self._shard.sha.update(data)
-            if self.count_ids is not None:
-                self.count_ids(part)
-            self._shard.n += part.size
+            self._shard.add(part, self.count_ids)
             self._doc_done += part.size
             ids = ids[part.size:]
         if last:
@@ -289,7 +308,10 @@ class DatasetWriter:
         self._shard = _OpenShard(k, PartialFile(self.dir / f"{shard_stem(self.name, k)}.bin"))
 
     def _close_shard(self, final: bool) -> None:
-        s, self._shard = self._shard, None
+        s = self._shard
+        s.flush(self.count_ids)
+        s.partial.commit()  # before letting go of it: on a write error, discard() removes the temp
+        self._shard = None
         if final:
             cursor = self.end
         elif self._doc is not None:
@@ -299,7 +321,6 @@ class DatasetWriter:
         stem = shard_stem(self.name, s.k)
         bin_path, idx_path = self.dir / f"{stem}.bin", self.dir / f"{stem}.idx"
         try:
-            s.partial.commit()
             atomic_write_bytes(idx_path, np.asarray(s.starts, dtype="<u8").tobytes())
         except OSError as e:
             raise write_error(idx_path, e) from None
@@ -323,18 +344,21 @@ class DatasetWriter:
 
     # --- finishing ------------------------------------------------------------------------------
 
-    def finish(self, sources: list[tuple[str, int]], extra: dict[str, Any], stats: dict | None) -> Path:
+    def finish(self, sources: list[tuple[str, int]], extra: dict[str, Any],
+               stats: Callable[[int, int], dict] | None = None) -> Path:
         """Close the last shard and publish the dataset; returns ``NAME.bin`` or the manifest.
 
         Args:
             sources: ``(path, bytes on disk)`` of every input file, in corpus order.
             extra: ``split`` information recorded with the dataset (or None-valued).
-            stats: The ``--create-stats`` summary, or None.
+            stats: Makes the ``--create-stats`` summary from (tokens, source bytes), once every
+                id is counted; None for none.
         """
         if self.complete is not None:
             return self.complete
         if self._shard is not None:
             self._close_shard(final=True)
+        stats = stats(self.num_tokens, self.source_bytes) if stats is not None else None
         credits: dict[int, list[int]] = {}
         for s in self.shards:
             for i, (b, d) in s.credits.items():

@@ -288,3 +288,26 @@ def test_empty_input_and_bad_split_options(tok, tmp_path):
         encode_corpus(tok, src, tmp_path / "o", val_fraction=1.0)
     with pytest.raises(DataError, match="not both"):
         encode_corpus(tok, src, tmp_path / "o", val_fraction=0.1, val_docs=1)
+
+
+def test_stats_of_a_resumed_sharded_dataset_count_every_id(tok, tmp_path, monkeypatch):
+    src = _write_txt(tmp_path / "c.txt", DOCS)
+    [ref] = encode_corpus(tok, src, tmp_path / "ref", shard_tokens=61, create_stats=True)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            encode_corpus(tok, src, tmp_path / "out", shard_tokens=61, create_stats=True)
+    [out] = encode_corpus(tok, src, tmp_path / "out", shard_tokens=61, create_stats=True)
+    stats = read_manifest(out).stats
+    assert stats == read_manifest(ref).stats and stats["num_tokens"] == len(_ids(ref))
+    counts = np.bincount(_ids(ref))
+    assert stats["top_tokens"][0]["count"] == counts.max() and stats["distinct_tokens"] == np.count_nonzero(counts)
+
+
+def test_progress_starts_at_once_and_ends_at_the_total(tok, tmp_path):
+    src = _write_txt(tmp_path / "c.txt", DOCS)
+    calls = []
+    encode_corpus(tok, src, tmp_path / "o", progress=lambda *a: calls.append(a))
+    size = src.stat().st_size
+    assert calls[0] == ("encode", 0, size) and calls[-1] == ("encode", size, size)
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)
