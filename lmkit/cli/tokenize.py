@@ -176,15 +176,14 @@ def encode(
 
     Example: lmkit tokenize encode -t tok/ -i 'corpus/*.jsonl.gz' -o data/ --name web --val-fraction 0.01
     """
-    from collections import Counter
-
     from lmkit.data.corpus import encode_corpus
+    from lmkit.data.sources import skipped_summary
 
     if no_eot and eot is not None:
         raise LmkitError("give --eot TEXT or --no-eot, not both")
     tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
     tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
-    skipped: Counter = Counter()
+    skipped: dict = {}
     with Progress() as progress:
         outputs = encode_corpus(tok, input, output, name=name, tokenizer_dir=tok_dir, text_key=text_key,
                                 eot=False if no_eot else (eot if eot is not None else True), doc_separator=doc_separator,
@@ -192,9 +191,9 @@ def encode(
                                 skip_bad_lines=skip_bad_lines, create_stats=create_stats, errors=errors.value,
                                 threads=threads, progress=progress, skipped=skipped)
     _report(outputs, create_stats)
-    if sum(skipped.values()):
-        detail = ", ".join(f"{n:,} {why}" for why, n in skipped.most_common())
-        typer.echo(f"skipped {sum(skipped.values()):,} bad lines ({detail})")
+    for path, counter in skipped.items():
+        if line := skipped_summary(path, counter):
+            typer.echo(line)
 
 
 def _report(outputs: list[Path], create_stats: bool) -> None:

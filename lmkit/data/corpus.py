@@ -1,9 +1,7 @@
 """Token files from text: ids written as text (``import_ids``), decoding (``decode_token_file``).
 
 Encoding text into datasets is ``lmkit.data.encode.encode_corpus`` (re-exported here, where
-callers have always imported it from). ``text_blocks`` reads a plain text file in blocks cut at
-points where no pretoken or special token spans the cut (``safe_cut``), so each block encodes
-independently and the result equals encoding the whole file at once.
+callers have always imported it from); reading the inputs is ``lmkit.data.sources``.
 """
 
 from __future__ import annotations
@@ -19,10 +17,9 @@ from lmkit.data.tokens import MAX_VOCAB, TokenFileMeta, dtype_for_vocab, open_to
 from lmkit.data.writing import PartialFile, locked_outputs, prepare_output, stop_on_signals, write_meta_checked
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer import Tokenizer
-from lmkit.tokenizer.pretokenize import ProgressFn, decode_utf8, list_text_files, safe_cut
+from lmkit.tokenizer.pretokenize import ProgressFn, list_text_files
 
 BLOCK_BYTES = 1 << 20  # text read at a time: small enough to stream
-MAX_UNCUT = 16 << 20  # the most text held while looking for a safe cut (see text_blocks)
 # Ids are separated by ASCII whitespace only: str.split() would also split on U+00A0, U+001C
 # and the like, which a file of ids holds only by mistake (and which the error should name).
 _IDS_TEXT = re.compile(r"[0-9 \t\n\r\f\v]*")
@@ -39,52 +36,6 @@ def _output_paths(inputs: list[Path], output_dir: Path) -> list[Path]:
             raise DataError(f"{src} and {seen[out]} would both be written to {out}; rename one")
         seen[out] = src
     return outs
-
-
-def text_blocks(path: Path, specials: list[bytes], errors: str) -> Iterator[tuple[str, int]]:
-    """Read a text file in blocks that can be encoded independently.
-
-    Args:
-        path: The file.
-        specials: Special tokens as UTF-8 (a cut never splits one).
-        errors: ``"strict"`` (invalid UTF-8 is an error giving the byte offset) or ``"replace"``.
-
-    Yields:
-        ``(text, number of bytes it came from)``.
-
-    A run of ``MAX_UNCUT`` bytes with no safe cut (no whitespace: a base64 blob, a file of one
-    "word") is cut at a character boundary instead of being held whole: memory stays bounded,
-    and only the tokens inside such a run can differ from encoding the file at once.
-    """
-    pending, offset = b"", 0
-    with open(path, "rb") as f:
-        while data := f.read(BLOCK_BYTES):
-            buf = pending + data
-            cut = safe_cut(buf, specials)
-            if cut == 0 and len(buf) >= MAX_UNCUT:
-                cut = _forced_cut(buf, specials)
-            if cut == 0:
-                pending = buf  # no safe point yet (a long run without spaces): read on
-                continue
-            yield decode_utf8(buf[:cut], errors, path, offset), cut
-            offset, pending = offset + cut, buf[cut:]
-    if pending:
-        yield decode_utf8(pending, errors, path, offset), len(pending)
-
-
-def _forced_cut(buf: bytes, specials: list[bytes]) -> int:
-    """A cut near the end of ``buf`` on a UTF-8 character boundary, outside every special token."""
-    cut = len(buf) - 1
-    while cut > 0:
-        if buf[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
-            cut -= 1
-            continue
-        inside = [buf.find(sp, max(0, cut - len(sp) + 1), cut + len(sp) - 1) for sp in specials]
-        starts = [i for i in inside if 0 <= i < cut]
-        if not starts:
-            return cut
-        cut = min(starts)
-    return 0
 
 
 def parse_ids(pieces: Iterable[str], source: str, vocab_size: int | None = None) -> Iterator[list[int]]:

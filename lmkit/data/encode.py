@@ -158,16 +158,22 @@ def _init_worker(tokenizer: Tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
-    return [np.asarray(_worker_tokenizer.encode(t), dtype=np.uint32) for t in texts]
+# An encode task returns each text's ids and its UTF-8 size (for bits per byte): measured
+# there, in parallel, rather than in the thread that reads and writes.
+def _encode_in_worker(texts: list[str]) -> list[tuple[np.ndarray, int]]:
+    return _encode_slow(_worker_tokenizer, texts)
 
 
-def _encode_fast(encoder: FastEncoder, texts: list[str]) -> list[np.ndarray]:
-    return [encoder.encode(t) for t in texts]
+def _encode_slow(tokenizer: Tokenizer, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+    return [(np.asarray(tokenizer.encode(t), dtype=np.uint32), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
+
+
+def _encode_fast(encoder: FastEncoder, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+    return [(encoder.encode(t), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
 
 
 def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], threads: int,
-             big: bool) -> Iterator[tuple[list, list[np.ndarray]]]:
+             big: bool) -> Iterator[tuple[list, list[tuple[np.ndarray, int]]]]:
     """Encode batches of texts in order, a bounded number in flight.
 
     tiktoken's core (``FastEncoder``) releases the GIL, so threads encode in parallel and start
@@ -177,8 +183,7 @@ def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], th
     fast = FastEncoder.build(tokenizer)
     if threads <= 1 or (fast is None and not big):
         for tags, texts in batches:
-            yield tags, (_encode_fast(fast, texts) if fast is not None else
-                         [np.asarray(tokenizer.encode(t), dtype=np.uint32) for t in texts])
+            yield tags, (_encode_fast(fast, texts) if fast is not None else _encode_slow(tokenizer, texts))
         return
     if fast is not None:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
@@ -239,7 +244,7 @@ def encode_corpus(
     threads: int | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
-    skipped: Counter | None = None,
+    skipped: dict[Path, Counter] | None = None,
 ) -> list[Path]:
     """Encode text files, JSON Lines, parquet or saved datasets into one dataset (or train + val).
 
@@ -266,7 +271,8 @@ def encode_corpus(
         threads: Encoding threads; default: all cores. ``workers`` is the old name for it.
         progress: Called as ``progress(stage, bytes_done, bytes_total)`` over the inputs' bytes
             on disk (stage ``"encode (compressed)"`` when some are compressed).
-        skipped: A ``Counter`` the skipped lines are counted in (``skip_bad_lines``).
+        skipped: Filled with a ``Counter`` of skipped lines by reason per source path
+            (``skip_bad_lines``; see ``lmkit.data.sources.skipped_summary``).
 
     Returns:
         One path per dataset written (``NAME.bin`` for one shard, else the manifest
@@ -308,7 +314,8 @@ def encode_corpus(
     counters = [IdCounter(tokenizer) if create_stats else None for _ in names]
     writers = [DatasetWriter(output_dir, n, dtype=dtype, shard_tokens=shard_tokens, eot_id=eot_id, fingerprint=fp,
                              meta={"vocab_size": tokenizer.vocab_size, "tokenizer_hash": tokenizer.hash, "tokenizer_dir": tok_dir},
-                             num_sources=len(sources), count_ids=c.add if c else None)
+                             num_sources=len(sources), count_ids=c.add if c else None,
+                             eot_bytes=len(eot_text.encode("utf-8")) if eot_text else 0)
                for n, c in zip(names, counters)]
     with locked_outputs([output_dir / f"{n}.bin" for n in names]), stop_on_signals():
         if progress:
@@ -346,7 +353,7 @@ def _check_not_empty(writers: list[DatasetWriter], sources: list[SourceFile], va
 
 def _run(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, specials: list[str], start: Cursor,
          router: Callable[[int, int], int], writers: list[DatasetWriter], threads: int, stage: str,
-         progress: ProgressFn | None, skipped: Counter | None) -> None:
+         progress: ProgressFn | None, skipped: dict[Path, Counter] | None) -> None:
     """Read from ``start``, encode, and hand every document piece to its dataset's writer."""
     total = sum(s.size for s in sources)
     big = total >= PARALLEL_MIN_BYTES
@@ -364,17 +371,16 @@ def _run(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, spe
         done = sum(s.size for s in sources[:start.source])
         for i in range(start.source, len(sources)):
             src, read = sources[i], 0
-            for block in read_blocks(src, opts, specials, start.doc if i == start.source else 0, skipped):
+            counter = skipped.setdefault(src.path, Counter()) if skipped is not None else None
+            for block in read_blocks(src, opts, specials, start.doc if i == start.source else 0, counter):
                 read += block.nbytes
                 ds = router(i, block.doc)
                 if writers[ds].wants(i, block.doc):  # not already in a shard a resume kept
-                    yield (ds, i, block.doc, block.first, block.last, block.nbytes), block.text
-                # Text bytes stand in for bytes on disk within a file (exact for plain text);
-                # the count is exact at each file's end.
-                report(done + min(read, src.size))
+                    yield (ds, i, block.doc, block.first, block.last), block.text
+                report(done + min(read, src.size))  # block sizes are bytes on disk (compressed ones if so)
             done += src.size
             report(done)
 
     for tags, arrays in _encoded(tokenizer, _batched(pieces()), threads, big):
-        for (ds, i, doc, first, last, nbytes), ids in zip(tags, arrays):
-            writers[ds].write(ids, i, doc, first, last, nbytes)
+        for (ds, i, doc, first, last), (ids, text_bytes) in zip(tags, arrays):
+            writers[ds].write(ids, i, doc, first, last, text_bytes)

@@ -151,15 +151,17 @@ class DatasetWriter:
         meta: ``vocab_size``, ``tokenizer_hash``, ``tokenizer_dir`` for every ``.json``.
         num_sources: How many input files the corpus has (the end cursor is past them).
         count_ids: Called with every id array written (and the ids of reused shards), for stats.
+        eot_bytes: UTF-8 size of the end-of-text token, counted in ``source_bytes`` per document.
     """
 
     def __init__(self, directory: Path, name: str, *, dtype: str, shard_tokens: int, eot_id: int | None,
                  fingerprint: str, meta: dict[str, Any], num_sources: int,
-                 count_ids: Callable[[np.ndarray], None] | None = None):
+                 count_ids: Callable[[np.ndarray], None] | None = None, eot_bytes: int = 0):
         self.dir, self.name, self.dtype = Path(directory), name, np.dtype(dtype)
         self.shard_tokens, self.eot_id, self.fingerprint = shard_tokens, eot_id, fingerprint
         self.meta, self.count_ids = meta, count_ids
         self.end = Cursor(num_sources, 0, 0)
+        self._eot_bytes = eot_bytes if eot_id is not None else 0
         self._eot = np.array([eot_id or 0], dtype=self.dtype.newbyteorder("<"))
         self.shards: list[_Shard] = []
         self.cursor = Cursor(0, 0, 0)  # where this dataset's unwritten part starts
@@ -269,14 +271,16 @@ class DatasetWriter:
             ids: The piece's ids (any unsigned dtype; stored as this dataset's dtype).
             source, doc: The document's position in the corpus.
             first, last: Whether this is the document's first / last piece.
-            nbytes: The text bytes the piece came from (credited when the document ends).
+            nbytes: The UTF-8 bytes of the piece's text (credited when the document ends, with
+                those of the end-of-text token: ``source_bytes`` is the size of the text the
+                ids decode to, the same whatever format the corpus came in).
         """
         if first:
             self._doc, self._doc_done, self._doc_bytes = (source, doc), 0, 0
             resumed_mid_doc = (source, doc) == (self.cursor.source, self.cursor.doc)
             # The document split by the interruption: its first ids are already in a kept shard.
             self._drop = self.cursor.tokens_done if resumed_mid_doc else 0
-        self._doc_bytes += nbytes
+        self._doc_bytes += nbytes + (self._eot_bytes if last else 0)
         ids = ids.astype(self.dtype.newbyteorder("<"), copy=False)
         if last and self.eot_id is not None:
             ids = np.concatenate([ids, self._eot])

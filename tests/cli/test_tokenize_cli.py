@@ -117,7 +117,7 @@ BAD_INPUT = [
     ("empty-input-train", lambda t, k, s: ["train", "-i", str(_write(t / "e.txt", "")), "-v", "300", "-o", str(t / "out")],
      "input is empty"),
     ("dir-without-text", lambda t, k, s: ["encode", "-t", str(k), "-i", str(_write(t / "d" / "x.bin", b"1").parent), "-o", str(t / "out")],
-     "no text files"),
+     "d: directory has no files lmkit reads (.txt .text .md, .jsonl"),
     ("vocab-too-small", lambda t, k, s: ["train", "-i", str(s), "-v", "256", "-s", "<|endoftext|>", "-o", str(t / "out")],
      "at least 257"),
     ("malformed-vocab", lambda t, k, s: ["encode", "-t", str(_broken_tokenizer(t, k, vocab='{"a": 0,\n "b": }')), "-i", str(s), "-o", str(t / "out")],

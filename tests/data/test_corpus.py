@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lmkit.data.corpus as corpus
+import lmkit.data.formats as formats
 from lmkit.data.tokens import open_tokens
 from lmkit.errors import DataError
 from lmkit.tokenizer import Tokenizer, train_bpe
@@ -31,7 +32,7 @@ def _leftovers(directory):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encoded_file_equals_encode(tok, tmp_path, monkeypatch, workers):
     # Small blocks force many cuts, including near special tokens and double spaces.
-    monkeypatch.setattr(corpus, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 64)
     src = tmp_path / "story.txt"
     src.write_text(STORY * 10, encoding="utf-8")
     [out] = corpus.encode_corpus(tok, src, tmp_path / "out", tokenizer_dir=tmp_path, workers=workers,
@@ -71,7 +72,7 @@ def test_invalid_utf8_strict_names_the_offset_and_leaves_nothing(tok, tmp_path):
         corpus.encode_corpus(tok, src, tmp_path / "out")
     assert _leftovers(tmp_path / "out") == []
     [out] = corpus.encode_corpus(tok, src, tmp_path / "out", errors="replace")
-    assert "".join(corpus.decode_token_file(tok, out)).endswith("\ufffd broken")
+    assert "".join(corpus.decode_token_file(tok, out)).endswith("\ufffd broken<|endoftext|>")  # one document, then EOT
 
 
 def test_import_ids_guide_format(tmp_path):
@@ -169,6 +170,7 @@ _RUN = """
 import resource, signal, sys
 from pathlib import Path
 import lmkit.data.corpus as corpus
+import lmkit.data.formats as formats
 from lmkit.tokenizer import Tokenizer
 vocab = {{i: bytes([i]) for i in range(256)}} | {{{big_id}: b"<|big|>"}}
 src = Path(sys.argv[1]) / "in.txt"
@@ -269,11 +271,14 @@ def test_stale_temps_of_dead_writers_are_removed(tok, tmp_path):
 
 
 def test_a_long_run_without_spaces_is_cut_and_memory_stays_bounded(tok, tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "BLOCK_BYTES", 64)
-    monkeypatch.setattr(corpus, "MAX_UNCUT", 256)
+    # The plain-text reader is lmkit.data.formats now (corpus.text_blocks was its first version).
+    from lmkit.data.sources import ReadOptions, read_blocks, resolve_inputs
+
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(formats, "MAX_UNCUT", 256)
     src = tmp_path / "blob.txt"
     src.write_text("é" * 400 + "<|endoftext|>" + "x" * 500 + " tail", encoding="utf-8")
-    blocks = list(corpus.text_blocks(src, [b"<|endoftext|>"], "strict"))
+    blocks = [(b.text, b.nbytes) for b in read_blocks(resolve_inputs([src])[0], ReadOptions(), ["<|endoftext|>"])]
     assert max(n for _, n in blocks) <= 256 + 64 and "".join(t for t, _ in blocks) == src.read_text(encoding="utf-8")
     assert any(t.endswith("<|endoftext|>") or t.startswith("<|endoftext|>") or "<|endoftext|>" in t for t, _ in blocks)
     [out] = corpus.encode_corpus(tok, src, tmp_path / "out")
