@@ -296,3 +296,16 @@ def test_encode_eot_options(trained, tmp_path):
     assert none.exit_code == 0, none.output
     decoded = run("tokenize", "decode", "-t", str(tok_dir), "-i", str(tmp_path / "o" / "text.bin"))
     assert decoded.stdout_bytes == src.read_bytes()  # one document, nothing added
+
+
+def test_encode_bad_json_line_then_skip_bad_lines(trained, tmp_path):
+    tok_dir, _ = trained
+    src = _write(tmp_path / "in" / "c.jsonl", '{"text": "one"}\n{"text": \n{"body": "x"}\n{"text": "two"}\n')
+    argv = ["tokenize", "encode", "-t", str(tok_dir), "-i", str(tmp_path / "in" / "*.jsonl"), "-o", str(tmp_path / "out")]
+    failed = run(*argv)
+    assert failed.exit_code == 2 and f"{src}:2" in failed.stderr and "Traceback" not in failed.stderr
+    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.endswith(".lock")]
+    result = run(*argv, "--skip-bad-lines")
+    assert result.exit_code == 0, result.output
+    assert "corpus.bin: " in result.stdout and "2 documents, 1 shard" in result.stdout
+    assert "skipped 2 bad lines in c.jsonl: " in result.stdout

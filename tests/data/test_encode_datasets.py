@@ -102,7 +102,7 @@ def _formats(tmp_path, docs):
     return made
 
 
-@pytest.mark.parametrize("fmt", ["txt", "jsonl", "jsonl.gz", "jsonl.zst", "parquet"])
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "jsonl.gz", "jsonl.zst", "parquet", "hf-dataset"])
 def test_same_text_same_ids_in_every_format(tok, tmp_path, fmt):
     made = _formats(tmp_path, DOCS)
     if fmt == "jsonl.zst":
@@ -116,9 +116,15 @@ def test_same_text_same_ids_in_every_format(tok, tmp_path, fmt):
         table = pa.table({"meta": [{"text": d} for d in DOCS]})
         pq.write_table(table, tmp_path / "d.parquet", row_group_size=7)
         made[fmt] = tmp_path / "d.parquet"
+    if fmt == "hf-dataset":
+        datasets = pytest.importorskip("datasets", reason="the datasets package (to write the fixture) is not installed")
+        datasets.Dataset.from_dict({"meta": [{"text": d} for d in DOCS]}).save_to_disk(str(tmp_path / "hf"))
+        made[fmt] = tmp_path / "hf"
     [out] = encode_corpus(tok, made[fmt], tmp_path / "out", text_key="meta.text", shard_tokens=101)
     assert _ids(out).tolist() == _expected(tok, DOCS)
     assert len(_doc_starts(out)) == len(DOCS)
+    # bits per byte compare across formats: the bytes are those of the text the ids decode to
+    assert read_manifest(out).source_bytes == sum(len((d + EOT).encode()) for d in DOCS) == made["txt"].stat().st_size
 
 
 def _docs_of(tok, out) -> list[str]:
