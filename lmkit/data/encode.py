@@ -160,20 +160,21 @@ def _init_worker(tokenizer: Tokenizer) -> None:
 
 # An encode task returns each text's ids and its UTF-8 size (for bits per byte): measured
 # there, in parallel, rather than in the thread that reads and writes.
-def _encode_in_worker(texts: list[str]) -> list[tuple[np.ndarray, int]]:
-    return _encode_slow(_worker_tokenizer, texts)
+def _encode_in_worker(texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+    return _encode_slow(_worker_tokenizer, texts, dtype)
 
 
-def _encode_slow(tokenizer: Tokenizer, texts: list[str]) -> list[tuple[np.ndarray, int]]:
-    return [(np.asarray(tokenizer.encode(t), dtype=np.uint32), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
+def _encode_slow(tokenizer: Tokenizer, texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+    return [(np.asarray(tokenizer.encode(t), dtype=dtype), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
 
 
-def _encode_fast(encoder: FastEncoder, texts: list[str]) -> list[tuple[np.ndarray, int]]:
-    return [(encoder.encode(t), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
+def _encode_fast(encoder: FastEncoder, texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+    # The cast to the dataset's dtype happens here too, off the thread that writes.
+    return [(encoder.encode(t).astype(dtype, copy=False), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
 
 
 def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], threads: int,
-             big: bool) -> Iterator[tuple[list, list[tuple[np.ndarray, int]]]]:
+             big: bool, dtype: str) -> Iterator[tuple[list, list[tuple[np.ndarray, int]]]]:
     """Encode batches of texts in order, a bounded number in flight.
 
     tiktoken's core (``FastEncoder``) releases the GIL, so threads encode in parallel and start
@@ -183,15 +184,15 @@ def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], th
     fast = FastEncoder.build(tokenizer)
     if threads <= 1 or (fast is None and not big):
         for tags, texts in batches:
-            yield tags, (_encode_fast(fast, texts) if fast is not None else _encode_slow(tokenizer, texts))
+            yield tags, (_encode_fast(fast, texts, dtype) if fast is not None else _encode_slow(tokenizer, texts, dtype))
         return
     if fast is not None:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
-        submit = lambda texts: pool.submit(_encode_fast, fast, texts)  # noqa: E731
+        submit = lambda texts: pool.submit(_encode_fast, fast, texts, dtype)  # noqa: E731
         get = lambda fut: fut.result()  # noqa: E731
     else:
         pool = multiprocessing.get_context("spawn").Pool(threads, _init_worker, (tokenizer,))
-        submit = lambda texts: pool.apply_async(_encode_in_worker, (texts,))  # noqa: E731
+        submit = lambda texts: pool.apply_async(_encode_in_worker, (texts, dtype))  # noqa: E731
         get = lambda res: res.get()  # noqa: E731
     try:
         in_flight: collections.deque = collections.deque()
@@ -381,6 +382,7 @@ def _run(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, spe
             done += src.size
             report(done)
 
-    for tags, arrays in _encoded(tokenizer, _batched(pieces()), threads, big):
+    dtype = "<" + writers[0].dtype.str[1:]  # little-endian, as the files hold it
+    for tags, arrays in _encoded(tokenizer, _batched(pieces()), threads, big, dtype):
         for (ds, i, doc, first, last), (ids, text_bytes) in zip(tags, arrays):
             writers[ds].write(ids, i, doc, first, last, text_bytes)

@@ -171,6 +171,7 @@ class DatasetWriter:
         self._doc: tuple[int, int] | None = None  # the document being written
         self._last_doc: tuple[int, int] | None = None
         self._doc_done = self._doc_bytes = self._drop = 0
+        self._resume_at: tuple[int, int] | None = None
 
     # --- resume ---------------------------------------------------------------------------------
 
@@ -209,6 +210,8 @@ class DatasetWriter:
             for s in self.shards:
                 self._count_file(self.dir / s.file)
         self.cursor = self.shards[-1].cursor if self.shards else Cursor(0, 0, 0)
+        # The document an interruption split, whose first ids a kept shard already holds.
+        self._resume_at = (self.cursor.source, self.cursor.doc) if self.cursor.tokens_done else None
         return self.cursor
 
     def _count_file(self, bin_path: Path) -> None:
@@ -275,27 +278,34 @@ class DatasetWriter:
                 those of the end-of-text token: ``source_bytes`` is the size of the text the
                 ids decode to, the same whatever format the corpus came in).
         """
+        shard = self._shard
+        if first and last and shard is not None and shard.n + ids.size < self.shard_tokens and (source, doc) != self._resume_at:
+            # The common case, kept short (one call per JSON line): a whole document that fits.
+            if ids.dtype != self._eot.dtype:
+                ids = ids.astype(self._eot.dtype)
+            shard.starts.append(shard.n)
+            shard.add(ids, self.count_ids)
+            if self.eot_id is not None:
+                shard.add(self._eot, self.count_ids)
+            credit = shard.credits.get(source)
+            if credit is None:
+                credit = shard.credits[source] = [0, 0]
+            credit[0] += nbytes + self._eot_bytes
+            credit[1] += 1
+            shard.source_bytes += nbytes + self._eot_bytes
+            self._last_doc = (source, doc)
+            return
         if first:
             self._doc, self._doc_done, self._doc_bytes = (source, doc), 0, 0
             resumed_mid_doc = (source, doc) == (self.cursor.source, self.cursor.doc)
             # The document split by the interruption: its first ids are already in a kept shard.
             self._drop = self.cursor.tokens_done if resumed_mid_doc else 0
         self._doc_bytes += nbytes + (self._eot_bytes if last else 0)
-        ids = ids.astype(self.dtype.newbyteorder("<"), copy=False)
-        if last and self.eot_id is not None:
-            ids = np.concatenate([ids, self._eot])
-        if self._drop:
-            k = min(self._drop, ids.size)
-            ids, self._drop, self._doc_done = ids[k:], self._drop - k, self._doc_done + k
-        while ids.size:
-            if self._shard is None or self._shard.n == self.shard_tokens:
-                self._next_shard()
-            if self._doc_done == 0:
-                self._shard.starts.append(self._shard.n)
-            part = ids[:self.shard_tokens - self._shard.n]
-            self._shard.add(part, self.count_ids)
-            self._doc_done += part.size
-            ids = ids[part.size:]
+        if ids.dtype != self._eot.dtype:
+            ids = ids.astype(self._eot.dtype)
+        # The EOT is its own piece (a shared one-id array): appending it would copy the document.
+        for part in (ids, self._eot) if last and self.eot_id is not None else (ids,):
+            self._append(part)
         if last:
             if self._shard is None:
                 self._next_shard()
@@ -304,6 +314,22 @@ class DatasetWriter:
             credit[1] += 1
             self._shard.source_bytes += self._doc_bytes
             self._doc, self._last_doc = None, (source, doc)
+
+    def _append(self, ids: np.ndarray) -> None:
+        if self._drop:
+            k = min(self._drop, ids.size)
+            ids, self._drop, self._doc_done = ids[k:], self._drop - k, self._doc_done + k
+        while ids.size:
+            shard = self._shard
+            if shard is None or shard.n == self.shard_tokens:
+                self._next_shard()
+                shard = self._shard
+            if self._doc_done == 0:
+                shard.starts.append(shard.n)
+            part = ids[:self.shard_tokens - shard.n] if shard.n + ids.size > self.shard_tokens else ids
+            shard.add(part, self.count_ids)
+            self._doc_done += part.size
+            ids = ids[part.size:]
 
     def _next_shard(self) -> None:
         if self._shard is not None:
