@@ -196,6 +196,10 @@ def encode(
             typer.echo(line)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _report(outputs: list[Path], create_stats: bool) -> None:
     from lmkit.data.manifest import read_manifest
     from lmkit.data.tokens import read_meta
@@ -203,12 +207,12 @@ def _report(outputs: list[Path], create_stats: bool) -> None:
     for out in outputs:
         if out.suffix == ".json":
             m = read_manifest(out)
-            stats, what = m.stats, f"{m.num_tokens:,} tokens ({m.dtype}), {m.num_documents:,} documents, {len(m.shards)} shards"
+            stats, what = m.stats, f"{m.num_tokens:,} tokens ({m.dtype}), {_count(m.num_documents, 'document')}, {len(m.shards)} shards"
         else:
             meta = read_meta(out)
             stats, what = meta.stats, f"{meta.num_tokens:,} tokens ({meta.dtype})"
             if meta.num_documents is not None:
-                what += f", {meta.num_documents:,} documents, 1 shard"
+                what += f", {_count(meta.num_documents, 'document')}, 1 shard"
         typer.echo(f"{out}: {what}")
         if create_stats and stats:
             typer.echo(f"  bytes/token {stats['bytes_per_token']}, distinct tokens {stats['distinct_tokens']:,}")
