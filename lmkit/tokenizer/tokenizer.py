@@ -17,11 +17,17 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmkit.errors import TokenizerError
 from lmkit.tokenizer import directory as tokdir
 from lmkit.tokenizer import files
 from lmkit.tokenizer.pretokenize import PRETOKEN_RE, safe_cut, special_splitter
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lmkit.tokenizer.fast import FastEncoder
 
 # Cached pretokens before the cache is emptied: bounds memory on endless streams of new words.
 CACHE_LIMIT = 1 << 20
@@ -97,6 +103,7 @@ class Tokenizer:
         self._splitter = special_splitter(self.special_tokens)
         self._special_bytes = [s.encode("utf-8") for s in self.special_tokens]
         self._cache: dict[str, list[int]] = {}
+        self._fast: FastEncoder | None | bool = False  # False: not built yet
 
     # --- loading and saving -----------------------------------------------------------------
 
@@ -249,6 +256,24 @@ class Tokenizer:
             elif part:
                 self._encode_plain(part, out)
         return out
+
+    def fast_encoder(self) -> FastEncoder | None:
+        """This tokenizer's tiktoken-backed encoder (built on first use), or ``None`` where it
+        cannot give exactly ``encode``'s ids (``FastEncoder.build`` says why at debug level)."""
+        if self._fast is False:
+            from lmkit.tokenizer.fast import FastEncoder
+
+            self._fast = FastEncoder.build(self)
+        return self._fast  # type: ignore[return-value]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """``encode(text)`` as a ``uint32`` array, by the fast engine where it is exact.
+
+        Example: with GPT-2's files, ``encode_array("Hello world")`` -> ``array([15496, 995])``.
+        """
+        from lmkit.tokenizer.fast import encode_array
+
+        return encode_array(self, text)
 
     def safe_cut(self, text: str) -> int:
         """Where ``text`` can be cut so both halves encode as the whole would (0: nowhere)."""

@@ -1,0 +1,308 @@
+"""Fast encoding: tiktoken's Rust BPE core, built from an lmkit ``Tokenizer``, giving the same ids.
+
+``Tokenizer.encode`` is the pure-Python reference. ``FastEncoder`` hands the same work to
+tiktoken's ``CoreBPE`` (which releases the GIL, so threads encode blocks in parallel), and is
+built only where its ids are provably those of the reference; otherwise ``build`` returns
+``None`` and callers use the reference.
+
+Why the two agree. tiktoken is given one rank per single byte (its value) and one per merge
+result (``256 + merge index``), and maps ranks back to lmkit ids with a lookup table. The two
+algorithms then differ in one respect: lmkit merges an adjacent pair ``(A, B)`` only when
+``(A, B)`` *is* a merge, at that merge's rank; tiktoken merges it whenever the bytes ``A + B``
+are a token, at that token's rank, whichever two parts the token was learned from; and it
+returns a whole pretoken as one id outright when its bytes are a token.
+
+Call a merge result ``t`` *live* when the reference encodes ``bytes(t)`` alone as ``[t]``.
+Key fact: if at some step of the reference on a pretoken a run of tokens covers exactly the
+substring ``u``, then ``u`` alone reaches that same run. (Tokens only grow, so no token ever
+straddled the run's ends; a pair straddling them was never the lowest candidate, else it would
+have been merged; so the merges inside ``u`` were chosen as ``u`` alone chooses them.) Hence a
+token that is not live never appears in any output: where it is made, ``[L, R]`` covered
+``bytes(t)``, so ``bytes(t)`` alone reaches ``[L, R]`` and merges it. tiktoken gets only the
+live tokens. Now run both on a pretoken in lockstep; suppose they agree so far and tiktoken's
+lowest candidate is a pair ``(A, B)`` that is not a merge but whose bytes are a live token
+``t``. By the key fact ``bytes(t)`` alone reaches ``[A, B]``, where the reference stops (the
+only merge giving ``t`` is not ``(A, B)``): ``t`` is not live, a contradiction. So both see
+the same candidates with the same ranks, take the same (lowest, then leftmost) one, and end
+alike; the whole-pretoken shortcut agrees because every token it can return is live. Two
+*different* merges with one result cannot be given one rank: ``build`` refuses them. A merge
+listed twice is dead the second time in the reference too, and is skipped.
+
+Finding the live tokens costs one dictionary walk over the merges when they are well ordered
+(each after the merges making its parts, as training gives them; see ``_crosses_border``), and
+a run of the reference per token otherwise.
+
+Pretokens. tiktoken's Rust regex and Python's ``regex`` module may ship different Unicode
+versions (letters assigned recently are ``\\p{L}`` in one and not the other). The pattern given
+to tiktoken is GPT-2's with ``\\p{L}``, ``\\p{N}`` and ``\\s`` spelled out as the code point
+ranges Python's ``regex`` gives them, so both split text at the same places.
+
+Special tokens are split out in Python with the reference's own splitter (longest first),
+then each plain segment is one call into the engine, whose output comes back as a numpy buffer
+(no Python int per id).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import regex
+
+from lmkit.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
+
+if TYPE_CHECKING:
+    from lmkit.tokenizer.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# tiktoken treats an empty special-token table as a pattern that matches everywhere and tests
+# every position of the text against it (twice as slow). One special that is never allowed
+# costs nothing and is never emitted: text that contains it is encoded as plain text.
+_UNUSED_SPECIAL = "<|lmkit: never allowed|>"
+
+
+class FastEncoder:
+    """An lmkit tokenizer's encoder, run by tiktoken's BPE core; ids equal ``Tokenizer.encode``.
+
+    Build with ``FastEncoder.build(tokenizer)``; ``encode`` is safe to call from many threads
+    at once and releases the GIL while the engine works.
+    """
+
+    def __init__(self, core, lut: np.ndarray | None, specials: list[str], special_ids: dict[str, int]):
+        self._core = core  # a tiktoken.Encoding
+        self._lut = lut  # tiktoken rank -> lmkit id, or None where they are equal
+        self._splitter = special_splitter(specials)
+        self._special_ids = special_ids
+
+    @classmethod
+    def build(cls, tokenizer: Tokenizer) -> FastEncoder | None:
+        """The engine for ``tokenizer``, or ``None`` where it cannot give exactly its ids.
+
+        ``None`` when tiktoken is not installed or two different merges give one token (the
+        reason is logged at debug level). Tokens the reference can never produce are left out
+        (see the module docstring), so any merges list is otherwise supported.
+
+        Args:
+            tokenizer: Any lmkit ``Tokenizer`` (lmkit-trained ids, GPT-2's ids, ...).
+
+        Returns:
+            The encoder, or ``None``.
+        """
+        try:
+            import tiktoken
+        except ImportError:
+            log.debug("fast encoder unavailable: tiktoken is not installed (pip install tiktoken)")
+            return None
+        ranks = _live_ranks(tokenizer)
+        if ranks is None:
+            return None
+        ids_by_rank = {rank: tokenizer._id_of[token] for token, rank in ranks.items()}
+        top = max(ids_by_rank)
+        lut = np.zeros(top + 2, dtype=np.uint32)
+        for rank, idx in ids_by_rank.items():
+            lut[rank] = idx
+        identity = all(rank == idx for rank, idx in ids_by_rank.items())
+        core = tiktoken.Encoding(
+            f"lmkit-{tokenizer.hash}", pat_str=explicit_pattern(), mergeable_ranks=ranks,
+            special_tokens={_UNUSED_SPECIAL: top + 1},
+        )
+        specials = tokenizer.special_tokens
+        return cls(core, None if identity else lut, specials, {s: tokenizer.token_id(s) for s in specials})
+
+    def _plain(self, text: str) -> np.ndarray:
+        # Text without special tokens: one engine call, its ids straight into a numpy buffer.
+        ranks = self._core.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        return ranks.copy() if self._lut is None else self._lut[ranks]
+
+    def encode(self, text: str) -> np.ndarray:
+        """Encode text as ``Tokenizer.encode`` does, specials included.
+
+        Returns:
+            The ids, ``uint32``.
+        """
+        parts = [text] if self._splitter is None else self._splitter.split(text)
+        if len(parts) == 1:
+            return self._plain(text)
+        pieces = []
+        for n, part in enumerate(parts):
+            if n % 2:
+                pieces.append(np.array([self._special_ids[part]], dtype=np.uint32))
+            elif part:
+                pieces.append(self._plain(part))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint32)
+
+
+def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """``tokenizer.encode(text)`` as a ``uint32`` array, by the fast engine when it can be exact.
+
+    The engine is built once per tokenizer (``Tokenizer.fast_encoder``).
+    """
+    fast = tokenizer.fast_encoder()
+    if fast is not None:
+        return fast.encode(text)
+    return np.array(tokenizer.encode(text), dtype=np.uint32)
+
+
+def encode_blocks(
+    encoder: FastEncoder | Tokenizer,
+    blocks: Iterable[T],
+    threads: int,
+    key: Callable[[T], str] = lambda block: block,  # type: ignore[assignment,return-value]
+) -> Iterator[tuple[T, np.ndarray]]:
+    """Encode blocks on ``threads`` threads, yielding ``(block, ids)`` in the blocks' order.
+
+    At most ``2 * threads`` blocks are read ahead, so memory stays bounded however long the
+    stream is, and every thread has the next block waiting when it finishes one. Threads (not
+    processes) work because the engine releases the GIL; the pure-Python ``Tokenizer`` holds it,
+    so with one the blocks are encoded in the calling thread.
+
+    Args:
+        encoder: A ``FastEncoder``, or a ``Tokenizer`` (reference speed, one thread).
+        blocks: Any iterable, consumed lazily (e.g. ``sources.read_blocks(...)``).
+        threads: Worker threads; 1 or less encodes in the calling thread.
+        key: The text of a block (default: the block is the text).
+
+    Yields:
+        ``(block, ids)`` with ``ids`` a ``uint32`` array; an error in a block is raised when
+        its turn comes.
+    """
+    if isinstance(encoder, FastEncoder):
+        encode = encoder.encode
+    else:
+        tokenizer = encoder
+        encode = lambda text: np.array(tokenizer.encode(text), dtype=np.uint32)  # noqa: E731
+        threads = 1
+    if threads <= 1:
+        for block in blocks:
+            yield block, encode(key(block))
+        return
+    pending: deque[tuple[T, Future]] = deque()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
+    try:
+        for block in blocks:
+            pending.append((block, pool.submit(encode, key(block))))
+            if len(pending) >= 2 * threads:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        # Reached early when the consumer stops or a block fails: drop the queued work.
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
+    # tiktoken's mergeable ranks: bytes 0..255, then each live merge result at 256 + its index.
+    id_of, merges = tokenizer._id_of, tokenizer.merges
+    ranks = {bytes([b]): b for b in range(256)}
+    first_merge: dict[bytes, tuple[int, bytes, bytes]] = {}
+    born = {id_of[bytes([b])]: -1 for b in range(256)}  # token id -> rank of the merge making it
+    for i, (left, right) in enumerate(merges):
+        born.setdefault(id_of[left + right], i)
+    # Well ordered: every merge comes after those that make its parts (true of trained merges).
+    # Then the reference applies merges in rank order and the cheap border test below is exact.
+    ordered = all(born[id_of[left]] < i and born[id_of[right]] < i for i, (left, right) in enumerate(merges))
+    dead: set[bytes] = set()
+    # For each live token: (rank when it appeared, token id) of the last (suffix) or first
+    # (prefix) token of bytes(token) alone, over the merges, ending with the token itself.
+    suffix = {i: ((-1, i),) for i in born if born[i] < 0}
+    prefix = dict(suffix)
+    for i, (left, right) in enumerate(merges):
+        token = left + right
+        if token in first_merge:
+            first, *pair = first_merge[token]
+            if tuple(pair) == (left, right):
+                continue  # listed again: the reference keeps the first rank, so does tiktoken
+            log.debug(
+                "fast encoder unavailable: merges %d and %d both give %r (tiktoken has one rank per token)",
+                first + 1, i + 1, token,
+            )
+            return None
+        first_merge[token] = (i, left, right)
+        # A token built from a part the reference never produces is never produced itself.
+        if left in dead or right in dead:
+            dead.add(token)
+            continue
+        tid, lid, rid = id_of[token], id_of[left], id_of[right]
+        if ordered:
+            live = not _crosses_border(suffix[lid], prefix[rid], i, tokenizer._rank_of)
+            if live:
+                suffix[tid] = suffix[rid] + ((i, tid),)
+                prefix[tid] = prefix[lid] + ((i, tid),)
+        else:
+            live = tokenizer._merge_bytes(token) == [tid]
+        if live:
+            ranks[token] = 256 + i
+        else:
+            dead.add(token)
+    if dead:
+        log.debug("fast encoder: %d tokens the reference never produces are left out", len(dead))
+    return ranks
+
+
+def _crosses_border(
+    left: tuple[tuple[int, int], ...], right: tuple[tuple[int, int], ...], rank: int,
+    rank_of: dict[tuple[int, int], int],
+) -> bool:
+    """Whether merging bytes(L) + bytes(R) in rank order joins the halves before merge ``rank``.
+
+    Until such a merge, each half evolves as it does alone, so the tokens that meet at the
+    border are ``left``'s suffix chain against ``right``'s prefix chain: ``(appeared, id)``
+    pairs, each token current until the next one appears (the last until ``rank``). A merge
+    ``k`` of the two current tokens joins them unless the left one was taken by its left
+    neighbour at ``k`` itself (merges apply left to right, and that pair comes first).
+    """
+    for n, (x_from, x) in enumerate(left):
+        x_until = left[n + 1][0] if n + 1 < len(left) else rank
+        for m, (y_from, y) in enumerate(right):
+            k = rank_of.get((x, y))
+            if k is None or k >= rank or k < x_from or k < y_from or k >= x_until:
+                continue
+            y_until = right[m + 1][0] if m + 1 < len(right) else rank
+            if k <= y_until:
+                return True
+    return False
+
+
+@functools.cache
+def explicit_pattern() -> str:
+    """GPT-2's pattern with its character classes spelled out as Python ``regex``'s code points.
+
+    Returns:
+        A pattern for tiktoken's Rust regex that splits text exactly as ``PRETOKEN_RE`` does.
+    """
+    # Every code point except surrogates (which str.encode refuses), as one string.
+    points = np.concatenate([np.arange(0xD800, dtype=np.uint32), np.arange(0xE000, 0x110000, dtype=np.uint32)])
+    everything = points.tobytes().decode("utf-32-le")
+
+    def ranges(cls: str) -> str:
+        found = np.frombuffer("".join(regex.findall(cls + "+", everything)).encode("utf-32-le"), dtype=np.uint32)
+        breaks = np.flatnonzero(np.diff(found) != 1)
+        starts = np.concatenate([found[:1], found[breaks + 1]])
+        ends = np.concatenate([found[breaks], found[-1:]])
+        # \UXXXXXXXX: the one code point escape both Rust's regex and Python's regex read.
+        return "".join(f"\\U{a:08X}" if a == b else f"\\U{a:08X}-\\U{b:08X}" for a, b in zip(starts, ends))
+
+    letters, numbers, space = ranges(r"\p{L}"), ranges(r"\p{N}"), ranges(r"\s")
+    pattern = (
+        GPT2_PATTERN.replace(r"[^\s\p{L}\p{N}]", f"[^{space}{letters}{numbers}]")
+        .replace(r"\p{L}", f"[{letters}]")
+        .replace(r"\p{N}", f"[{numbers}]")
+        .replace(r"\S", f"[^{space}]")
+        .replace(r"\s", f"[{space}]")
+    )
+    # The substitutions above assume GPT-2's pattern as written; a changed pattern must fail loudly.
+    if "\\p{" in pattern or "\\s" in pattern or "\\S" in pattern:
+        raise RuntimeError("explicit_pattern: GPT2_PATTERN has a class this function does not spell out")
+    return pattern
