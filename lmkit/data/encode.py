@@ -181,7 +181,7 @@ def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], th
     at once; only a tokenizer it cannot express falls back to worker processes (spawned, not
     forked: the caller may hold threads, a progress bar, that fork would copy mid-lock).
     """
-    fast = FastEncoder.build(tokenizer)
+    fast = tokenizer.fast_encoder()  # built once per tokenizer, cached on it
     if threads <= 1 or (fast is None and not big):
         for tags, texts in batches:
             yield tags, (_encode_fast(fast, texts, dtype) if fast is not None else _encode_slow(tokenizer, texts, dtype))

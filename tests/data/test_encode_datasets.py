@@ -316,3 +316,19 @@ def test_progress_starts_at_once_and_ends_at_the_total(tok, tmp_path):
     size = src.stat().st_size
     assert calls[0] == ("encode", 0, size) and calls[-1] == ("encode", size, size)
     assert [c[1] for c in calls] == sorted(c[1] for c in calls)
+
+
+@pytest.mark.parametrize("engine", ["fast-threads", "reference-processes"])
+def test_both_encoders_give_the_reference_ids(tok, tmp_path, monkeypatch, engine):
+    import lmkit.data.encode as encode
+
+    monkeypatch.setattr(encode, "BATCH_BYTES", 200)  # many tasks in flight, returned in order
+    if engine == "reference-processes":
+        # A tokenizer tiktoken cannot express exactly: worker processes run Tokenizer.encode.
+        monkeypatch.setattr(encode, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(Tokenizer, "fast_encoder", lambda self: None)
+    else:
+        assert tok.fast_encoder() is not None
+    src = _write_txt(tmp_path / "c.txt", DOCS)
+    [out] = encode_corpus(tok, src, tmp_path / "o", threads=2, shard_tokens=150)
+    assert _ids(out).tolist() == _expected(tok, DOCS)
