@@ -14,7 +14,13 @@ import numpy as np
 
 from lmkit.data.encode import encode_corpus  # noqa: F401  (its historical import path)
 from lmkit.data.tokens import MAX_VOCAB, TokenFileMeta, dtype_for_vocab, open_tokens
-from lmkit.data.writing import PartialFile, locked_outputs, prepare_output, stop_on_signals, write_meta_checked
+from lmkit.data.writing import (
+    PartialFile,
+    locked_outputs,
+    prepare_output,
+    stop_on_signals,
+    write_meta_checked,
+)
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.pretokenize import ProgressFn, list_text_files

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkit.data.shards import DEFAULT_SHARD_TOKENS, Cursor, DatasetWriter, remove_shard_temps
+from lmkit.data.shard_files import Cursor, remove_shard_temps
+from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
 from lmkit.data.stats import IdCounter
 from lmkit.data.tokens import MAX_VOCAB, dtype_for_vocab

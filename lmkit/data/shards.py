@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,76 +32,22 @@ from typing import Any
 
 import numpy as np
 
-from lmkit.data.manifest import Manifest, ShardEntry, SourceEntry, is_manifest, load_manifest_json, parse_manifest, write_manifest
-from lmkit.data.tokens import TokenFileMeta, atomic_write_bytes, meta_path, parse_meta, read_meta
+from lmkit.data.manifest import Manifest, ShardEntry, SourceEntry, write_manifest
+from lmkit.data.shard_files import (
+    Cursor,
+    ShardRecord,
+    finished_output,
+    is_manifest_file,
+    shard_files,
+    shard_stem,
+    verify_shard,
+)
+from lmkit.data.tokens import TokenFileMeta, atomic_write_bytes, meta_path
 from lmkit.data.writing import PartialFile, write_error, write_meta_checked
-from lmkit.errors import DataError
 from lmkit.locking import fsync_dir
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 FLUSH_IDS = 1 << 20  # ids buffered before a write: one syscall and one hash update per few MB
-_HASH_CHUNK = 8 << 20
-
-
-@dataclass(frozen=True, order=True)
-class Cursor:
-    """A position in the corpus: document ``doc`` of source ``source``, ``tokens_done`` ids in."""
-
-    source: int
-    doc: int
-    tokens_done: int = 0
-
-
-def shard_stem(name: str, k: int) -> str:
-    """``shard_stem("web", 3)`` -> ``"web-00003"``."""
-    return f"{name}-{k:05d}"
-
-
-def _shard_files(directory: Path, name: str) -> dict[int, list[Path]]:
-    """The ``NAME-NNNNN.{bin,json,idx}`` files in ``directory``, by shard number."""
-    pattern = re.compile(rf"{re.escape(name)}-(\d{{5}})\.(bin|json|idx)")
-    found: dict[int, list[Path]] = {}
-    for p in directory.iterdir():
-        if m := pattern.fullmatch(p.name):
-            found.setdefault(int(m.group(1)), []).append(p)
-    return found
-
-
-def remove_shard_temps(directory: Path, name: str) -> None:
-    """Remove the temp files dead writers of dataset ``name`` left (caller holds its lock).
-
-    Matched exactly (``.NAME-NNNNN.bin.*.tmp``, ``.NAME.idx.*.tmp``), so the temps of a dataset
-    called ``NAME-train`` written by another process beside it are left alone.
-    """
-    pattern = re.compile(rf"\.{re.escape(name)}(-\d{{5}})?\.(bin|json|idx)\..+\.tmp")
-    for p in list(directory.iterdir()):
-        if pattern.fullmatch(p.name) and p.is_file():
-            try:
-                p.unlink()
-            except OSError:
-                pass  # someone else's file we may not delete: leave it
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class _Shard:
-    """A shard as written or verified: what the manifest and the resume need of it."""
-
-    file: str
-    num_tokens: int
-    num_documents: int
-    sha256: str
-    source_bytes: int
-    cursor: Cursor
-    credits: dict[int, list[int]]  # source index -> [text bytes, documents] of documents ending here
 
 
 @dataclass
@@ -163,7 +108,7 @@ class DatasetWriter:
         self.end = Cursor(num_sources, 0, 0)
         self._eot_bytes = eot_bytes if eot_id is not None else 0
         self._eot = np.array([eot_id or 0], dtype=self.dtype.newbyteorder("<"))
-        self.shards: list[_Shard] = []
+        self.shards: list[ShardRecord] = []
         self.cursor = Cursor(0, 0, 0)  # where this dataset's unwritten part starts
         self.complete: Path | None = None  # the finished output, when resume found it intact
         self.written = 0  # shards written by this run (tests check that resumes reuse shards)
@@ -191,11 +136,12 @@ class DatasetWriter:
         Keeps the longest prefix of shards that verify, removes every other shard file of this
         dataset, and returns the cursor to continue from (``self.end`` when it is all there).
         """
-        if self._finished_output(need_stats):
+        self.complete = finished_output(self.dir, self.name, self.fingerprint, need_stats)
+        if self.complete is not None:
             self.cursor = self.end
             return self.end
-        found = _shard_files(self.dir, self.name)
-        while (shard := self._verify(len(self.shards), found)) is not None:
+        found = shard_files(self.dir, self.name)
+        while (shard := verify_shard(self.dir, self.name, len(self.shards), found, self.fingerprint, self.dtype)) is not None:
             self.shards.append(shard)
         for k, paths in found.items():
             if k >= len(self.shards):
@@ -204,7 +150,7 @@ class DatasetWriter:
         if not self.shards:
             final = self.dir / f"{self.name}.json"
             # A manifest whose shards were just removed would only mislead a reader.
-            if final.is_file() and _is_manifest_file(final):
+            if final.is_file() and is_manifest_file(final):
                 final.unlink()
         if self.shards and self.count_ids is not None:
             for s in self.shards:
@@ -219,47 +165,6 @@ class DatasetWriter:
         for i in range(0, ids.size, 1 << 24):
             self.count_ids(np.asarray(ids[i:i + (1 << 24)]))
         del ids
-
-    def _verify(self, k: int, found: dict[int, list[Path]]) -> _Shard | None:
-        """Shard ``k`` if it is complete, from this fingerprint, and intact; else None."""
-        if len(found.get(k, [])) != 3:
-            return None
-        bin_path = self.dir / f"{shard_stem(self.name, k)}.bin"
-        try:
-            meta = read_meta(bin_path)  # also checks the .bin's size against num_tokens
-            enc = meta.encoding or {}
-            cursor = Cursor(*enc["cursor"])
-            credits = {int(i): [int(b), int(d)] for i, b, d in enc["sources"]}
-            if enc.get("fingerprint") != self.fingerprint or enc.get("shard") != k or meta.dtype != self.dtype.name:
-                return None
-            if meta.index != f"{shard_stem(self.name, k)}.idx" or (self.dir / meta.index).stat().st_size != 8 * (meta.num_documents or 0):
-                return None
-            if meta.sha256 is None or file_sha256(bin_path) != meta.sha256:
-                return None
-        except (DataError, OSError, KeyError, TypeError, ValueError):
-            return None  # anything unexpected: not a shard to build on; it is encoded again
-        return _Shard(bin_path.name, meta.num_tokens, meta.num_documents or 0, meta.sha256,
-                      meta.source_bytes or 0, cursor, credits)
-
-    def _finished_output(self, need_stats: bool) -> bool:
-        """Whether ``NAME.json`` is this fingerprint's finished output and everything verifies."""
-        final = self.dir / f"{self.name}.json"
-        try:
-            raw = load_manifest_json(final)
-            if is_manifest(raw):
-                m = parse_manifest(raw, final)
-                ok = (m.encoding or {}).get("fingerprint") == self.fingerprint and (m.stats is not None or not need_stats)
-                ok = ok and all(read_meta(p).sha256 == s.sha256 == file_sha256(p) for s, p in zip(m.shards, m.shard_paths(final)))
-            else:
-                meta = parse_meta(raw, final)
-                bin_path = self.dir / f"{self.name}.bin"
-                ok = (meta.encoding or {}).get("fingerprint") == self.fingerprint and (meta.stats is not None or not need_stats)
-                ok = ok and read_meta(bin_path).sha256 == file_sha256(bin_path) and (self.dir / f"{self.name}.idx").is_file()
-        except (DataError, OSError, TypeError, ValueError):
-            return False
-        if ok:
-            self.complete = final if is_manifest(raw) else self.dir / f"{self.name}.bin"
-        return ok
 
     def wants(self, source: int, doc: int) -> bool:
         """Whether document ``doc`` of ``source`` still has ids to write (not in reused shards)."""
@@ -363,7 +268,7 @@ class DatasetWriter:
                       "sources": [[i, b, d] for i, (b, d) in credits]},
         )
         write_meta_checked(bin_path, meta)  # last: a shard without its .json is never reused
-        self.shards.append(_Shard(bin_path.name, s.n, len(s.starts), sha, s.source_bytes, cursor, dict(credits)))
+        self.shards.append(ShardRecord(bin_path.name, s.n, len(s.starts), sha, s.source_bytes, cursor, dict(credits)))
         self.written += 1
 
     def discard(self) -> None:
@@ -434,14 +339,7 @@ class DatasetWriter:
         )
         write_meta_checked(bin_path, meta)
         (self.dir / f"{stem}.json").unlink(missing_ok=True)
-        for paths in _shard_files(self.dir, self.name).values():
+        for paths in shard_files(self.dir, self.name).values():
             for p in paths:
                 p.unlink(missing_ok=True)
         return bin_path
-
-
-def _is_manifest_file(path: Path) -> bool:
-    try:
-        return is_manifest(load_manifest_json(path))
-    except DataError:
-        return False

@@ -11,6 +11,7 @@ import pytest
 import lmkit.data.shards as shards
 from lmkit.data.encode import encode_corpus
 from lmkit.data.manifest import read_manifest
+from lmkit.data.shard_files import file_sha256
 from lmkit.data.tokens import open_tokens, read_meta
 from lmkit.errors import DataError
 from lmkit.tokenizer import Tokenizer, train_bpe
@@ -256,7 +257,7 @@ def test_truncated_gzip_names_the_file_and_completed_shards_stay_valid(tok, tmp_
     assert len(kept) >= 2
     for p in kept:
         meta = read_meta(p)
-        assert meta.sha256 == shards.file_sha256(p)
+        assert meta.sha256 == file_sha256(p)
     assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".tmp")]
 
 
