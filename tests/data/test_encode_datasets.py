@@ -70,6 +70,8 @@ def test_shards_concatenated_equal_unsharded_and_one_go(tok, tmp_path):
     assert sorted(p.name for p in (tmp_path / "one").iterdir() if not p.name.endswith(".lock")) == ["corpus.bin", "corpus.idx", "corpus.json"]
     meta = read_meta(single)
     assert meta.num_documents == len(DOCS) and meta.source_bytes == src.stat().st_size and meta.eot_id == tok.token_id(EOT)
+    before = single.stat().st_mtime_ns
+    assert encode_corpus(tok, src, tmp_path / "one") == [single] and single.stat().st_mtime_ns == before  # verified, kept
 
 
 @pytest.mark.parametrize("shard_tokens", [10**8, 53])
@@ -333,3 +335,41 @@ def test_both_encoders_give_the_reference_ids(tok, tmp_path, monkeypatch, engine
     src = _write_txt(tmp_path / "c.txt", DOCS)
     [out] = encode_corpus(tok, src, tmp_path / "o", threads=2, shard_tokens=150)
     assert _ids(out).tolist() == _expected(tok, DOCS)
+
+
+_SIGTERM_RUN = """
+import os, signal, sys
+from pathlib import Path
+import lmkit.data.shards as shards
+from lmkit.data.encode import encode_corpus
+from lmkit.tokenizer import Tokenizer
+tok = Tokenizer({{i: bytes([i]) for i in range(256)}} | {{256: b"<|endoftext|>"}}, [], ["<|endoftext|>"])
+real = shards.DatasetWriter._close_shard
+def close(self, final):
+    real(self, final)
+    if self.written == {after}:
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from outside would, mid-encode
+shards.DatasetWriter._close_shard = close
+try:
+    encode_corpus(tok, Path(sys.argv[1]), Path(sys.argv[2]), shard_tokens=500)
+except Exception as e:
+    print(f"{{type(e).__name__}}: {{e}}")
+    sys.exit(getattr(e, "exit_code", 3))
+"""
+
+
+def test_sigterm_mid_encode_keeps_complete_shards_for_the_rerun(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    src = _write_txt(tmp_path / "c.txt", DOCS * 3)
+    r = subprocess.run([sys.executable, "-c", _SIGTERM_RUN.format(after=2), str(src), str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in r.stdout, r.stdout + r.stderr
+    kept = sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith("."))
+    assert kept == ["c-00000.bin", "c-00000.idx", "c-00000.json", "c-00001.bin", "c-00001.idx", "c-00001.json"]
+    assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".tmp")]
+    tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: EOT.encode()}, [], [EOT])
+    [out] = encode_corpus(tok, src, tmp_path / "o", shard_tokens=500)
+    assert _ids(out).tolist() == _expected(tok, DOCS * 3) and _doc_starts(out) == _doc_starts(encode_corpus(tok, src, tmp_path / "ref", shard_tokens=500)[0])
