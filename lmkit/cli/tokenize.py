@@ -160,9 +160,9 @@ def encode(
     eot: Annotated[Optional[str], typer.Option("--eot", help="Special token ending every document (default: <|endoftext|> when the tokenizer has it); plain text is split into documents where it occurs. Example: --eot '<|endoftext|>'")] = None,
     no_eot: Annotated[bool, typer.Option("--no-eot", help="Add no end-of-text id after documents (text keeps its own special tokens). Example: --no-eot")] = False,
     doc_separator: Annotated[Optional[str], typer.Option("--doc-separator", help="Plain text: also start a new document at this string (removed). Example: --doc-separator $'\\n\\n\\n'")] = None,
-    shard_tokens: Annotated[int, typer.Option("--shard-tokens", min=1, help="Most token ids per shard; bigger datasets become NAME-00000.bin... plus a NAME.json manifest. Example: --shard-tokens 50000000")] = 100_000_000,
+    shard_tokens: Annotated[int, typer.Option("--shard-tokens", help="Most token ids per shard; bigger datasets become NAME-00000.bin... plus a NAME.json manifest. Example: --shard-tokens 50000000")] = 100_000_000,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Put about this fraction of the documents in NAME-val, chosen by a hash of each document's file and position. Example: --val-fraction 0.01")] = None,
-    val_docs: Annotated[Optional[int], typer.Option("--val-docs", min=1, help="Put exactly this many documents in NAME-val (instead of --val-fraction). Example: --val-docs 1000")] = None,
+    val_docs: Annotated[Optional[int], typer.Option("--val-docs", help="Put exactly this many documents in NAME-val (instead of --val-fraction). Example: --val-docs 1000")] = None,
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="JSON Lines: count and skip malformed lines or lines without the text instead of stopping. Example: --skip-bad-lines")] = False,
     create_stats: Annotated[bool, typer.Option("--create-stats", help="Record and print token count, bytes/token and the most frequent tokens. Example: --create-stats")] = False,
     errors: ErrorsOpt = Errors.strict,
@@ -177,10 +177,12 @@ def encode(
     Example: lmkit tokenize encode -t tok/ -i 'corpus/*.jsonl.gz' -o data/ --name web --val-fraction 0.01
     """
     from lmkit.data.corpus import encode_corpus
+    from lmkit.data.encode import check_layout_options
     from lmkit.data.sources import skipped_summary
 
     if no_eot and eot is not None:
         raise LmkitError("give --eot TEXT or --no-eot, not both")
+    check_layout_options(shard_tokens, val_fraction, val_docs)  # before the tokenizer is loaded
     tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
     tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
     skipped: dict = {}

@@ -75,6 +75,26 @@ def _check_name(name: str) -> str:
     return name
 
 
+MAX_COUNT = 1 << 48  # far above any real shard or split, far below what would overflow an index
+
+
+def check_layout_options(shard_tokens: int, val_fraction: float | None, val_docs: int | None) -> None:
+    """Check ``--shard-tokens``, ``--val-fraction``, ``--val-docs`` (the CLI calls it first, too).
+
+    Raises:
+        DataError: naming the flag, its allowed range and an example.
+    """
+    if type(shard_tokens) is not int or not 1 <= shard_tokens <= MAX_COUNT:
+        raise DataError(f"--shard-tokens {shard_tokens!r} must be an integer from 1 to 2**48; e.g. --shard-tokens 100000000")
+    if val_fraction is not None and val_docs is not None:
+        raise DataError("give --val-fraction or --val-docs, not both")
+    # Written so that NaN fails too (every comparison with it is false).
+    if val_fraction is not None and not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
+        raise DataError(f"--val-fraction {val_fraction!r} must be between 0 and 1 (exclusive); e.g. --val-fraction 0.01")
+    if val_docs is not None and (type(val_docs) is not int or not 1 <= val_docs <= MAX_COUNT):
+        raise DataError(f"--val-docs {val_docs!r} must be an integer from 1 to 2**48; e.g. --val-docs 1000")
+
+
 def resolve_eot(tokenizer: Tokenizer, eot: str | bool) -> tuple[str | None, int | None]:
     """The end-of-text string and id: ``True`` -> ``<|endoftext|>`` if the tokenizer has it.
 
@@ -288,14 +308,7 @@ def encode_corpus(
         raise DataError(f"errors must be 'strict' or 'replace', not {errors!r}")
     if tokenizer.vocab_size > MAX_VOCAB:
         raise DataError(f"tokenizer has ids up to {tokenizer.vocab_size - 1}, but token files hold ids below 2**32 only")
-    if type(shard_tokens) is not int or shard_tokens < 1:
-        raise DataError(f"--shard-tokens must be a positive integer, not {shard_tokens!r}")
-    if val_fraction is not None and val_docs is not None:
-        raise DataError("give --val-fraction or --val-docs, not both")
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive); e.g. --val-fraction 0.01")
-    if val_docs is not None and (type(val_docs) is not int or val_docs < 1):
-        raise DataError(f"--val-docs {val_docs!r} must be a positive integer; e.g. --val-docs 1000")
+    check_layout_options(shard_tokens, val_fraction, val_docs)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     sources = resolve_inputs(inputs)
     name = _check_name(name if name is not None else default_name(inputs))
