@@ -59,7 +59,7 @@ class Progress:
     Plain lines (for logs and CI) are printed at most every 10% per stage.
     """
 
-    UNITS = {"pretokenize": "bytes", "encode": "bytes", "encode (compressed)": "compressed bytes", "split": "bytes",
+    UNITS = {"pretokenize": "bytes", "encode": "bytes", "encode (compressed)": "compressed bytes", "split": "bytes", "verify": "bytes",
              "import": "bytes", "merge": "merges"}
 
     def __init__(self) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkit.data.shard_files import Cursor, remove_shard_temps
+from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
 from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
 from lmkit.data.stats import IdCounter
@@ -337,7 +337,8 @@ def encode_corpus(
             progress(stage, 0, total)  # at once: the first line must not wait for the encoder to build
         for n in names:
             remove_shard_temps(output_dir, n)
-        start = min(w.resume(create_stats) for w in writers)
+        hashed = _verify_progress(output_dir, names, progress)
+        start = min(w.resume(create_stats, hashed) for w in writers)
         rel = _relative_names(sources)
         extra = [{"split": {"role": role, "val_fraction": val_fraction, "val_docs": val_docs}} if split else {}
                  for role in ("train", "val")[:len(names)]]
@@ -353,6 +354,21 @@ def encode_corpus(
             for w in writers:  # the shard being written goes; finished shards stay for a rerun
                 w.discard()
             raise
+
+
+def _verify_progress(directory: Path, names: list[str], progress: ProgressFn | None) -> Callable[[int], None] | None:
+    """A ``hashed(n)`` callback reporting stage ``verify`` over what a resume may hash, or None."""
+    total = sum(candidate_bytes(directory, n) for n in names) if progress else 0
+    if not total:
+        return None
+    done = 0
+
+    def hashed(n: int) -> None:
+        nonlocal done
+        done += n
+        progress("verify", min(done, total), total)
+
+    return hashed
 
 
 def _check_not_empty(writers: list[DatasetWriter], sources: list[SourceFile], val_fraction: float | None) -> None:

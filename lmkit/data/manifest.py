@@ -22,12 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from lmkit.data.tokens import MAX_META_BYTES, MAX_VOCAB, atomic_write_bytes, read_meta
+from lmkit.data.tokens import MAX_VOCAB, atomic_write_bytes, read_meta
 from lmkit.errors import DataError
 
 FORMAT = "lmkit-dataset"
 FORMAT_VERSION = 1
 REPAIR = "re-run the same `lmkit tokenize encode` command to repair it"
+# A manifest lists every input file (a corpus of a million small files gives ~100 MB); anything
+# far larger is not one, and reading it whole could exhaust memory.
+MAX_MANIFEST_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ def load_manifest_json(path: Path) -> Any:
     """The decoded JSON of ``path`` (bounded in size), or a DataError naming it."""
     try:
         size = path.stat().st_size
-        if size > MAX_META_BYTES:
+        if size > MAX_MANIFEST_BYTES:
             raise DataError(f"{path}: {size:,} bytes is far too large for a dataset manifest; it is not one")
         return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:

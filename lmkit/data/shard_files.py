@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +60,22 @@ def remove_shard_temps(directory: Path, name: str) -> None:
                 pass  # someone else's file we may not delete: leave it
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
+def file_sha256(path: Path, hashed: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks; ``hashed(n)`` is told of each chunk (for progress)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
+            if hashed is not None:
+                hashed(len(chunk))
     return h.hexdigest()
+
+
+def candidate_bytes(directory: Path, name: str) -> int:
+    """Bytes a resume of dataset ``name`` may hash: its ``NAME.bin`` and shard ``.bin`` files."""
+    paths = [p for ps in shard_files(directory, name).values() for p in ps if p.suffix == ".bin"]
+    paths += [directory / f"{name}.bin"] if (directory / f"{name}.bin").is_file() else []
+    return sum(p.stat().st_size for p in paths)
 
 
 @dataclass
@@ -82,7 +92,7 @@ class ShardRecord:
 
 
 def verify_shard(directory: Path, name: str, k: int, found: dict[int, list[Path]], fingerprint: str,
-             dtype: np.dtype) -> ShardRecord | None:
+                 dtype: np.dtype, hashed: Callable[[int], None] | None = None) -> ShardRecord | None:
     """Shard ``k`` of dataset ``name`` if it is complete, from ``fingerprint``, and intact; else None.
 
     Complete and intact: its ``.bin``, ``.idx`` and ``.json`` are all there, the ``.json`` is
@@ -101,14 +111,15 @@ def verify_shard(directory: Path, name: str, k: int, found: dict[int, list[Path]
             return None
         if meta.index != f"{shard_stem(name, k)}.idx" or (directory / meta.index).stat().st_size != 8 * (meta.num_documents or 0):
             return None
-        if meta.sha256 is None or file_sha256(bin_path) != meta.sha256:
+        if meta.sha256 is None or file_sha256(bin_path, hashed) != meta.sha256:
             return None
     except (DataError, OSError, KeyError, TypeError, ValueError):
         return None  # anything unexpected: not a shard to build on; it is encoded again
     return ShardRecord(bin_path.name, meta.num_tokens, meta.num_documents or 0, meta.sha256,
                   meta.source_bytes or 0, cursor, credits)
 
-def finished_output(directory: Path, name: str, fingerprint: str, need_stats: bool) -> Path | None:
+def finished_output(directory: Path, name: str, fingerprint: str, need_stats: bool,
+                    hashed: Callable[[int], None] | None = None) -> Path | None:
     """The finished output (``NAME.bin`` or the manifest) if ``NAME.json`` is this fingerprint's
     and everything it names verifies (sizes and sha256), else None."""
     final = directory / f"{name}.json"
@@ -117,12 +128,12 @@ def finished_output(directory: Path, name: str, fingerprint: str, need_stats: bo
         if is_manifest(raw):
             m = parse_manifest(raw, final)
             ok = (m.encoding or {}).get("fingerprint") == fingerprint and (m.stats is not None or not need_stats)
-            ok = ok and all(read_meta(p).sha256 == s.sha256 == file_sha256(p) for s, p in zip(m.shards, m.shard_paths(final)))
+            ok = ok and all(read_meta(p).sha256 == s.sha256 == file_sha256(p, hashed) for s, p in zip(m.shards, m.shard_paths(final)))
         else:
             meta = parse_meta(raw, final)
             bin_path = directory / f"{name}.bin"
             ok = (meta.encoding or {}).get("fingerprint") == fingerprint and (meta.stats is not None or not need_stats)
-            ok = ok and read_meta(bin_path).sha256 == file_sha256(bin_path) and (directory / f"{name}.idx").is_file()
+            ok = ok and read_meta(bin_path).sha256 == file_sha256(bin_path, hashed) and (directory / f"{name}.idx").is_file()
     except (DataError, OSError, TypeError, ValueError):
         return None
     if not ok:

@@ -47,6 +47,7 @@ from lmkit.data.writing import PartialFile, write_error, write_meta_checked
 from lmkit.locking import fsync_dir
 
 DEFAULT_SHARD_TOKENS = 100_000_000
+MAX_LISTED_SOURCES = 10_000  # input files named one by one in a one-shard dataset's NAME.json
 FLUSH_IDS = 1 << 20  # ids buffered before a write: one syscall and one hash update per few MB
 
 
@@ -130,18 +131,19 @@ class DatasetWriter:
         """Text bytes of the documents finished so far (reused shards included)."""
         return sum(s.source_bytes for s in self.shards) + (self._shard.source_bytes if self._shard else 0)
 
-    def resume(self, need_stats: bool) -> Cursor:
+    def resume(self, need_stats: bool, hashed: Callable[[int], None] | None = None) -> Cursor:
         """Find what an earlier run with this fingerprint left: a finished output, or shards.
 
         Keeps the longest prefix of shards that verify, removes every other shard file of this
         dataset, and returns the cursor to continue from (``self.end`` when it is all there).
+        ``hashed(n)`` is told of the bytes hashed while verifying (for progress).
         """
-        self.complete = finished_output(self.dir, self.name, self.fingerprint, need_stats)
+        self.complete = finished_output(self.dir, self.name, self.fingerprint, need_stats, hashed)
         if self.complete is not None:
             self.cursor = self.end
             return self.end
         found = shard_files(self.dir, self.name)
-        while (shard := verify_shard(self.dir, self.name, len(self.shards), found, self.fingerprint, self.dtype)) is not None:
+        while (shard := verify_shard(self.dir, self.name, len(self.shards), found, self.fingerprint, self.dtype, hashed)) is not None:
             self.shards.append(shard)
         for k, paths in found.items():
             if k >= len(self.shards):
@@ -331,7 +333,9 @@ class DatasetWriter:
         meta_path(bin_path).unlink(missing_ok=True)  # never an old .json over the new .bin, even for a moment
         os.replace(self.dir / f"{stem}.idx", self.dir / f"{self.name}.idx")
         os.replace(self.dir / f"{stem}.bin", bin_path)
-        encoding = {**encoding, "sources": [vars(e) for e in entries], **{k: v for k, v in extra.items() if v is not None}}
+        # Token metadata stays small (readers cap it at 16 MB): a long source list is summarised.
+        listed = [vars(e) for e in entries] if len(entries) <= MAX_LISTED_SOURCES else {"count": len(entries)}
+        encoding = {**encoding, "sources": listed, **{k: v for k, v in extra.items() if v is not None}}
         meta = TokenFileMeta(
             dtype=self.dtype.name, num_tokens=s.num_tokens, source=entries[0].path if len(entries) == 1 else None,
             source_bytes=s.source_bytes, stats=stats, num_documents=s.num_documents, eot_id=self.eot_id,

@@ -373,3 +373,13 @@ def test_sigterm_mid_encode_keeps_complete_shards_for_the_rerun(tmp_path):
     tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: EOT.encode()}, [], [EOT])
     [out] = encode_corpus(tok, src, tmp_path / "o", shard_tokens=500)
     assert _ids(out).tolist() == _expected(tok, DOCS * 3) and _doc_starts(out) == _doc_starts(encode_corpus(tok, src, tmp_path / "ref", shard_tokens=500)[0])
+
+
+def test_a_rerun_reports_its_verification(tok, tmp_path):
+    src = _write_txt(tmp_path / "c.txt", DOCS)
+    [out] = encode_corpus(tok, src, tmp_path / "o", shard_tokens=61)
+    calls = []
+    encode_corpus(tok, src, tmp_path / "o", shard_tokens=61, progress=lambda *a: calls.append(a))
+    verify = [c for c in calls if c[0] == "verify"]
+    size = sum(s.bytes for s in read_manifest(out).shards)
+    assert verify and verify[-1] == ("verify", size, size)
