@@ -244,7 +244,7 @@ def decode(
     tokenizer: TokenizerOpt = None,
     vocab: VocabOpt = None,
     merges: MergesOpt = None,
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A .bin token file; default: whitespace-separated ids on stdin. Example: --input data/train.bin")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A .bin token file or a sharded dataset's manifest .json; default: whitespace-separated ids on stdin. Example: --input data/train.bin")] = None,
 ) -> None:
     """Decode token ids back to text on stdout.
 

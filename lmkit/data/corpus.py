@@ -175,16 +175,30 @@ def import_file(src: Path, out: Path, vocab_size: int | None = None) -> None:
 
 
 def decode_token_file(tokenizer: Tokenizer, bin_path: Path, chunk: int = 1 << 20) -> Iterator[str]:
-    """Decode a ``.bin`` token file to text pieces, streaming.
+    """Decode a ``.bin`` token file, or a sharded dataset's manifest ``.json``, to text pieces, streaming.
 
     Raises:
         TokenizerError: the file's metadata names a different tokenizer (by content hash).
-        DataError: a missing or damaged token file.
+        DataError: a missing or damaged token file, manifest or shard.
     """
-    ids, meta = open_tokens(Path(bin_path))
-    if meta.tokenizer_hash and meta.tokenizer_hash != tokenizer.hash:
-        raise TokenizerError(
-            f"{bin_path}: encoded with tokenizer {meta.tokenizer_hash}"
-            f"{f' ({meta.tokenizer_dir})' if meta.tokenizer_dir else ''}, not this one ({tokenizer.hash})"
-        )
-    yield from tokenizer.decode_chunks(ids[i:i + chunk].tolist() for i in range(0, len(ids), chunk))
+    path = Path(bin_path)
+    if path.suffix == ".json":
+        from lmkit.data.manifest import read_manifest
+
+        bins = read_manifest(path).shard_paths(path)
+    else:
+        bins = [path]
+
+    def id_chunks() -> Iterator[list[int]]:
+        for b in bins:
+            ids, meta = open_tokens(b)
+            if meta.tokenizer_hash and meta.tokenizer_hash != tokenizer.hash:
+                raise TokenizerError(
+                    f"{b}: encoded with tokenizer {meta.tokenizer_hash}"
+                    f"{f' ({meta.tokenizer_dir})' if meta.tokenizer_dir else ''}, not this one ({tokenizer.hash})"
+                )
+            for i in range(0, len(ids), chunk):
+                yield ids[i:i + chunk].tolist()
+
+    # One decoder across shards: a character whose bytes two shards share is decoded whole.
+    yield from tokenizer.decode_chunks(id_chunks())

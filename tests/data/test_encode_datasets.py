@@ -383,3 +383,11 @@ def test_a_rerun_reports_its_verification(tok, tmp_path):
     verify = [c for c in calls if c[0] == "verify"]
     size = sum(s.bytes for s in read_manifest(out).shards)
     assert verify and verify[-1] == ("verify", size, size)
+
+
+def test_decode_a_sharded_dataset(tok, tmp_path):
+    from lmkit.data.corpus import decode_token_file
+
+    src = _write_txt(tmp_path / "c.txt", DOCS)
+    [out] = encode_corpus(tok, src, tmp_path / "o", shard_tokens=7)  # shards cut through characters too
+    assert out.suffix == ".json" and "".join(decode_token_file(tok, out)) == src.read_text(encoding="utf-8")
