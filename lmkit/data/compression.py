@@ -127,14 +127,14 @@ class SourceStream:
     def __init__(self, path: Path, compression: str | None):
         self.path, self.compression = Path(path), compression
         try:
-            self._raw = open(self.path, "rb", buffering=READ_BYTES)
+            self._raw = open(self.path, "rb", buffering=READ_BYTES)  # noqa: SIM115 (closed by close())
         except OSError as e:
             raise DataError(f"{self.path}: cannot be read ({e.strerror or e})") from None
         try:
             if compression == "gz":
                 self._f: io.BufferedIOBase = gzip.GzipFile(fileobj=self._raw, mode="rb")
             elif compression == "xz":
-                self._f = lzma.LZMAFile(self._raw)
+                self._f = lzma.LZMAFile(self._raw)  # noqa: SIM115 (a stream, closed by close())
             elif compression == "zst":
                 self._f = _zstd_reader(self._raw, self.path)
             else:
@@ -143,7 +143,7 @@ class SourceStream:
             self._raw.close()
             raise
 
-    def __enter__(self) -> SourceStream:
+    def __enter__(self) -> SourceStream:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:

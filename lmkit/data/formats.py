@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Generator, Iterator
 
 from lmkit.data.compression import SourceStream
+
 # sources.py imports this module only when it reads, so its types are defined by then.
 from lmkit.data.sources import Block, ReadOptions, SourceFile
 from lmkit.errors import DataError
@@ -112,11 +113,11 @@ def _forced_cut(buf: bytes, specials: list[bytes], end: int) -> int:
     return 0
 
 
-def _first_separator(buf: bytes, seps: list[bytes]) -> tuple[int, int] | None:
-    """(position, length) of the earliest separator in ``buf``; the longest wins a tie."""
+def _first_separator(buf: bytes, seps: list[bytes], start: int) -> tuple[int, int] | None:
+    """(position, length) of the earliest separator in ``buf[start:]``; the longest wins a tie."""
     best = None
     for sep in seps:  # longest first
-        pos = buf.find(sep, 0, len(buf) if best is None else best[0] + len(sep))
+        pos = buf.find(sep, start, len(buf) if best is None else best[0] + len(sep))
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, len(sep))
     return best
@@ -132,37 +133,37 @@ def text_blocks(src: SourceFile, opts: ReadOptions, specials: list[bytes], start
     hold = max([len(s) for s in seps] + [back, 1]) - 1
     label = f"{src.path} (decompressed)" if src.compression else src.path
     out = Assembler()
-    buf, base, doc = b"", 0, 0  # base: offset of buf[0] in the decompressed text
+    # buf[start:] is not yet consumed; base is buf[0]'s offset in the decompressed text. The
+    # buffer is trimmed once per read, not per document: a read may hold a thousand documents.
+    buf, base, start, doc = b"", 0, 0, 0
 
-    def pieces(data: bytes, offset: int, end: int, final: bool, stream: SourceStream) -> Generator[Block, None, int]:
-        start = 0
-        while cut := _next_cut(data, start, end, specials, back, final):
-            text = decode_utf8(data[start:start + cut], opts.errors, label, offset + start)
-            yield from out.piece(doc, text, stream.disk_pos(offset + start + cut))
-            start += cut
-        return start
+    def pieces(end: int, final: bool) -> Generator[Block, None, int]:
+        pos = start
+        while cut := _next_cut(buf, pos, end, specials, back, final):
+            text = decode_utf8(buf[pos:pos + cut], opts.errors, label, base + pos)
+            yield from out.piece(doc, text, stream.disk_pos(base + pos + cut))
+            pos += cut
+        return pos
 
     with SourceStream(src.path, src.compression) as stream:
         while True:
             data = stream.read(BLOCK_BYTES)
-            buf = buf + data if buf else data
-            while seps and (hit := _first_separator(buf, seps)) is not None:
+            buf, base, start = (buf[start:] + data if start < len(buf) else data), base + start, 0
+            while seps and (hit := _first_separator(buf, seps, start)) is not None:
                 pos, n = hit
                 if doc >= start_doc:
-                    yield from pieces(buf, base, pos, True, stream)
+                    yield from pieces(pos, True)
                     yield from out.end()
-                doc, buf, base = doc + 1, buf[pos + n:], base + pos + n
+                doc, start = doc + 1, pos + n
             if not data:
                 if doc >= start_doc:
-                    yield from pieces(buf, base, len(buf), True, stream)
+                    yield from pieces(len(buf), True)
                     yield from out.end()
                 return
             if doc < start_doc:  # skipping: keep only what may begin a separator
-                drop = max(0, len(buf) - hold)
-                buf, base = buf[drop:], base + drop
-                continue
-            used = yield from pieces(buf, base, len(buf) - hold, False, stream)
-            buf, base = buf[used:], base + used
+                start = max(start, len(buf) - hold)
+            else:
+                start = yield from pieces(len(buf) - hold, False)
 
 
 def jsonl_blocks(src: SourceFile, opts: ReadOptions, specials: list[bytes], start_doc: int,
@@ -227,7 +228,7 @@ def bad_record(skipped: Counter, opts: ReadOptions, reason: str, message: str, f
     """Count a bad line or row under ``--skip-bad-lines``, else raise its error (with both fixes)."""
     if opts.skip_bad_lines:
         skipped[reason] += 1
-        return None
+        return
     raise DataError(f"{message}; {fix}, or pass --skip-bad-lines to skip such lines")
 
 
