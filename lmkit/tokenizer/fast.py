@@ -5,8 +5,9 @@ tiktoken's ``CoreBPE`` (which releases the GIL, so threads encode blocks in para
 built only where its ids are provably those of the reference; otherwise ``build`` returns
 ``None`` and callers use the reference.
 
-Why the two agree. tiktoken is given one rank per single byte (its value) and one per merge
-result (``256 + merge index``), and maps ranks back to lmkit ids with a lookup table. The two
+Why the two agree. tiktoken is given one rank per single byte and one per merge result, rising
+with the merge order: the lmkit ids themselves where they rise so (lmkit-trained and GPT-2's
+ids), else ``256 + merge index`` mapped back to ids through a lookup table. The two
 algorithms then differ in one respect: lmkit merges an adjacent pair ``(A, B)`` only when
 ``(A, B)`` *is* a merge, at that merge's rank; tiktoken merges it whenever the bytes ``A + B``
 are a token, at that token's rank, whichever two parts the token was learned from; and it
@@ -57,15 +58,17 @@ import regex
 from lmkit.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
 
 if TYPE_CHECKING:
+    import tiktoken
+
     from lmkit.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# tiktoken treats an empty special-token table as a pattern that matches everywhere and tests
-# every position of the text against it (twice as slow). One special that is never allowed
-# costs nothing and is never emitted: text that contains it is encoded as plain text.
+# tiktoken turns an empty special-token table into a pattern that matches everywhere, then
+# steps through the text one character at a time rejecting those matches. One special that is
+# never allowed is searched for at full speed and never emitted: text holding it stays text.
 _UNUSED_SPECIAL = "<|lmkit: never allowed|>"
 
 
@@ -76,8 +79,9 @@ class FastEncoder:
     at once and releases the GIL while the engine works.
     """
 
-    def __init__(self, core, lut: np.ndarray | None, specials: list[str], special_ids: dict[str, int]):
-        self._core = core  # a tiktoken.Encoding
+    def __init__(self, core: tiktoken.Encoding, lut: np.ndarray | None, specials: list[str],
+                 special_ids: dict[str, int]):
+        self._core = core
         self._lut = lut  # tiktoken rank -> lmkit id, or None where they are equal
         self._splitter = special_splitter(specials)
         self._special_ids = special_ids
@@ -104,18 +108,25 @@ class FastEncoder:
         ranks = _live_ranks(tokenizer)
         if ranks is None:
             return None
-        ids_by_rank = {rank: tokenizer._id_of[token] for token, rank in ranks.items()}
-        top = max(ids_by_rank)
-        lut = np.zeros(top + 2, dtype=np.uint32)
-        for rank, idx in ids_by_rank.items():
-            lut[rank] = idx
-        identity = all(rank == idx for rank, idx in ids_by_rank.items())
+        id_of = tokenizer._id_of
+        ids = np.fromiter((id_of[token] for token in ranks), dtype=np.int64, count=len(ranks))
+        merge_ids = ids[256:]  # dicts keep insertion order: the bytes, then merges in rank order
+        lut = None
+        if np.all(merge_ids[1:] > merge_ids[:-1]):
+            # Only the order of merge ranks matters to tiktoken (a byte's rank is never compared:
+            # pairs are two bytes or more), so ids that rise with the merges can be the ranks,
+            # and the engine's output needs no translation (lmkit-trained and GPT-2's ids).
+            ranks = dict(zip(ranks, ids.tolist()))
+        else:
+            rank_list = np.fromiter(ranks.values(), dtype=np.int64, count=len(ranks))
+            lut = np.zeros(int(rank_list.max()) + 1, dtype=np.uint32)
+            lut[rank_list] = ids
         core = tiktoken.Encoding(
-            f"lmkit-{tokenizer.hash}", pat_str=explicit_pattern(), mergeable_ranks=ranks,
-            special_tokens={_UNUSED_SPECIAL: top + 1},
+            "lmkit", pat_str=explicit_pattern(), mergeable_ranks=ranks,
+            special_tokens={_UNUSED_SPECIAL: max(ranks.values()) + 1},
         )
         specials = tokenizer.special_tokens
-        return cls(core, None if identity else lut, specials, {s: tokenizer.token_id(s) for s in specials})
+        return cls(core, lut, specials, {s: tokenizer.token_id(s) for s in specials})
 
     def _plain(self, text: str) -> np.ndarray:
         # Text without special tokens: one engine call, its ids straight into a numpy buffer.
@@ -156,19 +167,23 @@ def encode_blocks(
     blocks: Iterable[T],
     threads: int,
     key: Callable[[T], str] = lambda block: block,  # type: ignore[assignment,return-value]
+    batch_chars: int = 1 << 18,
 ) -> Iterator[tuple[T, np.ndarray]]:
     """Encode blocks on ``threads`` threads, yielding ``(block, ids)`` in the blocks' order.
 
-    At most ``2 * threads`` blocks are read ahead, so memory stays bounded however long the
-    stream is, and every thread has the next block waiting when it finishes one. Threads (not
-    processes) work because the engine releases the GIL; the pure-Python ``Tokenizer`` holds it,
-    so with one the blocks are encoded in the calling thread.
+    Consecutive small blocks (short documents) go to a thread together, up to ``batch_chars``
+    characters, so handing work to a thread costs little next to encoding it. At most
+    ``2 * threads`` such batches are read ahead: memory stays bounded however long the stream,
+    and every thread has work waiting when it finishes. Threads (not processes) work because
+    the engine releases the GIL; the pure-Python ``Tokenizer`` holds it, so with one the blocks
+    are encoded in the calling thread.
 
     Args:
         encoder: A ``FastEncoder``, or a ``Tokenizer`` (reference speed, one thread).
         blocks: Any iterable, consumed lazily (e.g. ``sources.read_blocks(...)``).
         threads: Worker threads; 1 or less encodes in the calling thread.
         key: The text of a block (default: the block is the text).
+        batch_chars: Characters of text a thread is given at once (0: one block each).
 
     Yields:
         ``(block, ids)`` with ``ids`` a ``uint32`` array; an error in a block is raised when
@@ -178,28 +193,58 @@ def encode_blocks(
         encode = encoder.encode
     else:
         tokenizer = encoder
-        encode = lambda text: np.array(tokenizer.encode(text), dtype=np.uint32)  # noqa: E731
+        encode = lambda text: np.array(tokenizer.encode(text), dtype=np.uint32)
         threads = 1
     if threads <= 1:
         for block in blocks:
             yield block, encode(key(block))
         return
-    pending: deque[tuple[T, Future]] = deque()
+
+    def work(texts: list[str]) -> list[np.ndarray | Exception]:
+        # An error stays with its block, so the blocks before it in the batch still come out.
+        out: list[np.ndarray | Exception] = []
+        for text in texts:
+            try:
+                out.append(encode(text))
+            except Exception as e:  # noqa: BLE001 - re-raised in the caller's thread, in order
+                out.append(e)
+                break
+        return out
+
+    pending: deque[tuple[list[T], Future]] = deque()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
+    batch: list[T] = []
+    texts: list[str] = []
+    size = 0
     try:
         for block in blocks:
-            pending.append((block, pool.submit(encode, key(block))))
+            text = key(block)
+            batch.append(block)
+            texts.append(text)
+            size += len(text)
+            if size < batch_chars:
+                continue
+            pending.append((batch, pool.submit(work, texts)))
+            batch, texts, size = [], [], 0
             if len(pending) >= 2 * threads:
-                done, future = pending.popleft()
-                yield done, future.result()
+                yield from _finished(pending.popleft())
+        if batch:
+            pending.append((batch, pool.submit(work, texts)))
         while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+            yield from _finished(pending.popleft())
     finally:
         # Reached early when the consumer stops or a block fails: drop the queued work.
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def _finished(item: tuple[list[T], Future]) -> Iterator[tuple[T, np.ndarray]]:
+    batch, future = item
+    for block, ids in zip(batch, future.result()):
+        if isinstance(ids, Exception):
+            raise ids
+        yield block, ids
 
 
 def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
@@ -212,7 +257,10 @@ def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
         born.setdefault(id_of[left + right], i)
     # Well ordered: every merge comes after those that make its parts (true of trained merges).
     # Then the reference applies merges in rank order and the cheap border test below is exact.
-    ordered = all(born[id_of[left]] < i and born[id_of[right]] < i for i, (left, right) in enumerate(merges))
+    ordered = all(born[id_of[left]] < i > born[id_of[right]] for i, (left, right) in enumerate(merges))
+    partners: dict[int, dict[int, int]] = {}  # left id -> {right id: rank of their merge}
+    for (x, y), k in tokenizer._rank_of.items():
+        partners.setdefault(x, {})[y] = k
     dead: set[bytes] = set()
     # For each live token: (rank when it appeared, token id) of the last (suffix) or first
     # (prefix) token of bytes(token) alone, over the merges, ending with the token itself.
@@ -236,7 +284,7 @@ def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
             continue
         tid, lid, rid = id_of[token], id_of[left], id_of[right]
         if ordered:
-            live = not _crosses_border(suffix[lid], prefix[rid], i, tokenizer._rank_of)
+            live = not _crosses_border(suffix[lid], prefix[rid], i, partners)
             if live:
                 suffix[tid] = suffix[rid] + ((i, tid),)
                 prefix[tid] = prefix[lid] + ((i, tid),)
@@ -253,7 +301,7 @@ def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
 
 def _crosses_border(
     left: tuple[tuple[int, int], ...], right: tuple[tuple[int, int], ...], rank: int,
-    rank_of: dict[tuple[int, int], int],
+    partners: dict[int, dict[int, int]],
 ) -> bool:
     """Whether merging bytes(L) + bytes(R) in rank order joins the halves before merge ``rank``.
 
@@ -263,14 +311,17 @@ def _crosses_border(
     ``k`` of the two current tokens joins them unless the left one was taken by its left
     neighbour at ``k`` itself (merges apply left to right, and that pair comes first).
     """
+    last = len(left) - 1
     for n, (x_from, x) in enumerate(left):
-        x_until = left[n + 1][0] if n + 1 < len(left) else rank
+        mates = partners.get(x)
+        if mates is None:
+            continue
+        x_until = left[n + 1][0] if n < last else rank
         for m, (y_from, y) in enumerate(right):
-            k = rank_of.get((x, y))
-            if k is None or k >= rank or k < x_from or k < y_from or k >= x_until:
+            k = mates.get(y)
+            if k is None or not (x_from <= k < x_until and y_from <= k < rank):
                 continue
-            y_until = right[m + 1][0] if m + 1 < len(right) else rank
-            if k <= y_until:
+            if m + 1 == len(right) or k <= right[m + 1][0]:
                 return True
     return False
 

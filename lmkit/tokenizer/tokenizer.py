@@ -266,6 +266,11 @@ class Tokenizer:
             self._fast = FastEncoder.build(self)
         return self._fast  # type: ignore[return-value]
 
+    def __getstate__(self) -> dict:
+        # Worker processes get the tokenizer pickled; they rebuild the engine if they use it
+        # rather than receive its tables (megabytes) with every pickle.
+        return {**self.__dict__, "_fast": False}
+
     def encode_array(self, text: str) -> np.ndarray:
         """``encode(text)`` as a ``uint32`` array, by the fast engine where it is exact.
 

@@ -106,6 +106,15 @@ def test_tokenizer_encode_array(gpt2):
     assert gpt2.fast_encoder() is gpt2.fast_encoder()  # built once
 
 
+def test_pickled_tokenizer_leaves_the_engine_behind(gpt2):
+    import pickle
+
+    gpt2.fast_encoder()
+    copy = pickle.loads(pickle.dumps(gpt2))
+    assert copy._fast is False
+    assert copy.encode_array("Hello world").tolist() == [15496, 995]
+
+
 def test_encode_releases_the_gil(gpt2_fast, shared_data):
     # A pure-Python thread keeps counting while another thread is inside the engine only if the
     # engine let go of the GIL; holding it, the counter would advance only at switch intervals.
@@ -155,9 +164,20 @@ def test_trained_fast_equals_reference(trained, text):
     agree(trained, encoder, text)
 
 
-def test_trained_ids_need_no_lookup_table(trained):
-    # lmkit numbers bytes 0..255 then merges in order: tiktoken's ranks are the ids already.
+def test_ids_that_rise_with_the_merges_need_no_lookup_table(trained, gpt2):
+    # lmkit numbers bytes 0..255 then merges in order; GPT-2 numbers bytes its own way, then
+    # merges in order: either way the ids can be tiktoken's ranks.
     assert trained.fast_encoder()._lut is None
+    assert gpt2.fast_encoder()._lut is None
+
+
+def test_ids_in_another_order_go_through_the_lookup_table():
+    merges = [(b"a", b"b"), (b"ab", b"c"), (b"c", b"c")]
+    order = list(range(256)) + [258, 256, 257]  # ab -> 258, abc -> 256, cc -> 257
+    tok = handmade(merges, order=order)
+    encoder = FastEncoder.build(tok)
+    assert encoder._lut is not None
+    assert encoder.encode("abc ab cc").tolist() == tok.encode("abc ab cc") == [256, 32, 258, 32, 257]
 
 
 def test_overlapping_specials_longest_first(trained):
@@ -170,14 +190,15 @@ def test_overlapping_specials_longest_first(trained):
 # --- hand-made merges where tiktoken's merging differs -----------------------------------------
 
 
-def handmade(merges: list[tuple[bytes, bytes]], specials: list[str] = ()) -> Tokenizer:
-    vocab = {i: bytes([i]) for i in range(256)}
+def handmade(merges: list[tuple[bytes, bytes]], specials: list[str] = (), order: list[int] | None = None) -> Tokenizer:
+    tokens = [bytes([i]) for i in range(256)]
     for left, right in merges:
-        if left + right not in vocab.values():
-            vocab[len(vocab)] = left + right
-    for s in specials:
-        vocab[len(vocab)] = s.encode()
-    return Tokenizer(vocab, merges, list(specials))
+        if left + right not in tokens:
+            tokens.append(left + right)
+    tokens += [s.encode() for s in specials]
+    # `order` renumbers the tokens (any permutation of the ids): ids need not follow the merges.
+    ids = order if order is not None else range(len(tokens))
+    return Tokenizer(dict(zip(ids, tokens)), merges, list(specials))
 
 
 def naive_tiktoken(tok: Tokenizer):
@@ -273,9 +294,12 @@ def merges_lists(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(merges_lists(), st.lists(st.text("abc ", max_size=12), min_size=1, max_size=8))
-def test_random_merges_fast_equals_reference(merges, words):
-    tok = handmade(merges)
+@given(merges_lists(), st.lists(st.text("abc ", max_size=12), min_size=1, max_size=8), st.randoms())
+def test_random_merges_fast_equals_reference(merges, words, rng):
+    order = list(range(256 + len({a + b for a, b in merges})))
+    if rng.random() < 0.5:
+        rng.shuffle(order)
+    tok = handmade(merges, order=order)
     encoder = FastEncoder.build(tok)
     if encoder is None:  # only for two different merges with one result
         results = [a + b for a, b in dict.fromkeys(merges)]
@@ -292,21 +316,25 @@ def test_random_merges_fast_equals_reference(merges, words):
 # --- encode_blocks -----------------------------------------------------------------------------
 
 
-def test_encode_blocks_in_order_and_bounded(gpt2_fast, gpt2):
+@pytest.mark.parametrize("batch_chars", [0, 100])
+def test_encode_blocks_in_order_and_bounded(gpt2_fast, gpt2, batch_chars):
     pulled = []
 
     def blocks():
-        for i in range(40):
+        for i in range(60):
             pulled.append(i)
             yield {"n": i, "text": f"block {i} " * (i % 5 + 1)}
 
     seen = 0
-    for block, ids in encode_blocks(gpt2_fast, blocks(), threads=3, key=lambda b: b["text"]):
+    for block, ids in encode_blocks(gpt2_fast, blocks(), threads=3, key=lambda b: b["text"], batch_chars=batch_chars):
         assert block["n"] == seen
         assert ids.tolist() == gpt2.encode(block["text"])
         seen += 1
-        assert len(pulled) - seen <= 2 * 3  # never more than 2 * threads read ahead
-    assert seen == 40
+        # Never more than 2 * threads batches read ahead: blocks of 9..50 characters, so a
+        # batch holds one block (batch_chars 0) or at most 100 // 9 + 1 = 12 of them.
+        per_batch = 1 if batch_chars == 0 else batch_chars // 9 + 1
+        assert len(pulled) - seen <= 2 * 3 * per_batch
+    assert seen == 60
 
 
 def test_encode_blocks_with_the_reference_and_one_thread(gpt2):
@@ -315,9 +343,10 @@ def test_encode_blocks_with_the_reference_and_one_thread(gpt2):
     assert all(ids.dtype == np.uint32 for _, ids in out)
 
 
-def test_encode_blocks_raises_in_turn_and_stops_early(gpt2_fast):
+@pytest.mark.parametrize("batch_chars", [0, 1000])
+def test_encode_blocks_raises_in_turn_and_stops_early(gpt2_fast, batch_chars):
     good = iter(["x", "y", "\ud800", "z"])  # a lone surrogate cannot be encoded
-    results = encode_blocks(gpt2_fast, good, threads=2)
+    results = encode_blocks(gpt2_fast, good, threads=2, batch_chars=batch_chars)
     assert next(results)[0] == "x" and next(results)[0] == "y"
     with pytest.raises(UnicodeEncodeError):
         next(results)
