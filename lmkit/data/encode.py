@@ -161,10 +161,10 @@ def _choose_val_docs(sources: list[SourceFile], rel: list[str], opts: ReadOption
     return {(-i, -d) for _, i, d in heap}
 
 
-def fingerprint(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, **options) -> str:
+def fingerprint(tokenizer_hash: str, specials: list[str], sources: list[SourceFile], opts: ReadOptions, **options) -> str:
     """A hash of everything that decides the ids and their layout: what a resume must match."""
     inputs = [[str(s.path), s.kind, s.compression, s.size, s.path.stat().st_mtime_ns] for s in sources]
-    payload = {"version": 1, "tokenizer": tokenizer.hash, "specials": list(tokenizer.special_tokens), "inputs": inputs,
+    payload = {"version": 1, "tokenizer": tokenizer_hash, "specials": specials, "inputs": inputs,
                "read": [opts.text_key, opts.doc_separator, opts.eot, opts.errors, opts.skip_bad_lines], **options}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -323,12 +323,13 @@ def encode_corpus(
     total = sum(s.size for s in sources)
     stage = _COMPRESSED_STAGE if any(s.compression for s in sources) else "encode"
     tok_dir = str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None
-    fp = fingerprint(tokenizer, sources, opts, dtype=dtype, eot_id=eot_id, shard_tokens=shard_tokens, names=names,
-                     val_fraction=val_fraction, val_docs=val_docs, tokenizer_dir=tok_dir)
+    tok_hash = tokenizer.hash  # computed from the whole vocabulary: once, not per use
     specials = list(tokenizer.special_tokens)
+    fp = fingerprint(tok_hash, specials, sources, opts, dtype=dtype, eot_id=eot_id, shard_tokens=shard_tokens, names=names,
+                     val_fraction=val_fraction, val_docs=val_docs, tokenizer_dir=tok_dir)
     counters = [IdCounter(tokenizer) if create_stats else None for _ in names]
     writers = [DatasetWriter(output_dir, n, dtype=dtype, shard_tokens=shard_tokens, eot_id=eot_id, fingerprint=fp,
-                             meta={"vocab_size": tokenizer.vocab_size, "tokenizer_hash": tokenizer.hash, "tokenizer_dir": tok_dir},
+                             meta={"vocab_size": tokenizer.vocab_size, "tokenizer_hash": tok_hash, "tokenizer_dir": tok_dir},
                              num_sources=len(sources), count_ids=c.add if c else None,
                              eot_bytes=len(eot_text.encode("utf-8")) if eot_text else 0)
                for n, c in zip(names, counters)]
