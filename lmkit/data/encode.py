@@ -69,6 +69,13 @@ def default_name(inputs: Sequence[str | Path]) -> str:
     return "corpus"
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _check_name(name: str) -> str:
     if not name or name.startswith(".") or any(c in name for c in "/\\\0") or name != name.strip():
         raise DataError(f"--name {name!r} must be a plain file name (no '/', not starting with '.'); e.g. --name web")
@@ -319,7 +326,7 @@ def encode_corpus(
                        skip_bad_lines=skip_bad_lines)
     output_dir = prepare_output(output_dir)
     dtype = dtype_for_vocab(tokenizer.vocab_size).name
-    threads = threads or workers or os.cpu_count() or 1
+    threads = threads or workers or _usable_cores()
     total = sum(s.size for s in sources)
     stage = _COMPRESSED_STAGE if any(s.compression for s in sources) else "encode"
     tok_dir = str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None
