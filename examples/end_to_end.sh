@@ -72,7 +72,10 @@ step "lmkit tokenize train (vocabulary $vocab_size)"
     --special-token '<|endoftext|>' --output "$out/tok"
 
 step "lmkit tokenize encode"
-"${lmkit[@]}" tokenize encode --tokenizer "$out/tok" --input "$out/data" --output "$out/data"
+# One dataset per split: a directory given as --input would make one dataset of both files.
+for split in train val; do
+    "${lmkit[@]}" tokenize encode --tokenizer "$out/tok" --input "$out/data/$split.txt" --output "$out/data"
+done
 
 step "lmkit train ($max_iters steps of examples/configs/tiny_cpu.yaml)"
 interval=$(( max_iters < 100 ? max_iters : 100 ))

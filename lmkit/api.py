@@ -6,7 +6,7 @@ The whole pipeline, as the README's "From Python" section runs it::
 
     tok = api.train_tokenizer("data/train.txt", 1024, ["<|endoftext|>"])
     tok.save("tok")
-    api.encode("tok", "data", "data")               # data/*.txt -> data/NAME.bin + NAME.json
+    api.encode("tok", "data", "data")               # data/*.txt -> data/NAME.bin + NAME.json + NAME.idx
     result = api.train(api.resolve_settings(overrides={"vocab_size": 1024, "max_iters": 100}))
     api.plot_metrics(result.run_dir / "metrics.jsonl")
     print(api.generate(api.load_trained(result.run_dir), "The", max_new_tokens=50))
@@ -66,33 +66,56 @@ def train_tokenizer(
 
 def encode(
     tokenizer: Tokenizer | str | Path,
-    input_path: str | Path,
+    input_path: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     *,
     tokenizer_dir: str | Path | None = None,
+    per_file: bool | None = None,
     **kwargs,
 ) -> list[Path]:
-    """Encode a text file, or every text file of a directory, into ``NAME.bin`` + ``NAME.json``.
+    """Encode text into datasets, as ``lmkit tokenize encode`` does.
 
     Args:
         tokenizer: a tokenizer directory (recorded in the metadata, so that a model trained on
             the files finds its tokenizer for ``generate``) or a ``Tokenizer``.
-        input_path: a text file or a directory of ``*.txt``/``*.text``/``*.md`` files.
+        input_path: a file, a directory, a glob, or a list of them (see ``encode_corpus``).
         output_dir: where the token files go (created if missing).
         tokenizer_dir: the directory to record when ``tokenizer`` is a ``Tokenizer`` object.
-        **kwargs: ``create_stats``, ``errors``, ``workers``, ``progress``, as for
-            ``lmkit.data.corpus.encode_corpus``.
+        per_file: encode every input file into its own dataset named after it (``data/train.txt``
+            -> ``data/train.bin``). Default: on when ``input_path`` is one directory, which is
+            what this function always did with one (``api.encode("tok", "data", "data")``
+            writes ``train.bin`` and ``val.bin``); off otherwise: one dataset of all inputs.
+        **kwargs: ``name``, ``text_key``, ``eot``, ``shard_tokens``, ``val_fraction``,
+            ``create_stats``, ``errors``, ``threads``, ``progress``, ... as for
+            ``lmkit.data.encode.encode_corpus``.
 
     Returns:
-        The ``.bin`` paths written, in input order.
+        The paths written (``NAME.bin``, or ``NAME.json`` for a sharded dataset), in input order.
     """
     if not isinstance(tokenizer, Tokenizer):
         tokenizer_dir = Path(tokenizer)
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    return encode_corpus(
-        tokenizer, Path(input_path), Path(output_dir),
-        tokenizer_dir=Path(tokenizer_dir) if tokenizer_dir is not None else None, **kwargs,
-    )
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    if per_file is None:
+        per_file = len(inputs) == 1 and Path(inputs[0]).is_dir() and "name" not in kwargs
+    if not per_file:
+        return encode_corpus(tokenizer, inputs, Path(output_dir), tokenizer_dir=tok_dir, **kwargs)
+    from lmkit.data.sources import resolve_inputs
+
+    from lmkit.data.encode import default_name
+    from lmkit.errors import DataError
+
+    files = [s.path for s in resolve_inputs(inputs)]
+    seen: dict[str, Path] = {}
+    for f in files:  # two inputs of one name would overwrite each other
+        if (n := default_name([f])) in seen:
+            raise DataError(f"{f} and {seen[n]} would both be written as dataset {n!r}; rename one, or pass per_file=False")
+        seen[n] = f
+    outputs: list[Path] = []
+    for f in files:
+        outputs += encode_corpus(tokenizer, [f], Path(output_dir), tokenizer_dir=tok_dir, **kwargs)
+    return outputs
 
 
 def train(settings: Settings, sinks: MultiSink | None = None, *, console_sinks: bool = False, is_tty: bool | None = None) -> TrainResult:

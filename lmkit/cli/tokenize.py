@@ -59,7 +59,8 @@ class Progress:
     Plain lines (for logs and CI) are printed at most every 10% per stage.
     """
 
-    UNITS = {"pretokenize": "bytes", "encode": "bytes", "import": "bytes", "merge": "merges"}
+    UNITS = {"pretokenize": "bytes", "encode": "bytes", "encode (compressed)": "compressed bytes", "split": "bytes", "verify": "bytes",
+             "import": "bytes", "merge": "merges"}
 
     def __init__(self) -> None:
         self.rich = None
@@ -139,42 +140,85 @@ def train(
     typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(tok.merges)} merges, hash {tok.hash})")
 
 
+EncodeInputOpt = Annotated[
+    list[str],
+    typer.Option("--input", "-i", metavar="<path|glob>", help="A file (.txt/.md, .jsonl, .parquet, .arrow; .gz/.zst/.xz too), a directory "
+                 "(every such file, recursively), or a quoted glob; repeat for several. Example: --input 'data/**/*.jsonl.zst'"),
+]
+
+
 @tokenize_app.command("encode", cls=LmkitCommand)
 def encode(
-    input: InputOpt,
+    input: EncodeInputOpt,
     output: OutputOpt,
     tokenizer: TokenizerOpt = None,
     vocab: VocabOpt = None,
     merges: MergesOpt = None,
     special_token: SpecialOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Dataset name (default: the input file's stem, the input directory's name, else 'corpus'); with a split, NAME-train and NAME-val. Example: --name web")] = None,
+    text_key: Annotated[str, typer.Option("--text-key", help="JSON Lines: the key holding the text (dotted for nested: meta.text); parquet/arrow: the column. Example: --text-key content")] = "text",
+    eot: Annotated[Optional[str], typer.Option("--eot", help="Special token ending every document (default: <|endoftext|> when the tokenizer has it); plain text is split into documents where it occurs. Example: --eot '<|endoftext|>'")] = None,
+    no_eot: Annotated[bool, typer.Option("--no-eot", help="Add no end-of-text id after documents (text keeps its own special tokens). Example: --no-eot")] = False,
+    doc_separator: Annotated[Optional[str], typer.Option("--doc-separator", help="Plain text: also start a new document at this string (removed). Example: --doc-separator $'\\n\\n\\n'")] = None,
+    shard_tokens: Annotated[int, typer.Option("--shard-tokens", help="Most token ids per shard; bigger datasets become NAME-00000.bin... plus a NAME.json manifest. Example: --shard-tokens 50000000")] = 100_000_000,
+    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Put about this fraction of the documents in NAME-val, chosen by a hash of each document's file and position. Example: --val-fraction 0.01")] = None,
+    val_docs: Annotated[Optional[int], typer.Option("--val-docs", help="Put exactly this many documents in NAME-val (instead of --val-fraction). Example: --val-docs 1000")] = None,
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="JSON Lines: count and skip malformed lines or lines without the text instead of stopping. Example: --skip-bad-lines")] = False,
     create_stats: Annotated[bool, typer.Option("--create-stats", help="Record and print token count, bytes/token and the most frequent tokens. Example: --create-stats")] = False,
     errors: ErrorsOpt = Errors.strict,
-    workers: WorkersOpt = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", "--workers", min=1, max=1024, help="Encoding threads (default: all cores; --workers is the old name). Example: --threads 8")] = None,
 ) -> None:
-    """Encode text into NAME.bin (token ids) + NAME.json (metadata) per input file.
+    """Encode text into a dataset: token ids (NAME.bin, or shards plus a NAME.json manifest), metadata and a document index.
+
+    Run again with the same arguments after an interruption: complete shards are kept.
 
     Example: lmkit tokenize encode --tokenizer tok/ --input data/train.txt --output data/ --create-stats
+
+    Example: lmkit tokenize encode -t tok/ -i 'corpus/*.jsonl.gz' -o data/ --name web --val-fraction 0.01
     """
     from lmkit.data.corpus import encode_corpus
+    from lmkit.data.encode import check_layout_options
+    from lmkit.data.sources import skipped_summary
 
+    if no_eot and eot is not None:
+        raise LmkitError("give --eot TEXT or --no-eot, not both")
+    check_layout_options(shard_tokens, val_fraction, val_docs)  # before the tokenizer is loaded
     tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
     tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
+    skipped: dict = {}
     with Progress() as progress:
-        outputs = encode_corpus(tok, input, output, tokenizer_dir=tok_dir, create_stats=create_stats,
-                                errors=errors.value, workers=workers, progress=progress)
+        outputs = encode_corpus(tok, input, output, name=name, tokenizer_dir=tok_dir, text_key=text_key,
+                                eot=False if no_eot else (eot if eot is not None else True), doc_separator=doc_separator,
+                                shard_tokens=shard_tokens, val_fraction=val_fraction, val_docs=val_docs,
+                                skip_bad_lines=skip_bad_lines, create_stats=create_stats, errors=errors.value,
+                                threads=threads, progress=progress, skipped=skipped)
     _report(outputs, create_stats)
+    for path, counter in skipped.items():
+        if line := skipped_summary(path, counter):
+            typer.echo(line)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _report(outputs: list[Path], create_stats: bool) -> None:
+    from lmkit.data.manifest import read_manifest
     from lmkit.data.tokens import read_meta
 
     for out in outputs:
-        meta = read_meta(out)
-        typer.echo(f"{out}: {meta.num_tokens:,} tokens ({meta.dtype})")
-        if create_stats and meta.stats:
-            s = meta.stats
-            typer.echo(f"  bytes/token {s['bytes_per_token']}, distinct tokens {s['distinct_tokens']:,}")
-            for t in s["top_tokens"]:
+        if out.suffix == ".json":
+            m = read_manifest(out)
+            stats, what = m.stats, f"{m.num_tokens:,} tokens ({m.dtype}), {_count(m.num_documents, 'document')}, {len(m.shards)} shards"
+        else:
+            meta = read_meta(out)
+            stats, what = meta.stats, f"{meta.num_tokens:,} tokens ({meta.dtype})"
+            if meta.num_documents is not None:
+                what += f", {_count(meta.num_documents, 'document')}, 1 shard"
+        typer.echo(f"{out}: {what}")
+        if create_stats and stats:
+            typer.echo(f"  bytes/token {stats['bytes_per_token']}, distinct tokens {stats['distinct_tokens']:,}")
+            for t in stats["top_tokens"]:
                 typer.echo(f"  {t['id']:>7} {t['count']:>12,}  {t.get('token', '')!r}")
 
 
@@ -200,7 +244,7 @@ def decode(
     tokenizer: TokenizerOpt = None,
     vocab: VocabOpt = None,
     merges: MergesOpt = None,
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A .bin token file; default: whitespace-separated ids on stdin. Example: --input data/train.bin")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A .bin token file or a sharded dataset's manifest .json; default: whitespace-separated ids on stdin. Example: --input data/train.bin")] = None,
 ) -> None:
     """Decode token ids back to text on stdout.
 

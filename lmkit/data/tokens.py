@@ -34,6 +34,12 @@ class TokenFileMeta:
     source: str | None = None  # the text file the ids came from
     source_bytes: int | None = None  # UTF-8 bytes of that text: bits/byte = nats/token * tokens / bytes / ln 2
     stats: dict[str, Any] | None = field(default=None)
+    # Written by dataset encoding (``lmkit.data.encode``); absent in older files, ignored by old readers.
+    num_documents: int | None = None  # documents that start in this file (entries of its .idx)
+    eot_id: int | None = None  # the id ending every document (None: --no-eot, or not recorded)
+    index: str | None = None  # file name of the document index (.idx) beside the .bin
+    sha256: str | None = None  # hex digest of the .bin, checked when a resumed encode reuses it
+    encoding: dict[str, Any] | None = None  # encode fingerprint and resume cursor (see lmkit.data.shards)
     format: str = FORMAT
     version: int = FORMAT_VERSION
 
@@ -83,7 +89,7 @@ def write_meta(bin_path: Path, meta: TokenFileMeta) -> None:
 MAX_META_BYTES = 1 << 24
 # Token files store ids as at most 32-bit unsigned integers.
 MAX_VOCAB = 2**32
-_OPTIONAL_STR = ("tokenizer_hash", "tokenizer_dir", "source")
+_OPTIONAL_STR = ("tokenizer_hash", "tokenizer_dir", "source", "index", "sha256")
 
 
 def _field_error(mp: Path, name: str, value: Any, want: str) -> DataError:
@@ -126,17 +132,32 @@ def parse_meta(raw: Any, mp: Path) -> TokenFileMeta:
     if dtype == "uint16" and vocab_size is not None and vocab_size > 2**16:
         raise DataError(f"{mp}: field 'vocab_size' is {vocab_size}, but dtype uint16 holds ids below 65536 only; re-run `lmkit tokenize encode`")
     source_bytes = _int_field(mp, raw, "source_bytes", 0, optional=True)
+    num_documents = _int_field(mp, raw, "num_documents", 0, optional=True)
+    eot_id = _int_field(mp, raw, "eot_id", 0, MAX_VOCAB - 1, optional=True)
+    if eot_id is not None and vocab_size is not None and eot_id >= vocab_size:
+        raise DataError(f"{mp}: field 'eot_id' is {eot_id}, outside the vocabulary (size {vocab_size}); re-run `lmkit tokenize encode`")
     strings = {}
     for name in _OPTIONAL_STR:
         value = raw.get(name)
         if value is not None and not isinstance(value, str):
             raise _field_error(mp, name, value, "a string (or absent)")
         strings[name] = value
-    stats = raw.get("stats")
-    if stats is not None and not isinstance(stats, dict):
-        raise _field_error(mp, "stats", stats, "an object (or absent)")
+    index = strings["index"]
+    # The index is a sibling file: a path elsewhere would let a token file point anywhere.
+    if index is not None and (not index or "/" in index or "\\" in index or index in (".", "..")):
+        raise _field_error(mp, "index", index, "a file name beside the .bin (no directory)")
+    sha = strings["sha256"]
+    if sha is not None and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise _field_error(mp, "sha256", sha, "64 lowercase hex digits (or absent)")
+    objects = {}
+    for name in ("stats", "encoding"):
+        value = raw.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise _field_error(mp, name, value, "an object (or absent)")
+        objects[name] = value
     return TokenFileMeta(dtype=dtype, num_tokens=num_tokens, vocab_size=vocab_size, source_bytes=source_bytes,
-                         stats=stats, format=FORMAT, version=version, **strings)
+                         num_documents=num_documents, eot_id=eot_id, format=FORMAT, version=version,
+                         **objects, **strings)
 
 
 def read_meta(bin_path: Path) -> TokenFileMeta:

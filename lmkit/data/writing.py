@@ -70,6 +70,17 @@ def locked_outputs(outputs: list[Path]) -> Iterator[None]:
         yield
 
 
+def prepare_output(output_dir: Path) -> Path:
+    """Create ``output_dir`` and check it is writable, so a bad path fails before any work."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output_dir).close()
+    except OSError as e:
+        raise DataError(f"{output_dir}: output directory cannot be written ({e.strerror or e})") from None
+    return output_dir
+
+
 def write_error(path: Path, e: OSError) -> DataError:
     return DataError(f"{path}: cannot write ({e.strerror or e}); free space in {path.parent} or pick another --output")
 

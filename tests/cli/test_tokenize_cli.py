@@ -40,9 +40,11 @@ def test_train_encode_decode_round_trip(trained, tmp_path):
                  "--output", str(tmp_path / "data"), "--create-stats")
     assert result.exit_code == 0, result.output
     assert "bytes/token" in result.stdout and "text.bin" in result.stdout
+    assert "documents, 1 shard" in result.stdout
     result = run("tokenize", "decode", "--tokenizer", str(tok_dir), "--input", str(tmp_path / "data" / "text.bin"))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout_bytes == src.read_bytes()
+    # Every document ends with <|endoftext|> (issue #21): the last one gains one.
+    assert result.stdout_bytes == src.read_bytes() + b"<|endoftext|>"
 
 
 def test_decode_ids_from_stdin(trained):
@@ -82,7 +84,7 @@ def test_real_subprocess_round_trip(tmp_path):
                    check=True, capture_output=True)
     done = subprocess.run([*lmkit, "decode", "-t", str(tmp_path / "tok"), "-i", str(tmp_path / "d" / "in.bin")],
                           check=True, capture_output=True)
-    assert done.stdout == src.read_bytes()
+    assert done.stdout == src.read_bytes() + b"<|endoftext|>"  # the last document gains its end-of-text
     # stderr is not a terminal here, so progress comes as plain lines
     failed = subprocess.run([*lmkit, "encode", "-t", str(tmp_path / "tok"), "-i", str(tmp_path / "nope.txt"),
                              "-o", str(tmp_path / "d")], capture_output=True, text=True)
@@ -115,7 +117,7 @@ BAD_INPUT = [
     ("empty-input-train", lambda t, k, s: ["train", "-i", str(_write(t / "e.txt", "")), "-v", "300", "-o", str(t / "out")],
      "input is empty"),
     ("dir-without-text", lambda t, k, s: ["encode", "-t", str(k), "-i", str(_write(t / "d" / "x.bin", b"1").parent), "-o", str(t / "out")],
-     "no text files"),
+     "d: directory has no files lmkit reads (.txt .text .md, .jsonl"),
     ("vocab-too-small", lambda t, k, s: ["train", "-i", str(s), "-v", "256", "-s", "<|endoftext|>", "-o", str(t / "out")],
      "at least 257"),
     ("malformed-vocab", lambda t, k, s: ["encode", "-t", str(_broken_tokenizer(t, k, vocab='{"a": 0,\n "b": }')), "-i", str(s), "-o", str(t / "out")],
@@ -261,3 +263,49 @@ def test_encode_refuses_a_second_writer_of_one_output(trained, tmp_path):
         result = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path / "out"))
     assert result.exit_code == 2 and "is in use by another lmkit process (pid" in result.stderr
     assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_encode_jsonl_into_split_sharded_datasets_and_rerun(trained, tmp_path):
+    from lmkit.data.manifest import read_manifest
+
+    tok_dir, _ = trained
+    docs = [f"Story {i}: it was the best of times, café {i}." for i in range(12)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:8]), encoding="utf-8")
+    _write(tmp_path / "more" / "b.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs[8:]))
+    argv = ["tokenize", "encode", "-t", str(tok_dir), "-i", str(tmp_path / "a.jsonl"), "-i", str(tmp_path / "more"),
+            "-o", str(tmp_path / "out"), "--name", "web", "--val-docs", "3", "--shard-tokens", "60"]
+    result = run(*argv)
+    assert result.exit_code == 0, result.output
+    train, val = tmp_path / "out" / "web-train.json", tmp_path / "out" / "web-val.json"
+    mt = read_manifest(train)
+    assert f"{train}: {mt.num_tokens:,} tokens (uint16), 9 documents, {len(mt.shards)} shards" in result.stdout
+    assert str(val) in result.stdout and len(mt.shards) > 1
+    assert [s.path for s in mt.sources] == [str(tmp_path / "a.jsonl"), str(tmp_path / "more" / "b.jsonl")]
+    assert read_manifest(val).num_documents == 3 and sum(s.documents for s in mt.sources) == 9
+    again = run(*argv)
+    assert again.exit_code == 0 and again.stdout == result.stdout  # all verified and kept
+
+
+def test_encode_eot_options(trained, tmp_path):
+    tok_dir, src = trained
+    both = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path), "--eot", "<|endoftext|>", "--no-eot")
+    assert both.exit_code == 2 and "give --eot TEXT or --no-eot, not both" in both.stderr
+    bad = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path), "--eot", "<|x|>")
+    assert bad.exit_code == 2 and "--eot '<|x|>' is not a special token of this tokenizer" in bad.stderr
+    none = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path / "o"), "--no-eot")
+    assert none.exit_code == 0, none.output
+    decoded = run("tokenize", "decode", "-t", str(tok_dir), "-i", str(tmp_path / "o" / "text.bin"))
+    assert decoded.stdout_bytes == src.read_bytes()  # one document, nothing added
+
+
+def test_encode_bad_json_line_then_skip_bad_lines(trained, tmp_path):
+    tok_dir, _ = trained
+    src = _write(tmp_path / "in" / "c.jsonl", '{"text": "one"}\n{"text": \n{"body": "x"}\n{"text": "two"}\n')
+    argv = ["tokenize", "encode", "-t", str(tok_dir), "-i", str(tmp_path / "in" / "*.jsonl"), "-o", str(tmp_path / "out")]
+    failed = run(*argv)
+    assert failed.exit_code == 2 and f"{src}:2" in failed.stderr and "Traceback" not in failed.stderr
+    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.endswith(".lock")]
+    result = run(*argv, "--skip-bad-lines")
+    assert result.exit_code == 0, result.output
+    assert "corpus.bin: " in result.stdout and "2 documents, 1 shard" in result.stdout
+    assert "skipped 2 bad lines in c.jsonl: " in result.stdout

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lmkit.data.corpus as corpus
+import lmkit.data.formats as formats
 from lmkit.data.tokens import open_tokens
 from lmkit.errors import DataError
 from lmkit.tokenizer import Tokenizer, train_bpe
@@ -31,7 +32,7 @@ def _leftovers(directory):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encoded_file_equals_encode(tok, tmp_path, monkeypatch, workers):
     # Small blocks force many cuts, including near special tokens and double spaces.
-    monkeypatch.setattr(corpus, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 64)
     src = tmp_path / "story.txt"
     src.write_text(STORY * 10, encoding="utf-8")
     [out] = corpus.encode_corpus(tok, src, tmp_path / "out", tokenizer_dir=tmp_path, workers=workers,
@@ -43,7 +44,7 @@ def test_encoded_file_equals_encode(tok, tmp_path, monkeypatch, workers):
     assert meta.source_bytes == src.stat().st_size and meta.tokenizer_dir == str(tmp_path.resolve())
     assert meta.stats["num_tokens"] == len(ids) and meta.stats["top_tokens"][0]["count"] > 0
     assert "".join(corpus.decode_token_file(tok, out)) == STORY * 10
-    assert _leftovers(tmp_path / "out") == ["story.bin", "story.json"]
+    assert _leftovers(tmp_path / "out") == ["story.bin", "story.idx", "story.json"]
 
 
 def test_directory_input_and_uint32_vocab(tmp_path):
@@ -55,10 +56,13 @@ def test_directory_input_and_uint32_vocab(tmp_path):
     (tmp_path / "in" / "a.txt").write_text("hi<|big|>")
     (tmp_path / "in" / "b.md").write_text("yo")
     (tmp_path / "in" / "ignored.bin").write_bytes(b"\0")
-    outs = corpus.encode_corpus(big, tmp_path / "in", tmp_path / "out")
-    assert [p.name for p in outs] == ["a.bin", "b.bin"]
-    ids, meta = open_tokens(outs[0])
-    assert meta.dtype == "uint32" and ids.tolist() == [ord("h"), ord("i"), 70000]
+    # A directory is one dataset named after it (issue #21), its files documents in name order;
+    # this tokenizer has no <|endoftext|>, so no end-of-text id is added.
+    [out] = corpus.encode_corpus(big, tmp_path / "in", tmp_path / "out")
+    assert out.name == "in.bin"
+    ids, meta = open_tokens(out)
+    assert meta.dtype == "uint32" and ids.tolist() == [ord("h"), ord("i"), 70000, ord("y"), ord("o")]
+    assert meta.num_documents == 2 and meta.eot_id is None
 
 
 def test_invalid_utf8_strict_names_the_offset_and_leaves_nothing(tok, tmp_path):
@@ -68,7 +72,7 @@ def test_invalid_utf8_strict_names_the_offset_and_leaves_nothing(tok, tmp_path):
         corpus.encode_corpus(tok, src, tmp_path / "out")
     assert _leftovers(tmp_path / "out") == []
     [out] = corpus.encode_corpus(tok, src, tmp_path / "out", errors="replace")
-    assert "".join(corpus.decode_token_file(tok, out)).endswith("\ufffd broken")
+    assert "".join(corpus.decode_token_file(tok, out)).endswith("\ufffd broken<|endoftext|>")  # one document, then EOT
 
 
 def test_import_ids_guide_format(tmp_path):
@@ -166,6 +170,7 @@ _RUN = """
 import resource, signal, sys
 from pathlib import Path
 import lmkit.data.corpus as corpus
+import lmkit.data.formats as formats
 from lmkit.tokenizer import Tokenizer
 vocab = {{i: bytes([i]) for i in range(256)}} | {{{big_id}: b"<|big|>"}}
 src = Path(sys.argv[1]) / "in.txt"
@@ -211,7 +216,8 @@ def test_disk_full_names_the_file_and_leaves_no_temp(tmp_path):
     limit = "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))"
     r = _run(tmp_path, setup=limit, repeat=2000)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "DataError" in r.stdout and "in.bin: cannot write (File too large); free space in" in r.stdout
+    # The ids are written as shard in-00000.bin (renamed in.bin when it is the only one).
+    assert "DataError" in r.stdout and "in-00000.bin: cannot write (File too large); free space in" in r.stdout
     assert _leftovers(tmp_path / "out") == []
 
 
@@ -261,16 +267,20 @@ def test_stale_temps_of_dead_writers_are_removed(tok, tmp_path):
     for name in (".s.bin.abc123.tmp", ".s.json.def456.tmp", ".other.bin.x.tmp"):
         (out_dir / name).write_bytes(b"partial")
     corpus.encode_corpus(tok, src, out_dir)
-    assert _leftovers(out_dir) == [".other.bin.x.tmp", "s.bin", "s.json"]
+    assert _leftovers(out_dir) == [".other.bin.x.tmp", "s.bin", "s.idx", "s.json"]
 
 
 def test_a_long_run_without_spaces_is_cut_and_memory_stays_bounded(tok, tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "BLOCK_BYTES", 64)
-    monkeypatch.setattr(corpus, "MAX_UNCUT", 256)
+    # The plain-text reader is lmkit.data.formats now (corpus.text_blocks was its first version).
+    from lmkit.data.sources import ReadOptions, read_blocks, resolve_inputs
+
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(formats, "MAX_UNCUT", 256)
     src = tmp_path / "blob.txt"
     src.write_text("é" * 400 + "<|endoftext|>" + "x" * 500 + " tail", encoding="utf-8")
-    blocks = list(corpus.text_blocks(src, [b"<|endoftext|>"], "strict"))
+    blocks = [(b.text, b.nbytes) for b in read_blocks(resolve_inputs([src])[0], ReadOptions(), ["<|endoftext|>"])]
     assert max(n for _, n in blocks) <= 256 + 64 and "".join(t for t, _ in blocks) == src.read_text(encoding="utf-8")
     assert any(t.endswith("<|endoftext|>") or t.startswith("<|endoftext|>") or "<|endoftext|>" in t for t, _ in blocks)
     [out] = corpus.encode_corpus(tok, src, tmp_path / "out")
-    assert "".join(corpus.decode_token_file(tok, out)) == src.read_text(encoding="utf-8")
+    # Two documents (split at <|endoftext|>), each ending with it: the text, and one at the end.
+    assert "".join(corpus.decode_token_file(tok, out)) == src.read_text(encoding="utf-8") + "<|endoftext|>"

@@ -42,6 +42,14 @@ def _edit(path, **fields):
         ({"tokenizer_hash": 5}, r"field 'tokenizer_hash' must be a string"),
         ({"source_bytes": "10"}, r"field 'source_bytes'"),
         ({"stats": [1]}, r"field 'stats' must be an object"),
+        ({"num_documents": -3}, r"field 'num_documents' must be an integer >= 0"),
+        ({"num_documents": 2.0}, r"field 'num_documents'.*\(float\)"),
+        ({"eot_id": "50256"}, r"field 'eot_id' must be an integer"),
+        ({"vocab_size": 300, "eot_id": 300}, r"field 'eot_id' is 300, outside the vocabulary \(size 300\)"),
+        ({"index": "../x.idx"}, r"field 'index' must be a file name beside the .bin"),
+        ({"index": 3}, r"field 'index' must be a string"),
+        ({"sha256": "abc"}, r"field 'sha256' must be 64 lowercase hex digits"),
+        ({"encoding": "fp"}, r"field 'encoding' must be an object"),
     ],
 )
 def test_wrong_types_and_ranges_name_the_file_and_field(tmp_path, fields, match):
@@ -88,3 +96,15 @@ def test_token_and_metadata_files_are_0644(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and meta_path(path).stat().st_mode & 0o777 == 0o644
+
+
+def test_dataset_fields_round_trip_and_old_files_read(tmp_path):
+    path = _pair(tmp_path, vocab_size=300, num_documents=4, eot_id=299, index="d.idx", sha256="a" * 64,
+                 encoding={"fingerprint": "f"})
+    meta = read_meta(path)
+    assert (meta.num_documents, meta.eot_id, meta.index, meta.sha256, meta.encoding) == (4, 299, "d.idx", "a" * 64, {"fingerprint": "f"})
+    raw = json.loads(meta_path(path).read_text())
+    for name in ("num_documents", "eot_id", "index", "sha256", "encoding"):
+        del raw[name]  # a file written before these fields existed
+    meta_path(path).write_text(json.dumps(raw))
+    assert read_meta(path).num_documents is None and read_meta(path).index is None

@@ -1,0 +1,426 @@
+"""Corpus encoding: input files -> documents -> ids -> one or two sharded datasets.
+
+The pipeline, all streaming (memory is bounded by a few blocks in flight and one shard's index)::
+
+    resolve_inputs -> read_blocks per source -> split router -> encoder threads (in order)
+                   -> DatasetWriter per dataset (shards, .idx, .json; lmkit.data.shards)
+
+Documents: a plain-text file is one document, or the pieces between its end-of-text markers
+(``--eot``, default ``<|endoftext|>`` when the tokenizer has it) or ``--doc-separator``; a JSON
+line or a parquet/arrow row is one. Each document's ids are followed by the end-of-text id.
+
+Split rule (``--val-fraction`` / ``--val-docs``): every document has a key, a 64-bit hash of
+(its file's path relative to the inputs' common directory, its index in that file). With a
+fraction F, a document is validation when ``key < F * 2**64``: decided per document as it
+streams, deterministic, about F of the documents. With ``--val-docs N`` the N documents of
+smallest key are validation (exact); finding them is a first pass that reads (but does not
+encode) the corpus, keeping N keys. Either way train and val never share a document, and moving
+the corpus or adding other files beside it does not reshuffle the split.
+
+Resume: the fingerprint (tokenizer hash, each input's path/size/mtime, every option that changes
+the ids) is recorded in every shard; a rerun with the same one keeps the verified shards and
+restarts reading at the earliest cursor of the datasets (``read_blocks(start_doc=...)``).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import json
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
+from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
+from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
+from lmkit.data.stats import IdCounter
+from lmkit.data.tokens import MAX_VOCAB, dtype_for_vocab
+from lmkit.data.writing import locked_outputs, prepare_output, stop_on_signals
+from lmkit.errors import DataError
+from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.fast import FastEncoder
+from lmkit.tokenizer.pretokenize import ProgressFn
+
+DEFAULT_EOT = "<|endoftext|>"
+BATCH_BYTES = 1 << 20  # text per encode task: small JSON lines are grouped so a task is worth a thread
+BATCH_BLOCKS = 4096
+PARALLEL_MIN_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
+_COMPRESSED_STAGE = "encode (compressed)"
+
+
+def default_name(inputs: Sequence[str | Path]) -> str:
+    """``train.txt`` -> ``train``, ``web.jsonl.zst`` -> ``web``, a directory -> its name, else ``corpus``."""
+    if len(inputs) == 1:
+        p = Path(inputs[0])
+        if p.is_dir():
+            return p.resolve().name or "corpus"
+        if p.is_file():
+            stem = p.name
+            for suffix in (".gz", ".zst", ".xz"):
+                stem = stem.removesuffix(suffix)
+            return Path(stem).stem or "corpus"
+    return "corpus"
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _check_name(name: str) -> str:
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise DataError(f"--name {name!r} must be a plain file name (no '/', not starting with '.'); e.g. --name web")
+    return name
+
+
+MAX_COUNT = 1 << 48  # far above any real shard or split, far below what would overflow an index
+
+
+def check_layout_options(shard_tokens: int, val_fraction: float | None, val_docs: int | None) -> None:
+    """Check ``--shard-tokens``, ``--val-fraction``, ``--val-docs`` (the CLI calls it first, too).
+
+    Raises:
+        DataError: naming the flag, its allowed range and an example.
+    """
+    if type(shard_tokens) is not int or not 1 <= shard_tokens <= MAX_COUNT:
+        raise DataError(f"--shard-tokens {shard_tokens!r} must be an integer from 1 to 2**48; e.g. --shard-tokens 100000000")
+    if val_fraction is not None and val_docs is not None:
+        raise DataError("give --val-fraction or --val-docs, not both")
+    # Written so that NaN fails too (every comparison with it is false).
+    if val_fraction is not None and not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
+        raise DataError(f"--val-fraction {val_fraction!r} must be between 0 and 1 (exclusive); e.g. --val-fraction 0.01")
+    if val_docs is not None and (type(val_docs) is not int or not 1 <= val_docs <= MAX_COUNT):
+        raise DataError(f"--val-docs {val_docs!r} must be an integer from 1 to 2**48; e.g. --val-docs 1000")
+
+
+def resolve_eot(tokenizer: Tokenizer, eot: str | bool) -> tuple[str | None, int | None]:
+    """The end-of-text string and id: ``True`` -> ``<|endoftext|>`` if the tokenizer has it.
+
+    Raises:
+        DataError: an ``eot`` string that is not one of the tokenizer's special tokens.
+    """
+    if eot is False or eot is None:
+        return None, None
+    if eot is True:
+        return (DEFAULT_EOT, tokenizer.token_id(DEFAULT_EOT)) if DEFAULT_EOT in tokenizer.special_tokens else (None, None)
+    if eot not in tokenizer.special_tokens:
+        known = ", ".join(repr(s) for s in tokenizer.special_tokens) or "none"
+        raise DataError(f"--eot {eot!r} is not a special token of this tokenizer (it has: {known}); "
+                        "pick one of those, or pass --no-eot")
+    return eot, tokenizer.token_id(eot)
+
+
+def _doc_key(rel: str, doc: int) -> int:
+    """The split key of a document: 64 bits of a hash of (relative path, index)."""
+    return int.from_bytes(hashlib.blake2b(f"{rel}\n{doc}".encode(), digest_size=8).digest(), "big")
+
+
+def _relative_names(sources: list[SourceFile]) -> list[str]:
+    root = os.path.commonpath([str(s.path.parent) for s in sources])
+    return [Path(os.path.relpath(s.path, root)).as_posix() for s in sources]
+
+
+class _Router:
+    """Which dataset a document goes to: 0 (train, or the only one) or 1 (val)."""
+
+    def __init__(self, rel: list[str], val_fraction: float | None, chosen: set[tuple[int, int]] | None):
+        self.rel, self.threshold, self.chosen = rel, None, chosen
+        if val_fraction is not None:
+            self.threshold = int(val_fraction * 2**64)
+
+    def __call__(self, source: int, doc: int) -> int:
+        if self.chosen is not None:
+            return int((source, doc) in self.chosen)
+        if self.threshold is not None:
+            return int(_doc_key(self.rel[source], doc) < self.threshold)
+        return 0
+
+
+def _choose_val_docs(sources: list[SourceFile], rel: list[str], opts: ReadOptions, specials: list[str],
+                     n: int, progress: ProgressFn | None) -> set[tuple[int, int]]:
+    """The ``n`` documents of smallest key (a pass that reads but does not encode the corpus)."""
+    heap: list[tuple[int, int, int]] = []  # (-key, -source, -doc): the largest kept key on top
+    total, done, count = sum(s.size for s in sources), 0, 0
+    for i, src in enumerate(sources):
+        for block in read_blocks(src, opts, specials):
+            if block.first:
+                count += 1
+                item = (-_doc_key(rel[i], block.doc), -i, -block.doc)
+                if len(heap) < n:
+                    heapq.heappush(heap, item)
+                elif item > heap[0]:
+                    heapq.heapreplace(heap, item)
+        done += src.size
+        if progress:
+            progress("split", done, total)
+    if count <= n:
+        raise DataError(f"--val-docs {n} but the corpus has {count} documents; leave some for training "
+                        "(a smaller --val-docs, or --val-fraction)")
+    return {(-i, -d) for _, i, d in heap}
+
+
+def fingerprint(tokenizer_hash: str, specials: list[str], sources: list[SourceFile], opts: ReadOptions, **options) -> str:
+    """A hash of everything that decides the ids and their layout: what a resume must match."""
+    inputs = [[str(s.path), s.kind, s.compression, s.size, s.path.stat().st_mtime_ns] for s in sources]
+    payload = {"version": 1, "tokenizer": tokenizer_hash, "specials": specials, "inputs": inputs,
+               "read": [opts.text_key, opts.doc_separator, opts.eot, opts.errors, opts.skip_bad_lines], **options}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# Each worker process of the fallback encoder gets its tokenizer once, at start-up, not with
+# every task (a GPT-2 vocabulary pickles to megabytes).
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+# An encode task returns each text's ids and its UTF-8 size (for bits per byte): measured
+# there, in parallel, rather than in the thread that reads and writes.
+def _encode_in_worker(texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+    return _encode_slow(_worker_tokenizer, texts, dtype)
+
+
+def _encode_slow(tokenizer: Tokenizer, texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+    return [(np.asarray(tokenizer.encode(t), dtype=dtype), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
+
+
+def _encode_fast(encoder: FastEncoder, texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+    # The cast to the dataset's dtype happens here too, off the thread that writes.
+    return [(encoder.encode(t).astype(dtype, copy=False), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
+
+
+def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], threads: int,
+             big: bool, dtype: str) -> Iterator[tuple[list, list[tuple[np.ndarray, int]]]]:
+    """Encode batches of texts in order, a bounded number in flight.
+
+    tiktoken's core (``FastEncoder``) releases the GIL, so threads encode in parallel and start
+    at once; only a tokenizer it cannot express falls back to worker processes (spawned, not
+    forked: the caller may hold threads, a progress bar, that fork would copy mid-lock).
+    """
+    fast = tokenizer.fast_encoder()  # built once per tokenizer, cached on it
+    if threads <= 1 or (fast is None and not big):
+        for tags, texts in batches:
+            yield tags, (_encode_fast(fast, texts, dtype) if fast is not None else _encode_slow(tokenizer, texts, dtype))
+        return
+    if fast is not None:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
+        submit = lambda texts: pool.submit(_encode_fast, fast, texts, dtype)  # noqa: E731
+        get = lambda fut: fut.result()  # noqa: E731
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(threads, _init_worker, (tokenizer,))
+        submit = lambda texts: pool.apply_async(_encode_in_worker, (texts, dtype))  # noqa: E731
+        get = lambda res: res.get()  # noqa: E731
+    try:
+        in_flight: collections.deque = collections.deque()
+        for tags, texts in batches:
+            in_flight.append((tags, submit(texts)))
+            if len(in_flight) >= 2 * threads:
+                tags0, fut = in_flight.popleft()
+                yield tags0, get(fut)
+        while in_flight:
+            tags0, fut = in_flight.popleft()
+            yield tags0, get(fut)
+    finally:
+        if fast is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            pool.terminate()
+            pool.join()
+
+
+def _batched(pieces: Iterator[tuple]) -> Iterator[tuple[list, list[str]]]:
+    """Group ``(tag, text)`` pieces so each encode task holds about ``BATCH_BYTES`` of text."""
+    tags, texts, size = [], [], 0
+    for tag, text in pieces:
+        tags.append(tag)
+        texts.append(text)
+        size += len(text)
+        if size >= BATCH_BYTES or len(texts) >= BATCH_BLOCKS:
+            yield tags, texts
+            tags, texts, size = [], [], 0
+    if texts:
+        yield tags, texts
+
+
+def encode_corpus(
+    tokenizer: Tokenizer,
+    inputs: str | Path | Sequence[str | Path],
+    output_dir: Path,
+    *,
+    name: str | None = None,
+    tokenizer_dir: Path | None = None,
+    text_key: str = "text",
+    eot: str | bool = True,
+    doc_separator: str | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val_fraction: float | None = None,
+    val_docs: int | None = None,
+    skip_bad_lines: bool = False,
+    create_stats: bool = False,
+    errors: str = "strict",
+    threads: int | None = None,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    skipped: dict[Path, Counter] | None = None,
+) -> list[Path]:
+    """Encode text files, JSON Lines, parquet or saved datasets into one dataset (or train + val).
+
+    Args:
+        tokenizer: The tokenizer; its special tokens are recognised in the text.
+        inputs: Files, directories (every supported file, recursively) or globs, in order.
+        output_dir: Where the dataset goes (created if missing).
+        name: The dataset's name; default: the stem of a single input file (``train.txt`` ->
+            ``train``), the name of a single input directory, else ``corpus``. With a split,
+            ``NAME-train`` and ``NAME-val`` are written.
+        tokenizer_dir: Recorded (absolute) in the metadata so later commands can decode.
+        text_key: JSON Lines: the (dotted) key of the text; parquet/arrow: the column.
+        eot: The special token ending every document: ``True`` for ``<|endoftext|>`` when the
+            tokenizer has it, a special token's text, or ``False`` for none. Plain text is also
+            split into documents where it occurs.
+        doc_separator: Plain text: also split documents at this string (removed).
+        shard_tokens: The most ids per shard; a dataset that fits in one is ``NAME.bin`` +
+            ``NAME.json`` + ``NAME.idx``, else shards ``NAME-00000.bin``... and a manifest.
+        val_fraction: Put about this fraction of the documents (0 < F < 1) in ``NAME-val``.
+        val_docs: Put exactly this many documents in ``NAME-val`` (instead of a fraction).
+        skip_bad_lines: JSON Lines: count and skip malformed lines instead of stopping.
+        create_stats: Also record token counts, bytes per token and the most frequent tokens.
+        errors: Invalid UTF-8: ``"strict"`` (error with byte offset) or ``"replace"`` (U+FFFD).
+        threads: Encoding threads; default: all cores. ``workers`` is the old name for it.
+        progress: Called as ``progress(stage, bytes_done, bytes_total)`` over the inputs' bytes
+            on disk (stage ``"encode (compressed)"`` when some are compressed).
+        skipped: Filled with a ``Counter`` of skipped lines by reason per source path
+            (``skip_bad_lines``; see ``lmkit.data.sources.skipped_summary``).
+
+    Returns:
+        One path per dataset written (``NAME.bin`` for one shard, else the manifest
+        ``NAME.json``): ``[NAME]`` or ``[NAME-train, NAME-val]``.
+
+    Raises:
+        DataError: bad inputs or options, invalid UTF-8, malformed JSON, a truncated archive,
+            nothing to encode, an unwritable output; LockHeldError: another encode writes it.
+    """
+    if errors not in ("strict", "replace"):
+        raise DataError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    if tokenizer.vocab_size > MAX_VOCAB:
+        raise DataError(f"tokenizer has ids up to {tokenizer.vocab_size - 1}, but token files hold ids below 2**32 only")
+    check_layout_options(shard_tokens, val_fraction, val_docs)
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    sources = resolve_inputs(inputs)
+    name = _check_name(name if name is not None else default_name(inputs))
+    split = val_fraction is not None or val_docs is not None
+    names = [f"{name}-train", f"{name}-val"] if split else [name]
+    eot_text, eot_id = resolve_eot(tokenizer, eot)
+    opts = ReadOptions(text_key=text_key, doc_separator=doc_separator, eot=eot_text, errors=errors,
+                       skip_bad_lines=skip_bad_lines)
+    output_dir = prepare_output(output_dir)
+    dtype = dtype_for_vocab(tokenizer.vocab_size).name
+    threads = threads or workers or _usable_cores()
+    total = sum(s.size for s in sources)
+    stage = _COMPRESSED_STAGE if any(s.compression for s in sources) else "encode"
+    tok_dir = str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None
+    tok_hash = tokenizer.hash  # computed from the whole vocabulary: once, not per use
+    specials = list(tokenizer.special_tokens)
+    fp = fingerprint(tok_hash, specials, sources, opts, dtype=dtype, eot_id=eot_id, shard_tokens=shard_tokens, names=names,
+                     val_fraction=val_fraction, val_docs=val_docs, tokenizer_dir=tok_dir)
+    counters = [IdCounter(tokenizer) if create_stats else None for _ in names]
+    writers = [DatasetWriter(output_dir, n, dtype=dtype, shard_tokens=shard_tokens, eot_id=eot_id, fingerprint=fp,
+                             meta={"vocab_size": tokenizer.vocab_size, "tokenizer_hash": tok_hash, "tokenizer_dir": tok_dir},
+                             num_sources=len(sources), count_ids=c.add if c else None,
+                             eot_bytes=len(eot_text.encode("utf-8")) if eot_text else 0)
+               for n, c in zip(names, counters)]
+    with locked_outputs([output_dir / f"{n}.bin" for n in names]), stop_on_signals():
+        if progress:
+            progress(stage, 0, total)  # at once: the first line must not wait for the encoder to build
+        for n in names:
+            remove_shard_temps(output_dir, n)
+        hashed = _verify_progress(output_dir, names, progress)
+        start = min(w.resume(create_stats, hashed) for w in writers)
+        rel = _relative_names(sources)
+        extra = [{"split": {"role": role, "val_fraction": val_fraction, "val_docs": val_docs}} if split else {}
+                 for role in ("train", "val")[:len(names)]]
+        try:
+            if start < writers[0].end:
+                chosen = _choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
+                router = _Router(rel, val_fraction, chosen)
+                _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
+            _check_not_empty(writers, sources, val_fraction)
+            src_list = [(str(s.path), s.size) for s in sources]
+            return [w.finish(src_list, x, c.summary if c else None) for w, x, c in zip(writers, extra, counters)]
+        except BaseException:
+            for w in writers:  # the shard being written goes; finished shards stay for a rerun
+                w.discard()
+            raise
+
+
+def _verify_progress(directory: Path, names: list[str], progress: ProgressFn | None) -> Callable[[int], None] | None:
+    """A ``hashed(n)`` callback reporting stage ``verify`` over what a resume may hash, or None."""
+    total = sum(candidate_bytes(directory, n) for n in names) if progress else 0
+    if not total:
+        return None
+    done = 0
+
+    def hashed(n: int) -> None:
+        nonlocal done
+        done += n
+        progress("verify", min(done, total), total)
+
+    return hashed
+
+
+def _check_not_empty(writers: list[DatasetWriter], sources: list[SourceFile], val_fraction: float | None) -> None:
+    if all(w.complete is not None or w.num_tokens for w in writers):
+        return
+    if all(w.num_tokens == 0 and w.complete is None for w in writers):
+        where = str(sources[0].path) if len(sources) == 1 else f"{len(sources)} input files"
+        raise DataError(f"{where}: input is empty (no document has any text); nothing to encode")
+    role = "validation" if writers[0].num_tokens or writers[0].complete else "training"
+    raise DataError(f"--val-fraction {val_fraction} put no document in the {role} split; "
+                    f"{'raise' if role == 'validation' else 'lower'} it, or use --val-docs N")
+
+
+def _run(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, specials: list[str], start: Cursor,
+         router: Callable[[int, int], int], writers: list[DatasetWriter], threads: int, stage: str,
+         progress: ProgressFn | None, skipped: dict[Path, Counter] | None) -> None:
+    """Read from ``start``, encode, and hand every document piece to its dataset's writer."""
+    total = sum(s.size for s in sources)
+    big = total >= PARALLEL_MIN_BYTES
+
+    shown = -1
+
+    def report(done: int) -> None:
+        nonlocal shown
+        # Throttled: a JSON line is a block, and a progress bar redraw costs more than one.
+        if progress and (done - shown >= max(total >> 10, 1 << 16) or done == total):
+            progress(stage, done, total)
+            shown = done
+
+    def pieces() -> Iterator[tuple[tuple, str]]:
+        done = sum(s.size for s in sources[:start.source])
+        for i in range(start.source, len(sources)):
+            src, read = sources[i], 0
+            counter = skipped.setdefault(src.path, Counter()) if skipped is not None else None
+            for block in read_blocks(src, opts, specials, start.doc if i == start.source else 0, counter):
+                read += block.nbytes
+                ds = router(i, block.doc)
+                if writers[ds].wants(i, block.doc):  # not already in a shard a resume kept
+                    yield (ds, i, block.doc, block.first, block.last), block.text
+                report(done + min(read, src.size))  # block sizes are bytes on disk (compressed ones if so)
+            done += src.size
+            report(done)
+
+    dtype = "<" + writers[0].dtype.str[1:]  # little-endian, as the files hold it
+    for tags, arrays in _encoded(tokenizer, _batched(pieces()), threads, big, dtype):
+        for (ds, i, doc, first, last), (ids, text_bytes) in zip(tags, arrays):
+            writers[ds].write(ids, i, doc, first, last, text_bytes)
