@@ -105,7 +105,7 @@ def run_cli(corpus_dir: Path, tok: Tokenizer, extra: list[str]) -> tuple[float, 
     work = Path(tempfile.mkdtemp(prefix="lmkit-encode-bench-"))
     tok.save(work / "tok")
     out = work / "out"
-    cmd = [sys.executable, "-m", "lmkit", "tokenize", "encode", "--input", str(corpus_dir),
+    cmd = [sys.executable, "-m", "lmkit", "tokenize", "encode", "--input", str(corpus_dir / "*.jsonl"),
            "--tokenizer", str(work / "tok"), "--output", str(out), *extra]
     print("  $", " ".join(shlex.quote(c) for c in cmd))
     start = time.perf_counter()

@@ -111,7 +111,7 @@ def _zstd_reader(raw: io.BufferedReader, path: Path) -> io.BufferedIOBase:
         from compression import zstd  # type: ignore[import-not-found]
 
         return zstd.ZstdFile(raw)
-    raise DataError(f"reading {path} needs zstandard: pip install 'lmkit[zstd]'")
+    raise DataError(f"reading {path} needs zstandard: `uv sync --extra zstd` in lmkit's clone, or `pip install zstandard`")
 
 
 class SourceStream:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import mmap
 import threading
 from collections import OrderedDict
@@ -25,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from lmkit.data import manifest
 from lmkit.data.paths import resolve_token_file
-from lmkit.data.tokens import MAX_META_BYTES, TokenFileMeta, meta_path, read_meta
+from lmkit.data.tokens import TokenFileMeta, meta_path, read_meta
 from lmkit.errors import DataError
 from lmkit.settings_mixture import DataSource, default_name
 
-MANIFEST_FORMAT = "lmkit-dataset"
-MANIFEST_VERSION = 1
 MAX_OPEN_SHARDS = 64
 _GLOB_CHARS = "*?["
 
@@ -196,73 +194,26 @@ class TokenData:
 # ---------------------------------------------------------------------------------- opening
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        if path.stat().st_size > MAX_META_BYTES:
-            raise DataError(f"{path}: too large to be dataset metadata")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise DataError(f"{path}: malformed dataset metadata ({str(e)[:80]}); re-run `lmkit tokenize encode`") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
 def _is_manifest(path: Path) -> bool:
     try:
-        raw = _load_json(path)
+        raw = manifest.load_manifest_json(path)
     except DataError:
         return False
-    return isinstance(raw, dict) and raw.get("format") == MANIFEST_FORMAT
-
-
-def _opt(raw: dict, key: str, kind: type, mp: Path) -> Any:
-    value = raw.get(key)
-    if value is not None and (type(value) is not kind or (kind is int and value < 0)):
-        raise DataError(f"{mp}: field '{key}' must be {'an integer >= 0' if kind is int else 'a ' + kind.__name__} (or absent), "
-                        f"got {value!r}; re-run `lmkit tokenize encode`")
-    return value
+    return manifest.is_manifest(raw)
 
 
 def read_manifest(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A dataset manifest (design §3), validated: ``(top-level info, shard entries)``.
-
-    The one function that reads manifests here, so that it can become part DS's
-    ``lmkit.data.manifest.read_manifest`` in one line.
+    """A dataset manifest, validated by ``lmkit.data.manifest``: ``(top-level info, shard entries)``.
 
     Raises:
-        DataError: naming the file and field at fault.
+        DataError: naming the file and field at fault, or the shard that is missing or altered.
     """
-    raw = _load_json(path)
-    if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{path}: not an lmkit dataset manifest (no 'format': {MANIFEST_FORMAT!r})")
-    version = raw.get("version")
-    if type(version) is not int or version < 1:
-        raise DataError(f"{path}: field 'version' must be a positive integer, got {version!r}")
-    if version > MANIFEST_VERSION:
-        raise DataError(f"{path}: written by a newer lmkit (dataset format {version}, this one reads {MANIFEST_VERSION}); upgrade lmkit")
-    dtype = raw.get("dtype")
-    if dtype not in ("uint16", "uint32"):
-        raise DataError(f"{path}: field 'dtype' must be 'uint16' or 'uint32', got {dtype!r}")
-    info = {k: _opt(raw, k, int, path) for k in ("vocab_size", "num_tokens", "num_documents", "source_bytes", "eot_id")}
-    info |= {k: _opt(raw, k, str, path) for k in ("tokenizer_hash", "tokenizer_dir", "name")}
-    info["dtype"] = dtype
-    shards = raw.get("shards")
-    if not isinstance(shards, list) or not shards:
-        raise DataError(f"{path}: field 'shards' must be a non-empty list; re-run `lmkit tokenize encode`")
-    entries = []
-    for k, entry in enumerate(shards):
-        where = f"{path}: shards[{k}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
-            raise DataError(f"{where} must be an object with a 'file' name; re-run `lmkit tokenize encode`")
-        n = entry.get("num_tokens")
-        if type(n) is not int or n < 0:
-            raise DataError(f"{where} ({entry['file']}): 'num_tokens' must be an integer >= 0, got {n!r}")
-        for key, kind in (("bytes", int), ("sha256", str), ("num_documents", int)):
-            _opt(entry, key, kind, Path(where))
-        entries.append(entry)
-    total = sum(e["num_tokens"] for e in entries)
-    if info["num_tokens"] is not None and info["num_tokens"] != total:
-        raise DataError(f"{path}: 'num_tokens' is {info['num_tokens']} but its shards hold {total}; re-run `lmkit tokenize encode`")
+    m = manifest.read_manifest(path)
+    info = {"name": m.name, "dtype": m.dtype, "vocab_size": m.vocab_size, "num_tokens": m.num_tokens,
+            "num_documents": m.num_documents, "source_bytes": m.source_bytes, "eot_id": m.eot_id,
+            "tokenizer_hash": m.tokenizer_hash, "tokenizer_dir": m.tokenizer_dir}
+    entries = [{"file": s.file, "num_tokens": s.num_tokens, "num_documents": s.num_documents,
+                "bytes": s.bytes, "sha256": s.sha256} for s in m.shards]
     return info, entries
 
 

@@ -258,9 +258,9 @@ def _require_reader(src: SourceFile) -> None:
     """Fail before any work when a source needs an extra that is not installed."""
     if src.kind in ("parquet", "arrow") and importlib.util.find_spec("pyarrow") is None:
         extra = "parquet" if src.kind == "parquet" else "datasets"
-        raise DataError(f"reading {src.path} needs pyarrow: pip install 'lmkit[{extra}]'")
+        raise DataError(f"reading {src.path} needs pyarrow: `uv sync --extra {extra}` in lmkit's clone, or `pip install pyarrow`")
     if src.compression == "zst" and not zstd_available():
-        raise DataError(f"reading {src.path} needs zstandard: pip install 'lmkit[zstd]'")
+        raise DataError(f"reading {src.path} needs zstandard: `uv sync --extra zstd` in lmkit's clone, or `pip install zstandard`")
 
 
 def read_blocks(src: SourceFile, opts: ReadOptions, specials: list[str],

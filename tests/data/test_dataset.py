@@ -131,12 +131,12 @@ def test_unusable_paths_are_named(tmp_path):
 def test_missing_or_altered_shard_is_named(tmp_path):
     path = write_dataset(tmp_path, "web", IDS, shard_tokens=1000)
     (tmp_path / "web-00007.bin").unlink()
-    with pytest.raises(DataError, match=r"lists shard web-00007\.bin, which is missing"):
+    with pytest.raises(DataError, match=r"web\.json: shard web-00007\.bin is missing; re-run the same `lmkit tokenize encode`"):
         open_dataset(path)
     path = write_dataset(tmp_path / "b", "web", IDS, shard_tokens=1000)
     with open(tmp_path / "b" / "web-00003.bin", "r+b") as f:
         f.truncate(1000)
-    with pytest.raises(DataError, match=r"web-00003\.bin: 1000 bytes, but web\.json records 1000 uint16 tokens"):
+    with pytest.raises(DataError, match=r"web\.json: shard web-00003\.bin is 1000 bytes, the manifest lists 2000 \(altered or truncated\)"):
         open_dataset(path)
     # Same size, other content: found by verify(), which hashes every shard.
     path = write_dataset(tmp_path / "c", "web", IDS, shard_tokens=1000)

@@ -261,7 +261,7 @@ def test_resolve_errors(tmp_path, monkeypatch, inputs, message):
         resolve_inputs(inputs)
 
 
-def test_missing_extras_name_the_pip_line(tmp_path, monkeypatch):
+def test_missing_extras_name_the_install_line(tmp_path, monkeypatch):
     import importlib.util
 
     from lmkit.data import compression, sources
@@ -270,12 +270,12 @@ def test_missing_extras_name_the_pip_line(tmp_path, monkeypatch):
     (tmp_path / "a.jsonl.zst").write_bytes(b"")
     real = importlib.util.find_spec
     monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n in ("pyarrow", "zstandard") else real(n, *a))
-    with pytest.raises(DataError, match=r"reading .*a.parquet needs pyarrow: pip install 'lmkit\[parquet\]'"):
+    with pytest.raises(DataError, match=r"reading .*a.parquet needs pyarrow: `uv sync --extra parquet` in lmkit's clone, or `pip install pyarrow`"):
         resolve_inputs([tmp_path / "a.parquet"])
     if sys.version_info < (3, 14):
         monkeypatch.setattr(compression, "zstd_available", lambda: False)
         monkeypatch.setattr(sources, "zstd_available", lambda: False)
-        with pytest.raises(DataError, match=r"needs zstandard: pip install 'lmkit\[zstd\]'"):
+        with pytest.raises(DataError, match=r"needs zstandard: `uv sync --extra zstd` in lmkit's clone, or `pip install zstandard`"):
             resolve_inputs([tmp_path / "a.jsonl.zst"])
 
 
