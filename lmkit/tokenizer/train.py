@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer.directory import claim_output
-from lmkit.tokenizer.pretokenize import ProgressFn, count_pretokens, list_text_files
+from lmkit.tokenizer.counting import count_corpus
+from lmkit.tokenizer.pretokenize import ProgressFn
 from lmkit.tokenizer.tokenizer import Tokenizer
 
 BYTE_TOKENS = 256
@@ -217,18 +218,27 @@ def train_bpe(
     *,
     workers: int | None = None,
     errors: str = "strict",
+    text_key: str = "text",
+    skip_bad_lines: bool = False,
     progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train a byte-level BPE tokenizer.
 
     Args:
-        input_path: A text file, a directory of text files, or a list of either.
+        input_path: A file, a directory (recursive) or a glob, or a list of them, in any format
+            ``lmkit.data.sources.resolve_inputs`` reads: plain text, JSON Lines, parquet,
+            Arrow, a HuggingFace ``save_to_disk`` folder; ``.gz``/``.zst``/``.xz`` too.
         vocab_size: Total vocabulary: 256 bytes + merges + special tokens.
         special_tokens: Strings that get their own id and are never merged or merged across,
             e.g. ``["<|endoftext|>"]``.
         workers: Processes for pretokenization (default: all cores for inputs over 4 MB).
         errors: Invalid UTF-8 in the input: ``"strict"`` (error with byte offset) or ``"replace"``.
+        text_key: JSON Lines: the (dotted) key of the text; parquet/Arrow: its column.
+        skip_bad_lines: JSON Lines/tables: skip (and count) malformed lines, a missing key or a
+            non-string value instead of stopping.
         progress: Called as ``progress(stage, done, total)`` for "pretokenize" (bytes) and "merge".
+        warn: Called with one line per source that had lines skipped.
 
     Returns:
         ``(vocab, merges)``: id -> token bytes, and the merges in the order learned. The vocab
@@ -239,14 +249,24 @@ def train_bpe(
             ``MAX_VOCAB_SIZE``, or a special token that is empty or a single byte.
         DataError: missing, empty or non-UTF-8 input.
     """
-    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
-    word_counts = _count_words(files, specials, workers, errors, progress)
+    specials, sources, opts = _check_arguments(input_path, vocab_size, special_tokens, errors, text_key, skip_bad_lines)
+    word_counts = _count_words(sources, opts, specials, workers, progress, warn)
     return _learn_vocab(word_counts, vocab_size, specials, progress)
 
 
-def _count_words(files: list[Path], specials: list[str], workers: int | None, errors: str,
-                 progress: ProgressFn | None) -> dict[bytes, int]:
-    counts = count_pretokens(files, specials, workers=workers, errors=errors, progress=progress)
+def _count_words(sources: list, opts, specials: list[str], workers: int | None,
+                 progress: ProgressFn | None, warn: Callable[[str], None] | None) -> dict[bytes, int]:
+    from lmkit.data.sources import skipped_summary
+
+    counts, skipped = count_corpus(sources, opts, specials, workers=workers, progress=progress)
+    for path, reasons in skipped.items():
+        if warn and (line := skipped_summary(path, reasons)):
+            warn(line)
+    if not counts:
+        # Files with nothing but whitespace, specials or skipped lines would "train" a
+        # byte-only tokenizer silently; say so instead.
+        names = ", ".join(str(s.path) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
+        raise DataError(f"{names}: no text to train on (every document is empty or was skipped)")
     return {w.encode("utf-8"): c for w, c in counts.items()}
 
 
@@ -262,8 +282,9 @@ def _learn_vocab(word_counts: dict[bytes, int], vocab_size: int, specials: list[
 
 
 def _check_arguments(
-    input_path: str | Path | Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str], errors: str
-) -> tuple[list[str], list[Path]]:
+    input_path: str | Path | Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str], errors: str,
+    text_key: str, skip_bad_lines: bool,
+) -> tuple[list[str], list, object]:
     # Everything train_bpe can refuse without reading the text, so callers can refuse early.
     specials = list(dict.fromkeys(special_tokens))
     if any(not isinstance(s, str) or not s for s in specials):
@@ -287,10 +308,16 @@ def _check_arguments(
         )
     if errors not in ("strict", "replace"):
         raise TokenizerError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    # The data layer reads the inputs; imported here because lmkit.data imports the tokenizer.
+    from lmkit.data.sources import ReadOptions, resolve_inputs
+
+    opts = ReadOptions(text_key=text_key, errors=errors, skip_bad_lines=skip_bad_lines)
     paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
-    files = [f for p in paths for f in list_text_files(Path(p))]
-    _require_text(files)
-    return specials, files
+    if not paths:
+        raise DataError("no input given; pass a file, a directory or a glob")
+    sources = resolve_inputs(paths)
+    _require_text(sources)
+    return specials, sources, opts
 
 
 def train_and_save(
@@ -302,7 +329,10 @@ def train_and_save(
     force: bool = False,
     workers: int | None = None,
     errors: str = "strict",
+    text_key: str = "text",
+    skip_bad_lines: bool = False,
     progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Tokenizer:
     """Train a tokenizer (``train_bpe``) and write it to ``output`` as one unit.
 
@@ -313,7 +343,8 @@ def train_and_save(
     directory: the second is refused.
 
     Args:
-        input_path, vocab_size, special_tokens, workers, errors, progress: As for ``train_bpe``.
+        input_path, vocab_size, special_tokens, workers, errors, text_key, skip_bad_lines,
+            progress, warn: As for ``train_bpe``.
         output: The tokenizer directory (created if missing).
         force: Replace a tokenizer already in ``output``.
 
@@ -324,10 +355,10 @@ def train_and_save(
         TokenizerError, DataError: as ``train_bpe``, and as ``Tokenizer.save``.
         LockHeldError: another lmkit process is writing ``output``.
     """
-    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
+    specials, sources, opts = _check_arguments(input_path, vocab_size, special_tokens, errors, text_key, skip_bad_lines)
     claim = claim_output(Path(output), force=force)
     claim.check()
-    word_counts = _count_words(files, specials, workers, errors, progress)
+    word_counts = _count_words(sources, opts, specials, workers, progress, warn)
     with claim as out:  # checks again, now under the lock
         vocab, merges = _learn_vocab(word_counts, vocab_size, specials, progress)
         tok = Tokenizer(vocab, merges, specials)
@@ -335,8 +366,8 @@ def train_and_save(
     return tok
 
 
-def _require_text(files: list[Path]) -> None:
-    # An empty corpus would "train" a byte-only tokenizer silently; say so instead.
-    if all(f.stat().st_size == 0 for f in files):
-        names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+def _require_text(sources: list) -> None:
+    # An empty corpus would "train" a byte-only tokenizer silently; say so before any work.
+    if all(s.size == 0 for s in sources):
+        names = ", ".join(str(s.path) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
         raise DataError(f"{names}: input is empty; nothing to train on")

@@ -117,7 +117,7 @@ def test_special_tokens_in_corpus(shared_data):
     [
         (lambda p: None, 300, DataError, "not found"),
         (lambda p: p.write_text(""), 300, DataError, "empty"),
-        (lambda p: p.mkdir(), 300, DataError, "no text files"),
+        (lambda p: p.mkdir(), 300, DataError, "directory has no files lmkit reads"),
         (lambda p: p.write_text("abc"), 256, TokenizerError, "at least 257"),
         (lambda p: p.write_bytes(b"ok \xff bad"), 300, DataError, "byte offset 3"),
     ],
@@ -189,7 +189,7 @@ def test_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
 
 
 def test_train_and_save_refuses_an_existing_tokenizer_before_training(tmp_path, monkeypatch):
-    from lmkit.tokenizer import pretokenize, train as train_module
+    from lmkit.tokenizer import counting, train as train_module
 
     path = tmp_path / "t.txt"
     path.write_text("the cat sat on the mat " * 50)
@@ -199,11 +199,11 @@ def test_train_and_save_refuses_an_existing_tokenizer_before_training(tmp_path, 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the output is refused")
 
-    monkeypatch.setattr(train_module, "count_pretokens", no_training)
+    monkeypatch.setattr(train_module, "count_corpus", no_training)
     with pytest.raises(TokenizerError, match="already holds a tokenizer.*pass --force"):
         train_module.train_and_save(path, 264, tmp_path / "tok")
     assert (tmp_path / "tok" / "merges.txt").read_bytes() == before
-    monkeypatch.setattr(train_module, "count_pretokens", pretokenize.count_pretokens)
+    monkeypatch.setattr(train_module, "count_corpus", counting.count_corpus)
     second = train_module.train_and_save(path, 264, tmp_path / "tok", force=True)
     assert Tokenizer.from_dir(tmp_path / "tok").hash == second.hash != first.hash
 
