@@ -10,43 +10,31 @@ deterministic whatever the order pretokens were counted in. Pairs never cross a 
 special token (specials are cut out before pretokenizing). Overlapping pairs count each time:
 "aaa" holds ("a", "a") twice, and merging it gives "aa a".
 
-Instead of recounting after every merge, an index (pair -> words holding it) finds the few
-words a merge touches; only their pairs' counts change. A heap with lazy invalidation yields
-the best pair: stale entries (whose count no longer matches) are skipped when popped.
+Instead of recounting after every merge, only the pairs next to a merged spot change count;
+``lmkit.tokenizer.merging`` does that over flat numpy arrays of all distinct pretokens, and a
+heap with lazy invalidation yields the best pair. Pretokens are counted by
+``lmkit.tokenizer.counting`` from any input format, in worker processes.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer.directory import claim_output
 from lmkit.tokenizer.counting import count_corpus
+from lmkit.tokenizer.merging import BYTE_TOKENS, learn_merges_flat
 from lmkit.tokenizer.pretokenize import ProgressFn
 from lmkit.tokenizer.tokenizer import Tokenizer
 
-BYTE_TOKENS = 256
 # Token files store ids as uint32 at most. (Memory does not grow with vocab_size itself:
 # training stops when the text has no pairs left to merge.)
 MAX_VOCAB_SIZE = 2**32
 
 
-def _descending(token: bytes) -> str:
-    """A key that sorts byte strings in *reverse* lexicographic order (for a min-heap).
-
-    Each byte ``b`` becomes the character ``255 - b`` and a terminator above all of them
-    (U+0100) is appended, so a prefix sorts after its extensions: ``b"ab" > b"a"`` becomes
-    ``key(b"ab") < key(b"a")``. A str compares in C, and because the terminator is unique, the
-    key of a pair can be compared as (key(left), key(right)) without ambiguity.
-    """
-    return "".join([chr(255 - b) for b in token]) + "\u0100"
-
-
 def merge_word(word: tuple[int, ...], left: int, right: int, new: int) -> tuple[int, ...]:
-    """Replace every ``(left, right)`` in ``word``, scanning left to right.
+    """Replace every ``(left, right)`` in ``word``, scanning left to right (the rule merges follow).
 
     Example: ``merge_word((1, 1, 1, 2), 1, 1, 9)`` -> ``(9, 1, 2)``.
     """
@@ -62,27 +50,6 @@ def merge_word(word: tuple[int, ...], left: int, right: int, new: int) -> tuple[
     return tuple(out)
 
 
-class _PairIndex:
-    """Pair counts, the pair -> words index and the heap, with pairs packed into one int.
-
-    A pair ``(a, b)`` is the int ``a << shift | b``: a dict keyed by small ints hashes and
-    compares far faster than one keyed by tuples, and no tuple is built per pair.
-    """
-
-    def __init__(self, words: list[list[int]], counts: list[int], shift: int) -> None:
-        self.shift, self.mask = shift, (1 << shift) - 1
-        pair_counts: dict[int, int] = defaultdict(int)
-        where: dict[int, set[int]] = defaultdict(set)
-        for wi, word in enumerate(words):
-            count = counts[wi]
-            for i in range(len(word) - 1):
-                pair = word[i] << shift | word[i + 1]
-                pair_counts[pair] += count
-                where[pair].add(wi)
-        self.counts = dict(pair_counts)
-        self.where = where
-
-
 def learn_merges(
     word_counts: dict[bytes, int], num_merges: int, progress: ProgressFn | None = None
 ) -> list[tuple[bytes, bytes]]:
@@ -94,121 +61,10 @@ def learn_merges(
         progress: Called as ``progress("merge", done, num_merges)``.
 
     Returns:
-        The merges, in the order learned.
+        The merges, in the order learned: each step the most frequent pair, ties to the
+        lexicographically greater pair of byte strings.
     """
-    # Sorted so the word indices, and with them every tie-free step, do not depend on counting order.
-    items = sorted(word_counts.items())
-    words: list[list[int]] = [list(w) for w, _ in items]
-    counts = [c for _, c in items]
-    # Every merge shortens some word by one symbol, so ids stay below 256 + (symbols - words).
-    max_id = BYTE_TOKENS + max(0, min(num_merges, sum(len(w) - 1 for w in words)))
-    shift = max_id.bit_length()
-    index = _PairIndex(words, counts, shift)
-    pair_counts, where, mask = index.counts, index.where, index.mask
-    token_bytes = [bytes([b]) for b in range(BYTE_TOKENS)]
-    keys = [_descending(t) for t in token_bytes]
-    # Heap entries: (-count, key of left, key of right, pair): the smallest entry is the most
-    # frequent pair, ties broken towards the greater byte strings.
-    heap = [(-c, keys[p >> shift], keys[p & mask], p) for p, c in pair_counts.items()]
-    heapq.heapify(heap)
-    heappop, heappush = heapq.heappop, heapq.heappush
-
-    merges: list[tuple[bytes, bytes]] = []
-    while len(merges) < num_merges and heap:
-        neg, _, _, pair = heappop(heap)
-        if pair_counts.get(pair) != -neg:
-            continue  # stale: the count changed after this entry was pushed
-        a, b = pair >> shift, pair & mask
-        new = len(token_bytes)
-        token_bytes.append(token_bytes[a] + token_bytes[b])
-        keys.append(keys[a][:-1] + keys[b])
-        merges.append((token_bytes[a], token_bytes[b]))
-        delta = _apply_merge(words, counts, where.pop(pair), a, b, new, shift, where)
-        # A left-to-right merge leaves no (a, b) behind, so the pair is gone for good
-        # (decrements of it in `delta`, from overlaps like "a a a", are ignored with it).
-        del pair_counts[pair]
-        for q, change in delta.items():
-            if change == 0 or q == pair:
-                continue
-            total = pair_counts.get(q, 0) + change
-            if total > 0:
-                pair_counts[q] = total
-                heappush(heap, (-total, keys[q >> shift], keys[q & mask], q))
-            else:
-                pair_counts.pop(q, None)
-                where.pop(q, None)
-        if progress:
-            progress("merge", len(merges), num_merges)
-    return merges
-
-
-def _apply_merge(words: list[list[int]], counts: list[int], holders: set[int], a: int, b: int,
-                 new: int, shift: int, where: dict[int, set[int]]) -> dict[int, int]:
-    """Merge ``(a, b)`` into ``new`` in the words ``holders`` names; return pair count changes.
-
-    Only the pairs next to a merged spot change: for ``x a b y`` -> ``x N y``, (x, a) and (b, y)
-    lose the word's count and (x, N), (N, y) gain it; two merges side by side (``a b a b`` ->
-    ``N N``) turn (b, a) into (N, N). The index is not pruned, so a word may no longer hold the
-    pair: it is left as it is. Words gaining a pair are added to that pair's index entry.
-
-    This loop is where training spends its time, so it is written out in one function (no call
-    per word) and finds each ``a`` with ``list.index``, which scans in C.
-    """
-    delta: dict[int, int] = defaultdict(int)
-    ba, nn = b << shift | a, new << shift | new
-    for wi in holders:
-        word = words[wi]
-        k = word.count(a)
-        if not k:
-            continue
-        c, n = counts[wi], len(word)
-        out: list[int] = []
-        i = search = 0  # word[i:] is not yet copied to out; the next `a` is looked for from `search`
-        pending = False  # out ends with a merge whose right neighbour is not yet counted
-        # k bounds the occurrences of `a`; with a == b a merge uses up two, so the search can
-        # run out before k.
-        for _ in range(k):
-            try:
-                j = word.index(a, search)
-            except ValueError:
-                break
-            search = j + 1
-            if j + 1 == n or word[j + 1] != b:
-                continue  # a plain `a`: copied with the run it is in
-            if j > i:
-                if pending:  # the symbol after the previous merge: (b, x) becomes (new, x)
-                    x = word[i]
-                    delta[b << shift | x] -= c
-                    q = new << shift | x
-                    delta[q] += c
-                    where[q].add(wi)
-                    pending = False
-                out += word[i:j]
-            if pending:  # right after the previous merge
-                delta[ba] -= c
-                delta[nn] += c
-                where[nn].add(wi)
-            elif out:
-                x = out[-1]
-                delta[x << shift | a] -= c
-                q = x << shift | new
-                delta[q] += c
-                where[q].add(wi)
-            out.append(new)
-            pending = True
-            i = search = j + 2
-        if not pending and not out:
-            continue  # no occurrence (a stale index entry)
-        if i < n:
-            if pending:
-                x = word[i]
-                delta[b << shift | x] -= c
-                q = new << shift | x
-                delta[q] += c
-                where[q].add(wi)
-            out += word[i:]
-        words[wi] = out
-    return delta
+    return learn_merges_flat(word_counts, num_merges, progress)
 
 
 def train_bpe(
