@@ -77,8 +77,8 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS bytes of its process tree, stdout)."""
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, str]:
+    """Run ``cmd``; return (wall seconds, peak RSS bytes of its process tree, stdout, stderr)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -95,7 +95,17 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, peak[0], out
+    return wall, peak[0], out, err
+
+
+def stage_ends(stderr: str) -> dict[str, float]:
+    """Seconds since start at which each stage of lmkit's plain progress lines last reported."""
+    ends = {}
+    for line in stderr.splitlines():  # "pretokenize: 1,234/5,678 bytes (3.2s)"
+        stage, _, rest = line.partition(": ")
+        if rest.endswith("s)") and "(" in rest:
+            ends[stage] = float(rest.rsplit("(", 1)[1][:-2])
+    return ends
 
 
 def read_merges(path: Path) -> list[str]:
@@ -130,17 +140,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tok"
-        lm_s, lm_rss, lm_out = timed(
+        lm_s, lm_rss, lm_out, lm_err = timed(
             [sys.executable, "-m", "lmkit", "tokenize", "train", *(a for p in paths for a in ("--input", str(p))),
              "--vocab-size", str(args.vocab_size), "--special-token", SPECIAL, "--workers", str(args.threads),
              "--output", str(tok_dir)], env)
-        print(f"lmkit: {lm_s:.2f} s, peak RSS {lm_rss / 2**20:.0f} MB: {lm_out.strip()}", flush=True)
+        ends = stage_ends(lm_err)
+        count_s = ends.get("pretokenize", float("nan"))
+        print(f"lmkit: {lm_s:.2f} s (counting pretokens done at {count_s:.1f} s, merges took "
+              f"{ends.get('merge', float('nan')) - count_s:.1f} s), peak RSS {lm_rss / 2**20:.0f} MB: {lm_out.strip()}", flush=True)
         lm_merges = read_merges(tok_dir / "merges.txt")
         if args.skip_hf:
             return
         hf_dir = Path(tmp) / "hf"
         hf_dir.mkdir()
-        hf_s, hf_rss, hf_out = timed([sys.executable, "-c", HF_SCRIPT, "\n".join(map(str, paths)), args.format,
+        hf_s, hf_rss, hf_out, _ = timed([sys.executable, "-c", HF_SCRIPT, "\n".join(map(str, paths)), args.format,
                                       str(args.vocab_size), str(hf_dir)], env)
         print(f"HF tokenizers: {hf_s:.2f} s, peak RSS {hf_rss / 2**20:.0f} MB (vocab {hf_out.strip()})", flush=True)
         hf_merges = read_merges(hf_dir / "merges.txt")

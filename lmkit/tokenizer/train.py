@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer.directory import claim_output
@@ -27,6 +28,9 @@ from lmkit.tokenizer.counting import count_corpus
 from lmkit.tokenizer.merging import BYTE_TOKENS, learn_merges_flat
 from lmkit.tokenizer.pretokenize import ProgressFn
 from lmkit.tokenizer.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from lmkit.data.sources import ReadOptions, SourceFile
 
 # Token files store ids as uint32 at most. (Memory does not grow with vocab_size itself:
 # training stops when the text has no pairs left to merge.)
@@ -110,7 +114,7 @@ def train_bpe(
     return _learn_vocab(word_counts, vocab_size, specials, progress)
 
 
-def _count_words(sources: list, opts, specials: list[str], workers: int | None,
+def _count_words(sources: list[SourceFile], opts: ReadOptions, specials: list[str], workers: int | None,
                  progress: ProgressFn | None, warn: Callable[[str], None] | None) -> dict[bytes, int]:
     from lmkit.data.sources import skipped_summary
 
@@ -140,7 +144,7 @@ def _learn_vocab(word_counts: dict[bytes, int], vocab_size: int, specials: list[
 def _check_arguments(
     input_path: str | Path | Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str], errors: str,
     text_key: str, skip_bad_lines: bool,
-) -> tuple[list[str], list, object]:
+) -> tuple[list[str], list[SourceFile], ReadOptions]:
     # Everything train_bpe can refuse without reading the text, so callers can refuse early.
     specials = list(dict.fromkeys(special_tokens))
     if any(not isinstance(s, str) or not s for s in specials):
@@ -222,7 +226,7 @@ def train_and_save(
     return tok
 
 
-def _require_text(sources: list) -> None:
+def _require_text(sources: list[SourceFile]) -> None:
     # An empty corpus would "train" a byte-only tokenizer silently; say so before any work.
     if all(s.size == 0 for s in sources):
         names = ", ".join(str(s.path) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
