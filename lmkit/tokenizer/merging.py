@@ -51,15 +51,17 @@ def learn_merges_flat(
         The merges, in the order learned: the most frequent pair each step, ties to the
         greater pair of byte strings.
     """
-    # Sorted so positions, and with them every step, do not depend on counting order.
-    items = sorted(word_counts.items())
-    words = [w for w, _ in items if len(w) > 1]  # a single byte holds no pair
+    # No sorting needed: counts are sums and ties are broken by bytes, so every step is the
+    # same whatever order the pretokens come in.
+    words = list(word_counts)
     if not words or num_merges <= 0:
         return []
-    lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     sym = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int32)
     size = len(sym)
-    counts = np.fromiter((c for w, c in items if len(w) > 1), dtype=np.int64, count=len(words))
+    if size == 0:
+        return []  # only empty pretokens (a caller's dict; the pretokenizer never yields one)
+    counts = np.fromiter(word_counts.values(), dtype=np.int64, count=len(words))
     cnt = np.repeat(counts, lens)
     ends = np.cumsum(lens) - 1
     nxt = np.arange(1, size + 1, dtype=np.int32)
