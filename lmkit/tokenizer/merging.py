@@ -62,15 +62,20 @@ def learn_merges_flat(
     if size == 0:
         return []  # only empty pretokens (a caller's dict; the pretokenizer never yields one)
     counts = np.fromiter(word_counts.values(), dtype=np.int64, count=len(words))
-    cnt = np.repeat(counts, lens)
+    # One extra position at the end is a sentinel: "no neighbour" is -1, and index -1 reads
+    # the sentinel, whose symbol -1 matches no token and makes every pair code holding it
+    # negative. So neighbours need no masks; negative codes are dropped once, at the end.
+    sym = np.append(sym, np.int32(-1))
+    cnt = np.append(np.repeat(counts, lens), np.int64(0))
     ends = np.cumsum(lens) - 1
-    nxt = np.arange(1, size + 1, dtype=np.int32)
+    nxt = np.arange(1, size + 2, dtype=np.int32)
     nxt[ends] = -1
-    prv = np.arange(-1, size - 1, dtype=np.int32)
+    nxt[size] = -1
+    prv = np.arange(-1, size, dtype=np.int32)
     prv[ends[:-1] + 1] = -1
     # Every merge removes a symbol, so ids stay below 256 + min(num_merges, size - words).
     shift = (BYTE_TOKENS + max(0, min(num_merges, size - len(words)))).bit_length()
-    removed = np.zeros(size, dtype=bool)  # scratch: right halves of the current merge
+    removed = np.zeros(size + 1, dtype=bool)  # scratch: right halves of the current merge
     # Where each token was written (ascending); entries go stale as tokens merge further and
     # are dropped whenever the array is scanned. A pair's occurrences are found from the
     # rarer of its two tokens, so no per-pair index has to be kept.
@@ -134,12 +139,9 @@ def _occurrences(sym, nxt, prv, where, a, b) -> np.ndarray:
     """The positions holding the pair ``(a, b)`` now, ascending (overlaps in "a a a" included)."""
     if len(where[a]) <= len(where[b]):
         at = where[a] = where[a][sym[where[a]] == a]  # compacted: merged/dead entries dropped
-        right = nxt[at]
-        at, right = at[right >= 0], right[right >= 0]
-        return at[sym[right] == b]
+        return at[sym[nxt[at]] == b]  # no right neighbour reads the sentinel: no match
     bs = where[b] = where[b][sym[where[b]] == b]
     left = prv[bs]
-    left = left[left >= 0]
     return left[sym[left] == a]
 
 
@@ -171,30 +173,25 @@ def _merge_at(sym, nxt, prv, cnt, removed, at, a, b, new, shift):
     removed[right] = True
     # Lost: (x, a) unless x is the right half of the merge just before (then (b, a) is
     # counted once, as that merge's right pair), and (b, y) for every y.
-    has_left = left >= 0
-    lost_left = has_left.copy()
-    lost_left[has_left] = ~removed[left[has_left]]
-    has_after = after >= 0
-    lost = [((sym[left[lost_left]].astype(np.int64) << shift) | a, c[lost_left]),
-            ((np.int64(b) << shift) | sym[after[has_after]], c[has_after])]
+    lost_left = np.where(removed[left], -1, (sym[left].astype(np.int64) << shift) | a)
+    lost_right = (np.int64(b) << shift) | sym[after]
     removed[right] = False
-    # Apply: N at `at`, right halves unlinked.
+    # Apply: N at `at`, right halves unlinked (a missing `after` writes the sentinel's prv).
     sym[at] = new
     sym[right] = -1
     nxt[at] = after
-    prv[after[has_after]] = at[has_after]
+    prv[after] = at
     # Gained: (x', N) with x' the new left neighbour (N itself after an adjacent merge), and
     # (N, y) unless y is merged too (its (N, N) is that merge's left pair).
-    left = prv[at]
-    has_left = left >= 0
-    gained_right = has_after.copy()
-    gained_right[has_after] = sym[after[has_after]] != new
-    gained = [((sym[left[has_left]].astype(np.int64) << shift) | new, c[has_left]),
-              ((np.int64(new) << shift) | sym[after[gained_right]], c[gained_right])]
+    gained_left = (sym[prv[at]].astype(np.int64) << shift) | new
+    y = sym[after]
+    gained_right = np.where(y == new, -1, (np.int64(new) << shift) | y)
+    codes = np.concatenate([lost_left, lost_right, gained_left, gained_right])
+    weights = np.concatenate([-c, -c, c, c])
+    real = codes >= 0
     # Lost pairs never hold `new` and gained ones always do, so no code is in both: a
     # negative sum is a loss, a positive one a new pair's count.
-    return at, _add_up(np.concatenate([q for q, _ in lost] + [q for q, _ in gained]),
-                       np.concatenate([-w for _, w in lost] + [w for _, w in gained]))
+    return at, _add_up(codes[real], weights[real])
 
 
 def _add_up(codes: np.ndarray, weights: np.ndarray) -> list[tuple[int, int]]:
