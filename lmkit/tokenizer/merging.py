@@ -130,8 +130,11 @@ def learn_merges_flat(
         if len(heap) > 2 * len(pair_counts) + 65536:  # drop stale entries: memory stays bounded
             heap = [(-c, keys[q >> shift], keys[q & mask], q) for q, c in pair_counts.items()]
             heapq.heapify(heap)
-        if progress:
+        # Not every merge: a progress bar's redraw would cost more than the merge.
+        if progress and (len(merges) % 64 == 1 or len(merges) == num_merges):
             progress("merge", len(merges), num_merges)
+    if progress and merges and len(merges) < num_merges and len(merges) % 64 != 1:
+        progress("merge", len(merges), num_merges)  # stopped early, out of pairs: the last count
     return merges
 
 
