@@ -117,3 +117,11 @@ def test_pool_counts_equal_counting_here(tmp_path):
     assert pooled == here
     assert "<|endoftext|>" not in "".join(here) and here == count_texts(
         [p.read_text(encoding="utf-8") for p in [big, *(tmp_path / f"s{i}.txt" for i in range(3))]], specials)
+
+
+def test_a_bad_file_in_a_worker_is_the_same_one_line_error(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.jsonl").write_text(_jsonl(DOCS), encoding="utf-8")
+    (tmp_path / "3.jsonl").write_text(_jsonl(DOCS) + '{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"3.jsonl:6: .*--skip-bad-lines"):
+        train_bpe(tmp_path, 300, workers=2)
