@@ -125,3 +125,36 @@ def test_a_bad_file_in_a_worker_is_the_same_one_line_error(tmp_path):
     (tmp_path / "3.jsonl").write_text(_jsonl(DOCS) + '{"text": 3}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"3.jsonl:6: .*--skip-bad-lines"):
         train_bpe(tmp_path, 300, workers=2)
+
+
+def test_counting_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    from lmkit.data.sources import ReadOptions, resolve_inputs
+    from lmkit.tokenizer import counting
+
+    for i in range(4):
+        (tmp_path / f"{i}.txt").write_text(DOCS[i % len(DOCS)] * 100, encoding="utf-8")
+    started: list[int] = []
+
+    class InProcessPool:  # the process boundary: record how many were asked for, run here
+        def __init__(self, max_workers, mp_context=None):
+            started.append(max_workers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def submit(self, fn, *args):
+            fut: Future = Future()
+            fut.set_result(fn(*args))
+            return fut
+
+    monkeypatch.setattr(counting, "ProcessPoolExecutor", InProcessPool)
+    monkeypatch.setattr(counting.os, "cpu_count", lambda: 3)
+    sources = resolve_inputs([tmp_path])
+    pooled, _ = count_corpus(sources, ReadOptions(), [], workers=10**6)
+    assert started == [3]
+    assert pooled == count_corpus(sources, ReadOptions(), [], workers=1)[0]
