@@ -117,26 +117,33 @@ def _load_tokenizer(tokenizer: Optional[Path], vocab: Optional[Path], merges: Op
 
 @tokenize_app.command("train", cls=LmkitCommand)
 def train(
-    input: InputOpt,
+    input: Annotated[list[str], typer.Option("--input", "-i", help="A file, a directory (recursive) or a quoted glob; repeat for several. Plain text, JSON Lines, parquet, Arrow or a HuggingFace save_to_disk folder; .gz/.zst/.xz too. Example: --input 'data/**/*.jsonl.zst'")],
     vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", min=1, max=MAX_VOCAB, help="Total vocabulary: 256 bytes + merges + special tokens. Example: --vocab-size 10000")],
     output: OutputOpt,
     special_token: SpecialOpt = None,
+    text_key: Annotated[str, typer.Option("--text-key", help="JSON Lines: the key holding the text (dotted for nested, e.g. meta.body); parquet/Arrow: the column. Example: --text-key content")] = "text",
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="JSON Lines/tables: skip malformed lines, a missing --text-key or a non-string value (counted and reported) instead of stopping. Example: --skip-bad-lines")] = False,
     errors: ErrorsOpt = Errors.strict,
     workers: WorkersOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the tokenizer already in --output (runs and token files that cite its hash will no longer match it). Example: --force")] = False,
 ) -> None:
     """Train a byte-level BPE tokenizer; writes vocab.json, merges.txt (GPT-2 format) and tokenizer.json.
 
-    An --output that already holds a tokenizer is refused unless --force; the three files are
-    replaced together, never one by one.
+    Every document (a plain-text file, or a JSON Lines line / table row) is pretokenized on
+    its own, so no merge spans two documents; special tokens are never merged. An --output
+    that already holds a tokenizer is refused unless --force; the three files are replaced
+    together, never one by one.
 
     Example: lmkit tokenize train --input data/tinyshakespeare.txt --vocab-size 10000 --special-token '<|endoftext|>' --output tok/
+
+    Example: lmkit tokenize train --input 'corpus/**/*.jsonl.gz' --text-key text --vocab-size 32000 --special-token '<|endoftext|>' --output tok/
     """
     from lmkit.tokenizer.train import train_and_save
 
     with Progress() as progress:
         tok = train_and_save(input, vocab_size, output, special_token or [], force=force, workers=workers,
-                             errors=errors.value, progress=progress)
+                             errors=errors.value, text_key=text_key, skip_bad_lines=skip_bad_lines,
+                             progress=progress, warn=lambda line: typer.echo(line, err=True))
     typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(tok.merges)} merges, hash {tok.hash})")
 
 

@@ -10,40 +10,35 @@ deterministic whatever the order pretokens were counted in. Pairs never cross a 
 special token (specials are cut out before pretokenizing). Overlapping pairs count each time:
 "aaa" holds ("a", "a") twice, and merging it gives "aa a".
 
-Instead of recounting after every merge, an index (pair -> words holding it) finds the few
-words a merge touches; only their pairs' counts change. A heap with lazy invalidation yields
-the best pair: stale entries (whose count no longer matches) are skipped when popped.
+Instead of recounting after every merge, only the pairs next to a merged spot change count;
+``lmkit.tokenizer.merging`` does that over flat numpy arrays of all distinct pretokens, and a
+heap with lazy invalidation yields the best pair. Pretokens are counted by
+``lmkit.tokenizer.counting`` from any input format, in worker processes.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer.directory import claim_output
-from lmkit.tokenizer.pretokenize import ProgressFn, count_pretokens, list_text_files
+from lmkit.tokenizer.counting import count_corpus
+from lmkit.tokenizer.merging import BYTE_TOKENS, learn_merges_flat
+from lmkit.tokenizer.pretokenize import ProgressFn
 from lmkit.tokenizer.tokenizer import Tokenizer
 
-BYTE_TOKENS = 256
+if TYPE_CHECKING:
+    from lmkit.data.sources import ReadOptions, SourceFile
+
 # Token files store ids as uint32 at most. (Memory does not grow with vocab_size itself:
 # training stops when the text has no pairs left to merge.)
 MAX_VOCAB_SIZE = 2**32
 
 
-def _descending(token: bytes) -> tuple[int, ...]:
-    """A key that sorts byte strings in *reverse* lexicographic order (for a min-heap).
-
-    Each byte is complemented and a terminator above every complemented byte is appended, so
-    a prefix sorts after its extensions: ``b"ab" > b"a"`` becomes ``key(b"ab") < key(b"a")``.
-    """
-    return (*(255 - b for b in token), 256)
-
-
 def merge_word(word: tuple[int, ...], left: int, right: int, new: int) -> tuple[int, ...]:
-    """Replace every ``(left, right)`` in ``word``, scanning left to right.
+    """Replace every ``(left, right)`` in ``word``, scanning left to right (the rule merges follow).
 
     Example: ``merge_word((1, 1, 1, 2), 1, 1, 9)`` -> ``(9, 1, 2)``.
     """
@@ -70,61 +65,10 @@ def learn_merges(
         progress: Called as ``progress("merge", done, num_merges)``.
 
     Returns:
-        The merges, in the order learned.
+        The merges, in the order learned: each step the most frequent pair, ties to the
+        lexicographically greater pair of byte strings.
     """
-    # Sorted so the word indices, and with them every tie-free step, do not depend on counting order.
-    items = sorted(word_counts.items())
-    words: list[tuple[int, ...]] = [tuple(w) for w, _ in items]
-    counts = [c for _, c in items]
-    token_bytes = [bytes([b]) for b in range(BYTE_TOKENS)]
-    keys = [_descending(t) for t in token_bytes]
-
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for wi, (word, count) in enumerate(zip(words, counts)):
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += count
-            where[pair].add(wi)
-    # Heap entries: (-count, reversed bytes of left, of right, left, right): the smallest entry
-    # is the most frequent pair, ties broken towards the greater byte strings.
-    heap = [(-c, keys[a], keys[b], a, b) for (a, b), c in pair_counts.items()]
-    heapq.heapify(heap)
-
-    merges: list[tuple[bytes, bytes]] = []
-    while len(merges) < num_merges and heap:
-        neg, _, _, a, b = heapq.heappop(heap)
-        if pair_counts.get((a, b), 0) != -neg:
-            continue  # stale: the count changed after this entry was pushed
-        new = len(token_bytes)
-        token_bytes.append(token_bytes[a] + token_bytes[b])
-        keys.append(_descending(token_bytes[new]))
-        merges.append((token_bytes[a], token_bytes[b]))
-
-        delta: dict[tuple[int, int], int] = defaultdict(int)
-        for wi in where.pop((a, b)):
-            word, count = words[wi], counts[wi]
-            merged = merge_word(word, a, b, new)
-            if len(merged) == len(word):
-                continue  # the index is not pruned, so it can name words that lost the pair
-            for pair in zip(word, word[1:]):
-                delta[pair] -= count
-            for pair in zip(merged, merged[1:]):
-                delta[pair] += count
-                where[pair].add(wi)
-            words[wi] = merged
-        for pair, change in delta.items():
-            if change == 0:
-                continue
-            total = pair_counts[pair] + change
-            if total > 0:
-                pair_counts[pair] = total
-                heapq.heappush(heap, (-total, keys[pair[0]], keys[pair[1]], *pair))
-            else:
-                del pair_counts[pair]
-                where.pop(pair, None)
-        if progress:
-            progress("merge", len(merges), num_merges)
-    return merges
+    return learn_merges_flat(word_counts, num_merges, progress)
 
 
 def train_bpe(
@@ -134,18 +78,27 @@ def train_bpe(
     *,
     workers: int | None = None,
     errors: str = "strict",
+    text_key: str = "text",
+    skip_bad_lines: bool = False,
     progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train a byte-level BPE tokenizer.
 
     Args:
-        input_path: A text file, a directory of text files, or a list of either.
+        input_path: A file, a directory (recursive) or a glob, or a list of them, in any format
+            ``lmkit.data.sources.resolve_inputs`` reads: plain text, JSON Lines, parquet,
+            Arrow, a HuggingFace ``save_to_disk`` folder; ``.gz``/``.zst``/``.xz`` too.
         vocab_size: Total vocabulary: 256 bytes + merges + special tokens.
         special_tokens: Strings that get their own id and are never merged or merged across,
             e.g. ``["<|endoftext|>"]``.
         workers: Processes for pretokenization (default: all cores for inputs over 4 MB).
         errors: Invalid UTF-8 in the input: ``"strict"`` (error with byte offset) or ``"replace"``.
+        text_key: JSON Lines: the (dotted) key of the text; parquet/Arrow: its column.
+        skip_bad_lines: JSON Lines/tables: skip (and count) malformed lines, a missing key or a
+            non-string value instead of stopping.
         progress: Called as ``progress(stage, done, total)`` for "pretokenize" (bytes) and "merge".
+        warn: Called with one line per source that had lines skipped.
 
     Returns:
         ``(vocab, merges)``: id -> token bytes, and the merges in the order learned. The vocab
@@ -156,14 +109,24 @@ def train_bpe(
             ``MAX_VOCAB_SIZE``, or a special token that is empty or a single byte.
         DataError: missing, empty or non-UTF-8 input.
     """
-    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
-    word_counts = _count_words(files, specials, workers, errors, progress)
+    specials, sources, opts = _check_arguments(input_path, vocab_size, special_tokens, errors, text_key, skip_bad_lines)
+    word_counts = _count_words(sources, opts, specials, workers, progress, warn)
     return _learn_vocab(word_counts, vocab_size, specials, progress)
 
 
-def _count_words(files: list[Path], specials: list[str], workers: int | None, errors: str,
-                 progress: ProgressFn | None) -> dict[bytes, int]:
-    counts = count_pretokens(files, specials, workers=workers, errors=errors, progress=progress)
+def _count_words(sources: list[SourceFile], opts: ReadOptions, specials: list[str], workers: int | None,
+                 progress: ProgressFn | None, warn: Callable[[str], None] | None) -> dict[bytes, int]:
+    from lmkit.data.sources import skipped_summary
+
+    counts, skipped = count_corpus(sources, opts, specials, workers=workers, progress=progress)
+    for path, reasons in skipped.items():
+        if warn and (line := skipped_summary(path, reasons)):
+            warn(line)
+    if not counts:
+        # Files with nothing but whitespace, specials or skipped lines would "train" a
+        # byte-only tokenizer silently; say so instead.
+        names = ", ".join(str(s.path) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
+        raise DataError(f"{names}: no text to train on (every document is empty or was skipped)")
     return {w.encode("utf-8"): c for w, c in counts.items()}
 
 
@@ -179,8 +142,9 @@ def _learn_vocab(word_counts: dict[bytes, int], vocab_size: int, specials: list[
 
 
 def _check_arguments(
-    input_path: str | Path | Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str], errors: str
-) -> tuple[list[str], list[Path]]:
+    input_path: str | Path | Sequence[str | Path], vocab_size: int, special_tokens: Sequence[str], errors: str,
+    text_key: str, skip_bad_lines: bool,
+) -> tuple[list[str], list[SourceFile], ReadOptions]:
     # Everything train_bpe can refuse without reading the text, so callers can refuse early.
     specials = list(dict.fromkeys(special_tokens))
     if any(not isinstance(s, str) or not s for s in specials):
@@ -204,10 +168,16 @@ def _check_arguments(
         )
     if errors not in ("strict", "replace"):
         raise TokenizerError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    # The data layer reads the inputs; imported here because lmkit.data imports the tokenizer.
+    from lmkit.data.sources import ReadOptions, resolve_inputs
+
+    opts = ReadOptions(text_key=text_key, errors=errors, skip_bad_lines=skip_bad_lines)
     paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
-    files = [f for p in paths for f in list_text_files(Path(p))]
-    _require_text(files)
-    return specials, files
+    if not paths:
+        raise DataError("no input given; pass a file, a directory or a glob")
+    sources = resolve_inputs(paths)
+    _require_text(sources)
+    return specials, sources, opts
 
 
 def train_and_save(
@@ -219,7 +189,10 @@ def train_and_save(
     force: bool = False,
     workers: int | None = None,
     errors: str = "strict",
+    text_key: str = "text",
+    skip_bad_lines: bool = False,
     progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Tokenizer:
     """Train a tokenizer (``train_bpe``) and write it to ``output`` as one unit.
 
@@ -230,7 +203,8 @@ def train_and_save(
     directory: the second is refused.
 
     Args:
-        input_path, vocab_size, special_tokens, workers, errors, progress: As for ``train_bpe``.
+        input_path, vocab_size, special_tokens, workers, errors, text_key, skip_bad_lines,
+            progress, warn: As for ``train_bpe``.
         output: The tokenizer directory (created if missing).
         force: Replace a tokenizer already in ``output``.
 
@@ -241,10 +215,10 @@ def train_and_save(
         TokenizerError, DataError: as ``train_bpe``, and as ``Tokenizer.save``.
         LockHeldError: another lmkit process is writing ``output``.
     """
-    specials, files = _check_arguments(input_path, vocab_size, special_tokens, errors)
+    specials, sources, opts = _check_arguments(input_path, vocab_size, special_tokens, errors, text_key, skip_bad_lines)
     claim = claim_output(Path(output), force=force)
     claim.check()
-    word_counts = _count_words(files, specials, workers, errors, progress)
+    word_counts = _count_words(sources, opts, specials, workers, progress, warn)
     with claim as out:  # checks again, now under the lock
         vocab, merges = _learn_vocab(word_counts, vocab_size, specials, progress)
         tok = Tokenizer(vocab, merges, specials)
@@ -252,8 +226,8 @@ def train_and_save(
     return tok
 
 
-def _require_text(files: list[Path]) -> None:
-    # An empty corpus would "train" a byte-only tokenizer silently; say so instead.
-    if all(f.stat().st_size == 0 for f in files):
-        names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+def _require_text(sources: list[SourceFile]) -> None:
+    # An empty corpus would "train" a byte-only tokenizer silently; say so before any work.
+    if all(s.size == 0 for s in sources):
+        names = ", ".join(str(s.path) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
         raise DataError(f"{names}: input is empty; nothing to train on")

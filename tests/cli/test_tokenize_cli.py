@@ -153,7 +153,7 @@ BAD_INPUT = [
     ("train-device-input", lambda t, k, s: ["train", "-i", "/dev/zero", "-v", "300", "-o", str(t / "out")],
      "/dev/zero: not a regular file or directory"),
     ("train-dir-without-text", lambda t, k, s: ["train", "-i", str(_write(t / "d" / "x.bin", b"1").parent), "-v", "300", "-o", str(t / "out")],
-     "no text files"),
+     "directory has no files lmkit reads"),
     ("train-huge-vocab", lambda t, k, s: ["train", "-i", str(s), "-v", str(10**20), "-o", str(t / "out")],
      "--vocab-size' / '-v': Input should be less than or equal to 16777216"),
     ("train-single-byte-special", lambda t, k, s: ["train", "-i", str(s), "-v", "300", "-s", "x", "-o", str(t / "out")],
@@ -220,7 +220,7 @@ def test_train_over_an_existing_tokenizer_needs_force(trained, tmp_path, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the output is refused")
 
-    monkeypatch.setattr(train_module, "count_pretokens", no_training)  # the refusal comes first
+    monkeypatch.setattr(train_module, "count_corpus", no_training)  # the refusal comes first
     result = run("tokenize", "train", "--input", str(src), "--vocab-size", "290", "--output", str(out))
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"lmkit: error: {out}: already holds a tokenizer") and "--force" in result.stderr

@@ -6,6 +6,7 @@ import os
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from lmkit.errors import DataError, TokenizerError
 from lmkit.tokenizer import Tokenizer, train_bpe
@@ -116,7 +117,7 @@ def test_special_tokens_in_corpus(shared_data):
     [
         (lambda p: None, 300, DataError, "not found"),
         (lambda p: p.write_text(""), 300, DataError, "empty"),
-        (lambda p: p.mkdir(), 300, DataError, "no text files"),
+        (lambda p: p.mkdir(), 300, DataError, "directory has no files lmkit reads"),
         (lambda p: p.write_text("abc"), 256, TokenizerError, "at least 257"),
         (lambda p: p.write_bytes(b"ok \xff bad"), 300, DataError, "byte offset 3"),
     ],
@@ -188,7 +189,7 @@ def test_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
 
 
 def test_train_and_save_refuses_an_existing_tokenizer_before_training(tmp_path, monkeypatch):
-    from lmkit.tokenizer import pretokenize, train as train_module
+    from lmkit.tokenizer import counting, train as train_module
 
     path = tmp_path / "t.txt"
     path.write_text("the cat sat on the mat " * 50)
@@ -198,10 +199,33 @@ def test_train_and_save_refuses_an_existing_tokenizer_before_training(tmp_path, 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the output is refused")
 
-    monkeypatch.setattr(train_module, "count_pretokens", no_training)
+    monkeypatch.setattr(train_module, "count_corpus", no_training)
     with pytest.raises(TokenizerError, match="already holds a tokenizer.*pass --force"):
         train_module.train_and_save(path, 264, tmp_path / "tok")
     assert (tmp_path / "tok" / "merges.txt").read_bytes() == before
-    monkeypatch.setattr(train_module, "count_pretokens", pretokenize.count_pretokens)
+    monkeypatch.setattr(train_module, "count_corpus", counting.count_corpus)
     second = train_module.train_and_save(path, 264, tmp_path / "tok", force=True)
     assert Tokenizer.from_dir(tmp_path / "tok").hash == second.hash != first.hash
+
+
+# Small alphabets make overlaps ("aaaa"), repeated pairs ("abab") and ties common: the cases
+# where an incremental update most easily goes wrong.
+_words = st.dictionaries(
+    st.binary(min_size=1, max_size=12).map(lambda w: bytes(b % 4 + 97 for b in w))
+    | st.binary(min_size=1, max_size=6),
+    st.integers(min_value=1, max_value=50),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(word_counts=_words, num_merges=st.integers(min_value=0, max_value=60))
+def test_learn_merges_matches_recounting_every_step(word_counts, num_merges):
+    assert learn_merges(word_counts, num_merges) == _naive_merges(word_counts, num_merges)
+
+
+def test_overlapping_and_adjacent_merges():
+    # "aaaa" -> "X X" (adjacent merges: (a, a) between them becomes (X, X)), "aaa" -> "X a",
+    # "abab" -> "Y Y". A wrong update of the neighbours shows as a wrong later merge.
+    counts = {b"aaaa": 3, b"aaa": 2, b"abab": 2, b"bab": 1}
+    assert learn_merges(counts, 8) == _naive_merges(counts, 8)
