@@ -70,9 +70,11 @@ def write_corpus(out: Path, tokens: int, shards: int, vocab: int) -> tuple[Path,
         path = sharded / f"corpus-{k:05d}.bin"
         write_tokens(path, part, TokenFileMeta(**meta))
         data = path.read_bytes()
-        entries.append({"file": path.name, "num_tokens": int(part.size), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        entries.append({"file": path.name, "num_tokens": int(part.size), "num_documents": 0, "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {"format": "lmkit-dataset", "version": 1, "name": "corpus", "dtype": "uint16", "vocab_size": vocab,
-                "tokenizer_hash": "sha256:bench", "num_tokens": tokens, "shards": entries}
+                "tokenizer_hash": "sha256:bench", "num_tokens": tokens, "num_documents": 0, "source_bytes": 0,
+                "shards": entries}
     (sharded / "corpus.json").write_text(json.dumps(manifest))
     return one, sharded / "corpus.json"
 

@@ -208,13 +208,16 @@ def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], th
     tiktoken's core (``FastEncoder``) releases the GIL, so threads encode in parallel and start
     at once; only a tokenizer it cannot express falls back to worker processes (spawned, not
     forked: the caller may hold threads, a progress bar, that fork would copy mid-lock).
+    Processes with a FastEncoder each were tried for the fast path too and lost: 200 MB of JSON
+    Lines took 13.2 s with 16 processes and 4.8 s with 16 threads on the H200 machine's 16 cores.
     """
     fast = tokenizer.fast_encoder()  # built once per tokenizer, cached on it
-    if threads <= 1 or (fast is None and not big):
+    processes = big and threads > 1 and fast is None
+    if not processes and (threads <= 1 or fast is None):
         for tags, texts in batches:
             yield tags, (_encode_fast(fast, texts, dtype) if fast is not None else _encode_slow(tokenizer, texts, dtype))
         return
-    if fast is not None:
+    if not processes:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
         submit = lambda texts: pool.submit(_encode_fast, fast, texts, dtype)  # noqa: E731
         get = lambda fut: fut.result()  # noqa: E731
@@ -233,7 +236,7 @@ def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], th
             tags0, fut = in_flight.popleft()
             yield tags0, get(fut)
     finally:
-        if fast is not None:
+        if isinstance(pool, ThreadPoolExecutor):
             pool.shutdown(wait=True, cancel_futures=True)
         else:
             pool.terminate()
