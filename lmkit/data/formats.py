@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterator
 from lmkit.data.compression import SourceStream
 
 # sources.py imports this module only when it reads, so its types are defined by then.
-from lmkit.data.sources import Block, ReadOptions, SourceFile
+from lmkit.data.source_types import Block, ReadOptions, SourceFile
 from lmkit.errors import DataError
 from lmkit.tokenizer.pretokenize import decode_utf8, safe_cut
 

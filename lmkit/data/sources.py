@@ -22,11 +22,13 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from lmkit.data.compression import zstd_available
+from lmkit.data.source_types import Block, ReadOptions, SourceFile
 from lmkit.errors import DataError
+
+__all__ = ["Block", "ReadOptions", "SourceFile", "read_blocks", "resolve_inputs", "skipped_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -42,47 +44,6 @@ _SUPPORTED = (".txt .text .md, .jsonl .ndjson .json (each optionally .gz .zst .x
 # HuggingFace save_to_disk metadata, which a directory walk must not take for JSON Lines.
 _HF_METADATA = {"state.json", "dataset_info.json", "dataset_dict.json", "dataset_infos.json"}
 _GLOB_CHARS = "*?["
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One input file and how to read it."""
-
-    path: Path  # absolute
-    kind: str  # "text" | "jsonl" | "parquet" | "arrow"
-    compression: str | None  # "gz" | "zst" | "xz" | None (text and jsonl only)
-    size: int  # bytes on disk
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How documents are found in the sources (the ``tokenize`` flags of the same names)."""
-
-    text_key: str = "text"  # jsonl: dotted path into the object; parquet/arrow: column (dotted = struct field)
-    doc_separator: str | None = None  # plain text: split documents at this string (removed)
-    eot: str | None = None  # plain text: also split at this string (removed), e.g. "<|endoftext|>"
-    errors: str = "strict"  # invalid UTF-8: "strict" (error with file + byte offset) | "replace"
-    skip_bad_lines: bool = False  # jsonl/tables: malformed lines, missing key, non-string are counted and skipped
-
-    def __post_init__(self) -> None:
-        if self.errors not in ("strict", "replace"):
-            raise DataError(f"--errors must be 'strict' or 'replace', not {self.errors!r}")
-        if not self.text_key or any(not part for part in self.text_key.split(".")):
-            raise DataError(f"--text-key {self.text_key!r} is not a key or dotted path (e.g. text, meta.body)")
-        for flag, value in (("--doc-separator", self.doc_separator), ("--eot", self.eot)):
-            if value is not None and not value:
-                raise DataError(f"{flag} must not be empty; leave it out to keep whole files as documents")
-
-
-@dataclass
-class Block:
-    """A piece of one document, cut at a safe point, ready to encode."""
-
-    text: str
-    nbytes: int  # bytes of the file on disk this block accounts for (see read_blocks)
-    doc: int  # index of the document within its source file (0, 1, ...)
-    first: bool  # first block of that document
-    last: bool  # last block of that document
 
 
 def resolve_inputs(inputs: Sequence[str | Path]) -> list[SourceFile]:

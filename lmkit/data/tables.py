@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from lmkit.data.formats import Assembler, bad_record
-from lmkit.data.sources import Block, ReadOptions, SourceFile
+from lmkit.data.source_types import Block, ReadOptions, SourceFile
 from lmkit.errors import DataError
 from lmkit.tokenizer.pretokenize import decode_utf8
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from pathlib import Path
 
 import pytest
 from rich.cells import cell_len
@@ -117,7 +118,9 @@ def test_close_restores_terminal_and_prints_summary(make_info, eval_metrics):
 
 
 def test_stop_line_keeps_its_end_at_80_columns(dashboard, make_info):
-    dashboard.start(make_info())
+    # A short run directory, as users have: a long temporary path would be shortened with an
+    # ellipsis in the header, which is not what this test looks at.
+    dashboard.start(make_info(run_dir=Path("runs/gpt2")))
     dashboard.event("stop requested (Ctrl-C; press it again to abort): saving a checkpoint, then exiting", "stop")
     dashboard.event("checkpoint saved: runs/gpt2/ckpt_0001200.pt", "checkpoint")
     lines = snapshot(dashboard, 80)
