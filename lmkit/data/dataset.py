@@ -13,7 +13,6 @@ shards must not exhaust the process's limit or cost hundreds of opens before ste
 from __future__ import annotations
 
 import glob
-import hashlib
 import mmap
 import threading
 from collections import OrderedDict
@@ -26,6 +25,7 @@ import numpy as np
 
 from lmkit.data import manifest
 from lmkit.data.paths import resolve_token_file
+from lmkit.data.shard_files import file_sha256
 from lmkit.data.tokens import TokenFileMeta, meta_path, read_meta
 from lmkit.errors import DataError
 from lmkit.settings_mixture import DataSource, default_name
@@ -172,23 +172,29 @@ class TokenData:
         self._documents = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
         return self._documents
 
-    def verify(self) -> None:
+    def verify(self, hashed: Callable[[int], None] | None = None) -> int:
         """Hash every shard against the sha256 its manifest records (reads the whole dataset).
+
+        Args:
+            hashed: Told the byte count of each chunk read (for progress).
+
+        Returns:
+            The number of shards checked (those without a recorded sha256 are not).
 
         Raises:
             DataError: naming the first shard whose content differs.
         """
+        checked = 0
         for shard in self.shards:
             if shard.sha256 is None:
                 continue
-            h = hashlib.sha256()
-            with open(shard.path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    h.update(chunk)
+            digest = file_sha256(shard.path, hashed)
             want = shard.sha256.removeprefix("sha256:")
-            if h.hexdigest() != want:
-                raise DataError(f"{shard.path}: content differs from {self.path}'s record (sha256 {h.hexdigest()[:12]}..., "
+            if digest != want:
+                raise DataError(f"{shard.path}: content differs from {self.path}'s record (sha256 {digest[:12]}..., "
                                 f"expected {want[:12]}...): the shard was altered; re-encode the dataset")
+            checked += 1
+        return checked
 
 
 # ---------------------------------------------------------------------------------- opening
@@ -260,7 +266,7 @@ def _from_bins(name: str, path: Path, bins: Sequence[Path]) -> TokenData:
             raise DataError(f"{first[0]} and {b} (both in {path}) were encoded with different tokenizers "
                             f"({_tokenizer_name(first[1])}; {_tokenizer_name(meta)}); encode them with one tokenizer")
         if meta.num_tokens:
-            shards.append(Shard(Path(b).resolve(), meta.num_tokens, meta.dtype, offset))
+            shards.append(Shard(Path(b).resolve(), meta.num_tokens, meta.dtype, offset, meta.sha256))
         offset += meta.num_tokens
         metas.append((b, meta))
     assert first is not None  # callers pass at least one file

@@ -9,13 +9,9 @@ Documents: a plain-text file is one document, or the pieces between its end-of-t
 (``--eot``, default ``<|endoftext|>`` when the tokenizer has it) or ``--doc-separator``; a JSON
 line or a parquet/arrow row is one. Each document's ids are followed by the end-of-text id.
 
-Split rule (``--val-fraction`` / ``--val-docs``): every document has a key, a 64-bit hash of
-(its file's path relative to the inputs' common directory, its index in that file). With a
-fraction F, a document is validation when ``key < F * 2**64``: decided per document as it
-streams, deterministic, about F of the documents. With ``--val-docs N`` the N documents of
-smallest key are validation (exact); finding them is a first pass that reads (but does not
-encode) the corpus, keeping N keys. Either way train and val never share a document, and moving
-the corpus or adding other files beside it does not reshuffle the split.
+Split (``--val-fraction`` / ``--val-docs``): by whole documents, by a hash of each document's
+file and position (``lmkit.data.splits``), so train and val never share a document and the split
+is the same on every run.
 
 Resume: the fingerprint (tokenizer hash, each input's path/size/mtime, every option that changes
 the ids) is recorded in every shard; a rerun with the same one keeps the verified shards and
@@ -26,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import heapq
 import json
 import multiprocessing
 import os
@@ -41,6 +36,7 @@ import numpy as np
 from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
 from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
+from lmkit.data.splits import SplitRouter, choose_val_docs, relative_names
 from lmkit.data.stats import IdCounter
 from lmkit.data.tokens import MAX_VOCAB, dtype_for_vocab
 from lmkit.data.writing import locked_outputs, prepare_output, stop_on_signals
@@ -118,55 +114,6 @@ def resolve_eot(tokenizer: Tokenizer, eot: str | bool) -> tuple[str | None, int 
         raise DataError(f"--eot {eot!r} is not a special token of this tokenizer (it has: {known}); "
                         "pick one of those, or pass --no-eot")
     return eot, tokenizer.token_id(eot)
-
-
-def _doc_key(rel: str, doc: int) -> int:
-    """The split key of a document: 64 bits of a hash of (relative path, index)."""
-    return int.from_bytes(hashlib.blake2b(f"{rel}\n{doc}".encode(), digest_size=8).digest(), "big")
-
-
-def _relative_names(sources: list[SourceFile]) -> list[str]:
-    root = os.path.commonpath([str(s.path.parent) for s in sources])
-    return [Path(os.path.relpath(s.path, root)).as_posix() for s in sources]
-
-
-class _Router:
-    """Which dataset a document goes to: 0 (train, or the only one) or 1 (val)."""
-
-    def __init__(self, rel: list[str], val_fraction: float | None, chosen: set[tuple[int, int]] | None):
-        self.rel, self.threshold, self.chosen = rel, None, chosen
-        if val_fraction is not None:
-            self.threshold = int(val_fraction * 2**64)
-
-    def __call__(self, source: int, doc: int) -> int:
-        if self.chosen is not None:
-            return int((source, doc) in self.chosen)
-        if self.threshold is not None:
-            return int(_doc_key(self.rel[source], doc) < self.threshold)
-        return 0
-
-
-def _choose_val_docs(sources: list[SourceFile], rel: list[str], opts: ReadOptions, specials: list[str],
-                     n: int, progress: ProgressFn | None) -> set[tuple[int, int]]:
-    """The ``n`` documents of smallest key (a pass that reads but does not encode the corpus)."""
-    heap: list[tuple[int, int, int]] = []  # (-key, -source, -doc): the largest kept key on top
-    total, done, count = sum(s.size for s in sources), 0, 0
-    for i, src in enumerate(sources):
-        for block in read_blocks(src, opts, specials):
-            if block.first:
-                count += 1
-                item = (-_doc_key(rel[i], block.doc), -i, -block.doc)
-                if len(heap) < n:
-                    heapq.heappush(heap, item)
-                elif item > heap[0]:
-                    heapq.heapreplace(heap, item)
-        done += src.size
-        if progress:
-            progress("split", done, total)
-    if count <= n:
-        raise DataError(f"--val-docs {n} but the corpus has {count} documents; leave some for training "
-                        "(a smaller --val-docs, or --val-fraction)")
-    return {(-i, -d) for _, i, d in heap}
 
 
 def fingerprint(tokenizer_hash: str, specials: list[str], sources: list[SourceFile], opts: ReadOptions, **options) -> str:
@@ -353,13 +300,13 @@ def encode_corpus(
             remove_shard_temps(output_dir, n)
         hashed = _verify_progress(output_dir, names, progress)
         start = min(w.resume(create_stats, hashed) for w in writers)
-        rel = _relative_names(sources)
+        rel = relative_names(sources)
         extra = [{"split": {"role": role, "val_fraction": val_fraction, "val_docs": val_docs}} if split else {}
                  for role in ("train", "val")[:len(names)]]
         try:
             if start < writers[0].end:
-                chosen = _choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
-                router = _Router(rel, val_fraction, chosen)
+                chosen = choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
+                router = SplitRouter(rel, val_fraction, chosen)
                 _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
             _check_not_empty(writers, sources, val_fraction)
             src_list = [(str(s.path), s.size) for s in sources]

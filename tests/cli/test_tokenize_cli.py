@@ -309,3 +309,32 @@ def test_encode_bad_json_line_then_skip_bad_lines(trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "corpus.bin: " in result.stdout and "2 documents, 1 shard" in result.stdout
     assert "skipped 2 bad lines in c.jsonl: " in result.stdout
+
+
+def test_verify_finds_a_shard_altered_in_place(trained, tmp_path):
+    tok_dir, src = trained
+    out = tmp_path / "out"
+    result = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(out), "--name", "t",
+                 "--val-fraction", "0.3", "--doc-separator", "\n", "--shard-tokens", "100")
+    assert result.exit_code == 0, result.output
+    train, val = out / "t-train.json", out / "t-val.json"
+    shards = sorted(out.glob("t-train-*.bin"))
+    assert len(shards) > 1
+    ok = run("tokenize", "verify", "-i", str(train), "-i", str(val))
+    assert ok.exit_code == 0, ok.output
+    assert f"{train}: " in ok.stdout and f"in {len(shards)} shard(s), {len(shards)} verified by sha256" in ok.stdout
+    n_val = len(list(out.glob("t-val-*.bin"))) or 1
+    assert f"{val}: " in ok.stdout and f"in {n_val} shard(s), {n_val} verified by sha256" in ok.stdout
+    # A one-shard dataset (NAME.bin + NAME.json) records its sha256 too.
+    assert run("tokenize", "encode", "-t", str(tok_dir), "-i", str(src), "-o", str(tmp_path / "one")).exit_code == 0
+    one = run("tokenize", "verify", "-i", str(tmp_path / "one" / "text.bin"))
+    assert one.exit_code == 0 and "in 1 shard(s), 1 verified by sha256" in one.stdout, one.output
+    # Same size, other content: only the hash can tell, and training's start-up checks cannot.
+    data = bytearray(shards[1].read_bytes())
+    data[0] ^= 1
+    shards[1].write_bytes(bytes(data))
+    bad = run("tokenize", "verify", "-i", str(train))
+    assert bad.exit_code == 2
+    assert f"{shards[1].resolve()}: content differs from {train}'s record" in bad.stderr and "Traceback" not in bad.output
+    missing = run("tokenize", "verify", "-i", str(out / "nothing.json"))
+    assert missing.exit_code == 2 and "nothing.json" in missing.stderr
