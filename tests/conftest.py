@@ -75,3 +75,12 @@ def _restore_tf32():
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """``-n auto`` (pyproject's addopts) runs ``-m gpu`` in one process: GPU tests share one device,
+    and a worker per core would run many CUDA tests on it at once."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if "gpu" in markexpr and "not gpu" not in markexpr:
+        return 0
+    return None  # xdist's own choice: one worker per core
