@@ -273,11 +273,10 @@ def _from_bins(name: str, path: Path, bins: Sequence[Path]) -> TokenData:
     def total(key: str) -> int | None:
         values = [getattr(m, key) for _, m in metas]
         return None if any(v is None for v in values) else sum(values)
-    docs = [(m.stats or {}).get("num_documents") for _, m in metas]
     info = {"vocab_size": max((m.vocab_size for _, m in metas if m.vocab_size is not None), default=None),
             "tokenizer_hash": first[1].tokenizer_hash, "tokenizer_dir": first[1].tokenizer_dir,
-            "source_bytes": total("source_bytes"),
-            "num_documents": sum(docs) if all(type(d) is int for d in docs) else None}
+            "source_bytes": total("source_bytes"), "num_documents": total("num_documents"),
+            "eot_id": first[1].eot_id}
     return TokenData(name, path, shards, info)
 
 

@@ -97,6 +97,9 @@ def test_document_index_is_global(tmp_path):
     starts = [0, 7, 130, 133, 250, 399]
     data = open_dataset(write_dataset(tmp_path, "d", np.arange(400) % 60, shard_tokens=133, doc_starts=starts))
     assert data.documents().tolist() == starts and data.num_documents == 6
+    # The same documents as token files read through a glob (no manifest): counted from each .json.
+    glob_form = open_dataset(str(tmp_path / "d-*.bin"))
+    assert glob_form.documents().tolist() == starts and glob_form.num_documents == 6
 
 
 # --- what a data path may be ------------------------------------------------------------------
