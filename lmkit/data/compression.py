@@ -168,6 +168,12 @@ class SourceStream:
         except (*_DAMAGED, _Truncated, *_zstd_errors()) as e:
             raise self._damaged(e) from None
 
+    def seek(self, offset: int) -> None:
+        """Move to byte ``offset`` of an uncompressed file (a compressed stream has no such place)."""
+        if self.compression is not None:
+            raise ValueError(f"{self.path}: cannot seek in a {self.compression} stream")
+        self._raw.seek(offset)
+
     def disk_pos(self, consumed: int) -> int:
         """How far into the file on disk the first ``consumed`` decompressed bytes reach.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmkit.data.parallel import processes_pay, run_processes
 from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
 from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
@@ -45,10 +47,13 @@ from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.fast import FastEncoder
 from lmkit.tokenizer.pretokenize import ProgressFn
 
+log = logging.getLogger(__name__)
+
 DEFAULT_EOT = "<|endoftext|>"
 BATCH_BYTES = 1 << 20  # text per encode task: small JSON lines are grouped so a task is worth a thread
 BATCH_BLOCKS = 4096
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
+PARALLEL_MODES = ("auto", "processes", "threads")
 _COMPRESSED_STAGE = "encode (compressed)"
 
 
@@ -227,6 +232,7 @@ def encode_corpus(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     skipped: dict[Path, Counter] | None = None,
+    parallel: str = "auto",
 ) -> list[Path]:
     """Encode text files, JSON Lines, parquet or saved datasets into one dataset (or train + val).
 
@@ -255,6 +261,10 @@ def encode_corpus(
             on disk (stage ``"encode (compressed)"`` when some are compressed).
         skipped: Filled with a ``Counter`` of skipped lines by reason per source path
             (``skip_bad_lines``; see ``lmkit.data.sources.skipped_summary``).
+        parallel: ``"processes"``: ``threads`` worker processes each read, parse and encode
+            their own part of the input (``lmkit.data.parallel``); ``"threads"``: one thread
+            reads and parses, ``threads`` threads encode; ``"auto"`` (default): processes for
+            4 MB of input or more on 3 threads or more, else threads. The output is the same.
 
     Returns:
         One path per dataset written (``NAME.bin`` for one shard, else the manifest
@@ -266,6 +276,8 @@ def encode_corpus(
     """
     if errors not in ("strict", "replace"):
         raise DataError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    if parallel not in PARALLEL_MODES:
+        raise DataError(f"--parallel {parallel!r} must be one of {', '.join(PARALLEL_MODES)}; e.g. --parallel auto")
     if tokenizer.vocab_size > MAX_VOCAB:
         raise DataError(f"tokenizer has ids up to {tokenizer.vocab_size - 1}, but token files hold ids below 2**32 only")
     check_layout_options(shard_tokens, val_fraction, val_docs)
@@ -307,7 +319,11 @@ def encode_corpus(
             if start < writers[0].end:
                 chosen = choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
                 router = SplitRouter(rel, val_fraction, chosen)
-                _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
+                if parallel == "processes" or (parallel == "auto" and processes_pay(threads, total, PARALLEL_MIN_BYTES)):
+                    run_processes(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
+                else:
+                    log.info("encoding on %d threads, the input read and parsed by one", threads)
+                    _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
             _check_not_empty(writers, sources, val_fraction)
             src_list = [(str(s.path), s.size) for s in sources]
             return [w.finish(src_list, x, c.summary if c else None) for w, x, c in zip(writers, extra, counters)]

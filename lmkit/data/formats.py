@@ -167,13 +167,21 @@ def text_blocks(src: SourceFile, opts: ReadOptions, specials: list[bytes], start
 
 
 def jsonl_blocks(src: SourceFile, opts: ReadOptions, specials: list[bytes], start_doc: int,
-                 skipped: Counter) -> Iterator[Block]:
-    """Blocks of a JSON Lines source: one document per line, its text at ``opts.text_key``."""
+                 skipped: Counter, span: tuple[int, int, int] | None = None) -> Iterator[Block]:
+    """Blocks of a JSON Lines source: one document per line, its text at ``opts.text_key``.
+
+    ``span`` ``(lo, hi, lines_before)``: read only the lines in bytes ``[lo, hi)`` of an
+    uncompressed file, ``lo`` a line start with ``lines_before`` lines before it, so documents
+    and error messages keep the line numbers of the whole file.
+    """
     keys = opts.text_key.split(".")
     out = Assembler()
-    offset = line_no = 0
+    offset, end, line_no = span if span is not None else (0, None, 0)
+    out.accounted = offset
     with SourceStream(src.path, src.compression) as stream:
-        while line := stream.readline(MAX_LINE):
+        if offset:
+            stream.seek(offset)
+        while (end is None or offset < end) and (line := stream.readline(MAX_LINE)):
             line_no += 1
             start, offset = offset, offset + len(line)
             if len(line) == MAX_LINE and not line.endswith(b"\n"):

@@ -66,6 +66,13 @@ class _OpenShard:
     pending_n: int = 0
 
     def add(self, ids: np.ndarray, count_ids: Callable[[np.ndarray], None] | None) -> None:
+        if ids.size >= FLUSH_IDS:  # a long run (a worker's part, memory-mapped): written in slices, never copied whole
+            self.flush(count_ids)
+            self.n += ids.size
+            for i in range(0, ids.size, FLUSH_IDS):
+                self.pending.append(ids[i:i + FLUSH_IDS])
+                self.flush(count_ids)
+            return
         self.pending.append(ids)
         self.pending_n += ids.size
         self.n += ids.size
@@ -221,6 +228,52 @@ class DatasetWriter:
             credit[1] += 1
             self._shard.source_bytes += self._doc_bytes
             self._doc, self._last_doc = None, (source, doc)
+
+    def write_docs(self, ids: np.ndarray, lengths: np.ndarray, nbytes: np.ndarray, source: int, docs: np.ndarray) -> None:
+        """Append whole documents of one source at once, as ``write`` would one by one.
+
+        Args:
+            ids: The documents' ids one after another, each followed by the end-of-text id
+                when this dataset has one (a worker's part file, memory-mapped).
+            lengths: Ids of each document, its end-of-text id included (int64).
+            nbytes: UTF-8 bytes of each document's text (int64; the end-of-text's are added).
+            source: The documents' input file.
+            docs: Each document's index in it, rising (int64).
+        """
+        if not docs.size or self.complete is not None:
+            return
+        cur = self.cursor
+        resumed = self._resume_at is not None and self._resume_at[0] == source and self._resume_at[1] in docs
+        if (source, int(docs[0])) < (cur.source, cur.doc) or resumed or self._doc is not None:
+            # A resume's first documents: some are in kept shards, one may be half there.
+            eot, starts = int(self.eot_id is not None), np.cumsum(lengths) - lengths
+            for s, n, b, d in zip(starts.tolist(), lengths.tolist(), nbytes.tolist(), docs.tolist()):
+                if self.wants(source, d):
+                    self.write(ids[s:s + n - eot], source, d, True, True, b)
+            return
+        ends = np.cumsum(lengths)  # document k is ids[ends[k] - lengths[k]:ends[k]]
+        starts = ends - lengths
+        pos, total = 0, ids.size
+        while pos < total:
+            shard = self._shard
+            if shard is None or shard.n == self.shard_tokens:
+                j = int(np.searchsorted(ends, pos, "right"))  # the document the next id belongs to
+                self._doc, self._doc_done = (source, int(docs[j])), pos - int(starts[j])
+                self._next_shard()  # the full shard's cursor is that document, as write() leaves it
+                shard = self._shard
+            take = min(self.shard_tokens - shard.n, total - pos)
+            a, b = np.searchsorted(starts, [pos, pos + take])  # documents starting in this stretch
+            shard.starts.extend((starts[a:b] - pos + shard.n).tolist())
+            c, d = np.searchsorted(ends, [pos, pos + take], "right").tolist()  # documents ending in it: credited here
+            if d > c:
+                done = int(nbytes[c:d].sum()) + (d - c) * self._eot_bytes
+                credit = shard.credits.setdefault(source, [0, 0])
+                credit[0] += done
+                credit[1] += d - c
+                shard.source_bytes += done
+            shard.add(ids[pos:pos + take], self.count_ids)
+            pos += take
+        self._doc, self._doc_done, self._last_doc = None, 0, (source, int(docs[-1]))
 
     def _append(self, ids: np.ndarray) -> None:
         if self._drop:

@@ -225,7 +225,8 @@ def _require_reader(src: SourceFile) -> None:
 
 
 def read_blocks(src: SourceFile, opts: ReadOptions, specials: list[str],
-                start_doc: int = 0, skipped: Counter | None = None) -> Iterator[Block]:
+                start_doc: int = 0, skipped: Counter | None = None,
+                span: tuple[int, int, int] | None = None) -> Iterator[Block]:
     """Stream one source as blocks of its documents.
 
     Args:
@@ -235,6 +236,9 @@ def read_blocks(src: SourceFile, opts: ReadOptions, specials: list[str],
         start_doc: Skip the documents before this index without decoding them (to resume).
         skipped: With ``opts.skip_bad_lines``, counts skipped lines/rows by reason (pass a
             fresh Counter per source to report it with ``skipped_summary``).
+        span: Uncompressed JSON Lines only: ``(lo, hi, lines_before)``, read just the lines
+            in bytes ``[lo, hi)`` (``lo`` a line start after ``lines_before`` lines); their
+            documents keep their index in the whole file. ``nbytes`` then covers the span.
 
     Yields:
         Blocks, in order. Empty (or whitespace-only) documents are dropped but keep their
@@ -257,17 +261,25 @@ def read_blocks(src: SourceFile, opts: ReadOptions, specials: list[str],
         raise DataError(f"start_doc must be >= 0, not {start_doc}")
     reader = {"text": formats.text_blocks, "jsonl": formats.jsonl_blocks,
               "parquet": tables.parquet_blocks, "arrow": tables.arrow_blocks}[src.kind]
+    args = (src, opts, [s.encode("utf-8") for s in specials], start_doc, skipped if skipped is not None else Counter())
+    size = src.size
+    if span is not None:
+        if src.kind != "jsonl" or src.compression is not None:
+            raise ValueError(f"{src.path}: only uncompressed JSON Lines are read by byte range")
+        size = span[1] - span[0]
+        blocks = formats.jsonl_blocks(*args, span=span)
+    else:
+        blocks = reader(*args)
     # One block is held back so the last can also carry what follows it (a trailing
     # separator, blank lines, the decompressor's last read) and the sizes add up.
     held, total = None, 0
-    for block in reader(src, opts, [s.encode("utf-8") for s in specials], start_doc,
-                        skipped if skipped is not None else Counter()):
+    for block in blocks:
         if held is not None:
             yield held
         total += block.nbytes
         held = block
     if held is not None:
-        held.nbytes += max(0, src.size - total)
+        held.nbytes += max(0, size - total)
         yield held
 
 

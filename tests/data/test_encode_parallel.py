@@ -1,0 +1,173 @@
+"""Worker processes that read their own input (lmkit.data.parallel) write what the threads write.
+
+Every test encodes the same corpus with ``parallel="threads"`` and ``parallel="processes"`` and
+compares the output folders file by file, bytes included: shards, ``.idx``, metadata, manifests.
+Ranges are made tiny (``MIN_RANGE``) so every JSON Lines file is cut into several.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+
+import pytest
+
+import lmkit.data.parallel as parallel
+import lmkit.data.shards as shards
+from lmkit.data.encode import encode_corpus
+from lmkit.errors import DataError
+from lmkit.tokenizer import Tokenizer, train_bpe
+
+EOT = "<|endoftext|>"
+DOCS = [f"Doc {i}: the cat {'sat ' * (i % 9)}on mat {i * 7}. Ünïcödé 👋{' ' + EOT + ' inner' if i % 11 == 3 else ''}"
+        for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Tokenizer:
+    path = tmp_path_factory.mktemp("train") / "t.txt"
+    path.write_text(EOT.join(DOCS) * 2, encoding="utf-8")
+    return Tokenizer(*train_bpe(path, 300, [EOT]))
+
+
+@pytest.fixture(autouse=True)
+def small_ranges(monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_RANGE", 300)  # planned in this process: a few lines a range
+
+
+def _jsonl(path, docs, bad: dict[int, str] | None = None, blank_every: int = 0):
+    lines = []
+    for i, d in enumerate(docs):
+        if bad and i in bad:
+            lines.append(bad[i])
+        lines.append(json.dumps({"text": d, "n": i}))
+        if blank_every and i % blank_every == 0:
+            lines.append("   ")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _corpus(tmp_path):
+    """Three uncompressed JSON Lines files (one without a last newline), a .gz one, a text file."""
+    root = tmp_path / "in"
+    root.mkdir()
+    a = _jsonl(root / "a.jsonl", DOCS[:50], blank_every=7)
+    b = _jsonl(root / "b.jsonl", DOCS[50:90])
+    b.write_text(b.read_text(encoding="utf-8").rstrip("\n"), encoding="utf-8")
+    with gzip.open(root / "c.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"text": d}) + "\n" for d in DOCS[90:100]))
+    t = root / "d.txt"
+    t.write_text(EOT.join(DOCS[100:110]), encoding="utf-8")
+    e = _jsonl(root / "e.jsonl", DOCS[110:])
+    return [a, b, root / "c.jsonl.gz", t, e]
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.endswith(".lock")}
+
+
+def _both(tok, inputs, tmp_path, **kw):
+    outs = {}
+    for mode in ("threads", "processes"):
+        skipped: dict = {}
+        outs[mode] = encode_corpus(tok, inputs, tmp_path / mode, name="c", parallel=mode, threads=3, skipped=skipped, **kw)
+        outs[mode + "-skipped"] = {p.name: dict(c) for p, c in skipped.items() if sum(c.values())}
+    return outs
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(shard_tokens=97), dict(shard_tokens=53, val_fraction=0.3),
+                                dict(shard_tokens=200, val_docs=9), dict(shard_tokens=41, eot=False),
+                                dict(create_stats=True, shard_tokens=300)])
+def test_processes_write_the_same_files_as_threads(tok, tmp_path, kw):
+    inputs = _corpus(tmp_path)
+    outs = _both(tok, inputs, tmp_path, **kw)
+    assert [p.name for p in outs["threads"]] == [p.name for p in outs["processes"]]
+    threads, processes = _files(tmp_path / "threads"), _files(tmp_path / "processes")
+    assert threads == processes
+    assert len([n for n in threads if n.endswith(".bin")]) > (1 if "shard_tokens" in kw else 0)
+    assert not [p for p in (tmp_path / "processes").iterdir() if p.name.startswith(".lmkit-parts")]  # no parts left
+
+
+def test_documents_spanning_shards_and_long_documents(tok, tmp_path):
+    # One document longer than a block (1 MB: encoded in pieces), short ones around it.
+    long = DOCS[:5] + [" ".join(DOCS) * 140] + DOCS[5:20]
+    src = _jsonl(tmp_path / "long.jsonl", long)
+    _both(tok, [src], tmp_path, shard_tokens=50_000)
+    assert _files(tmp_path / "threads") == _files(tmp_path / "processes")
+
+
+def test_skipped_bad_lines_are_counted_alike(tok, tmp_path):
+    bad = {3: "{not json", 20: '{"other": 1}', 33: '{"text": 5}', 47: "[1, 2]"}
+    src = _jsonl(tmp_path / "bad.jsonl", DOCS[:60], bad=bad)
+    outs = _both(tok, [src], tmp_path, skip_bad_lines=True, shard_tokens=80)
+    assert _files(tmp_path / "threads") == _files(tmp_path / "processes")
+    assert outs["threads-skipped"] == outs["processes-skipped"]
+    assert sum(outs["processes-skipped"]["bad.jsonl"].values()) == 4
+
+
+@pytest.mark.parametrize("at", [4, 61])
+def test_an_error_in_a_worker_names_the_file_and_line(tok, tmp_path, at):
+    src = _jsonl(tmp_path / "bad.jsonl", DOCS[:70], bad={at: '{"text": "cut off'})
+    messages = []
+    for mode in ("threads", "processes"):
+        with pytest.raises(DataError) as e:
+            encode_corpus(tok, src, tmp_path / mode, parallel=mode, threads=3, shard_tokens=60)
+        messages.append(str(e.value))
+    # line numbers count from the file's start, though a worker began reading in its middle
+    assert messages[0] == messages[1] and f"bad.jsonl:{at + 1}:" in messages[1]
+    assert not [p for p in (tmp_path / "processes").iterdir() if p.name.startswith(".lmkit-parts")]
+    # the shards finished before the bad line stay, each with its metadata; the workers may
+    # have finished more of them than the threads (whose reading runs ahead of writing less)
+    threads, processes = _files(tmp_path / "threads"), _files(tmp_path / "processes")
+    assert all(processes[n] == threads[n] for n in threads) and not [n for n in processes if n.endswith(".tmp")]
+    assert all(n[:-4] + ".json" in processes for n in processes if n.endswith(".bin"))
+
+
+def test_an_interrupted_parallel_encode_resumes(tok, tmp_path, monkeypatch):
+    inputs = _corpus(tmp_path)
+    ref = encode_corpus(tok, inputs, tmp_path / "ref", name="c", parallel="threads", shard_tokens=45, val_fraction=0.25)
+    real = shards.DatasetWriter._close_shard
+    calls = Counter()
+
+    def close(self, final):
+        if calls["n"] == 7:
+            raise KeyboardInterrupt("simulated interruption")
+        calls["n"] += 1
+        real(self, final)
+
+    with monkeypatch.context() as m:
+        m.setattr(shards.DatasetWriter, "_close_shard", close)
+        with pytest.raises(KeyboardInterrupt):
+            encode_corpus(tok, inputs, tmp_path / "out", name="c", parallel="processes", threads=3, shard_tokens=45, val_fraction=0.25)
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-0000*.bin")}
+    assert kept and not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".lmkit-parts")]
+    out = encode_corpus(tok, inputs, tmp_path / "out", name="c", parallel="processes", threads=3, shard_tokens=45, val_fraction=0.25)
+    assert [p.name for p in out] == [p.name for p in ref]
+    assert _files(tmp_path / "out") == _files(tmp_path / "ref")
+    assert {k: v for k, v in ((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").glob("*-0000*.bin")) if k in kept} == kept
+
+
+def test_line_cuts_end_after_newlines(tmp_path):
+    data = b"".join(b"x" * (i % 13) + b"\n" for i in range(500)) + b"tail without newline"
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(data)
+    for step in (1, 7, 100, 10_000):
+        cuts = parallel.line_cuts(path, len(data), step)
+        assert cuts[0] == 0 and cuts[-1] == len(data) and cuts == sorted(set(cuts))
+        assert all(data[c - 1:c] == b"\n" for c in cuts[1:-1])
+        counts = [parallel.count_newlines(path, lo, hi) for lo, hi in zip(cuts, cuts[1:])]
+        assert sum(counts) == data.count(b"\n")
+    assert parallel.line_cuts(path, len(data), 10_000) == [0, len(data)]
+
+
+def test_auto_picks_processes_for_big_inputs_on_three_cores_or_more():
+    assert parallel.processes_pay(16, 200 << 20, 4 << 20)
+    assert not parallel.processes_pay(2, 200 << 20, 4 << 20)  # two cores: threads measured faster
+    assert not parallel.processes_pay(16, 1 << 20, 4 << 20)  # small: starting processes costs more
+
+
+def test_a_bad_parallel_mode_is_refused(tok, tmp_path):
+    src = _jsonl(tmp_path / "a.jsonl", DOCS[:3])
+    with pytest.raises(DataError, match="--parallel 'fork' must be one of auto, processes, threads"):
+        encode_corpus(tok, src, tmp_path / "o", parallel="fork")
