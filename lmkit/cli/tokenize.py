@@ -39,6 +39,14 @@ VocabOpt = Annotated[Optional[Path], typer.Option("--vocab", help="GPT-2 style v
 MergesOpt = Annotated[Optional[Path], typer.Option("--merges", help="GPT-2 style merges.txt (use with --vocab). Example: --merges gpt2/merges.txt")]
 
 
+class Parallel(str, Enum):
+    """How ``tokenize encode`` spreads its work over the cores."""
+
+    auto = "auto"
+    processes = "processes"
+    threads = "threads"
+
+
 class Errors(str, Enum):
     """How invalid UTF-8 in an input file is handled."""
 
@@ -174,6 +182,7 @@ def encode(
     create_stats: Annotated[bool, typer.Option("--create-stats", help="Record and print token count, bytes/token and the most frequent tokens. Example: --create-stats")] = False,
     errors: ErrorsOpt = Errors.strict,
     threads: Annotated[Optional[int], typer.Option("--threads", "--workers", min=1, max=1024, help="Encoding threads (default: all cores; --workers is the old name). Example: --threads 8")] = None,
+    parallel: Annotated[Parallel, typer.Option("--parallel", help="processes: --threads worker processes each read, parse and encode their own part of the input (uncompressed JSON Lines by byte ranges, other files whole); threads: one thread reads, --threads threads encode; auto: processes for 4 MB of input or more on 3 threads or more. The output is the same. Example: --parallel processes")] = Parallel.auto,
 ) -> None:
     """Encode text into a dataset: token ids (NAME.bin, or shards plus a NAME.json manifest), metadata and a document index.
 
@@ -198,7 +207,7 @@ def encode(
                                 eot=False if no_eot else (eot if eot is not None else True), doc_separator=doc_separator,
                                 shard_tokens=shard_tokens, val_fraction=val_fraction, val_docs=val_docs,
                                 skip_bad_lines=skip_bad_lines, create_stats=create_stats, errors=errors.value,
-                                threads=threads, progress=progress, skipped=skipped)
+                                threads=threads, progress=progress, skipped=skipped, parallel=parallel.value)
     _report(outputs, create_stats)
     for path, counter in skipped.items():
         if line := skipped_summary(path, counter):

@@ -338,3 +338,27 @@ def test_verify_finds_a_shard_altered_in_place(trained, tmp_path):
     assert f"{shards[1].resolve()}: content differs from {train}'s record" in bad.stderr and "Traceback" not in bad.output
     missing = run("tokenize", "verify", "-i", str(out / "nothing.json"))
     assert missing.exit_code == 2 and "nothing.json" in missing.stderr
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_encode_parallel_modes_write_the_same_dataset(trained, tmp_path, mode, monkeypatch):
+    import lmkit.data.parallel as parallel
+
+    monkeypatch.setattr(parallel, "MIN_RANGE", 200)  # several byte ranges per file, so workers share one
+    tok_dir, _ = trained
+    docs = [f"Story {i}: it was the best of times<|endoftext|> café {i}." for i in range(40)]
+    _write(tmp_path / "in" / "a.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs[:30]))
+    _write(tmp_path / "in" / "b.jsonl", '{"text": \n' + "".join(json.dumps({"text": d}) + "\n" for d in docs[30:]))
+    outs = {}
+    for m in ("threads", mode):
+        argv = ["tokenize", "encode", "-t", str(tok_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / m),
+                "--shard-tokens", "70", "--val-fraction", "0.2", "--threads", "3", "--parallel", m]
+        failed = run(*argv)
+        assert failed.exit_code == 2 and f"{tmp_path / 'in' / 'b.jsonl'}:1:" in failed.stderr and "Traceback" not in failed.stderr
+        result = run(*argv, "--skip-bad-lines")
+        assert result.exit_code == 0, result.output
+        assert "skipped 1 bad line in b.jsonl: 1 malformed JSON" in result.stdout
+        outs[m] = {p.name: p.read_bytes() for p in (tmp_path / m).iterdir() if not p.name.endswith(".lock")}
+    assert outs["threads"] == outs[mode] and "in-train.json" in outs[mode]
+    bad = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--parallel", "fork")
+    assert bad.exit_code == 2 and "--parallel" in bad.stderr
