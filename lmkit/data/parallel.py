@@ -24,15 +24,18 @@ cursors and ``file:line`` in error messages are those of reading the file from t
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
+import types
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -195,6 +198,10 @@ class _Part:
         return self.n, *(np.frombuffer(a, dtype=np.int64) for a in (self.lengths, self.nbytes, self.docs))
 
 
+def _ready() -> None:
+    """A task that only makes its process start (and then wait for its state)."""
+
+
 def _count_task(path: Path, lo: int, hi: int) -> int:
     return count_newlines(path, lo, hi)
 
@@ -243,7 +250,10 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
         total = sum(s.size for s in sources)
         tasks = plan_tasks(sources, start.source, range_bytes(total - sum(s.size for s in sources[:start.source]), workers))
         ranged = [t for t in tasks if t.lo is not None]
-        # Submitted first, these start the processes, which import while the encoder is built.
+        # One task per worker starts every process now (each submit starts one while none is
+        # idle, and none is until its state arrives): they import while the encoder is built.
+        with _bare_main():
+            ready = [pool.submit(_ready) for _ in range(workers)]
         counts = [pool.submit(_count_task, sources[t.source].path, t.lo, t.hi) for t in ranged]
         encoder = tokenizer.fast_encoder() or tokenizer
         dtype = "<" + writers[0].dtype.str[1:]
@@ -251,6 +261,8 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
         blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         for _ in range(workers):
             queue.put(blob)
+        for fut in ready:
+            fut.result()
         lines: dict[tuple[int, int], int] = {}
         before = 0
         for t, fut in zip(ranged, counts):
@@ -289,6 +301,22 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
                 p.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(part_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Spawned workers do not run the caller's main module again while they start.
+
+    They need only lmkit's modules. Running ``__main__`` again costs each worker the CLI's
+    imports, and in a user's script without an ``if __name__ == "__main__":`` guard it would
+    encode again, recursively (multiprocessing refuses that with an error).
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def remove_stale_parts(directory: Path, name: str) -> None:
