@@ -100,11 +100,12 @@ def run_fast(encoder: FastEncoder, docs: list[str], threads: int, block_bytes: i
     return seconds, np.concatenate(parts)
 
 
-def run_cli(corpus_dir: Path, tok: Tokenizer, extra: list[str]) -> tuple[float, float, np.ndarray, int | None]:
+def run_cli(corpus_dir: Path, tok: Tokenizer, extra: list[str], out: Path | None = None) -> tuple[float, float, np.ndarray, int | None]:
     """``lmkit tokenize encode`` in a subprocess: (wall s, s to first output, ids, eot id)."""
-    work = Path(tempfile.mkdtemp(prefix="lmkit-encode-bench-"))
-    tok.save(work / "tok")
-    out = work / "out"
+    work = out.parent if out is not None else Path(tempfile.mkdtemp(prefix="lmkit-encode-bench-"))
+    if not (work / "tok").is_dir():  # one tokenizer folder for compared runs: its path is recorded
+        tok.save(work / "tok")
+    out = out or work / "out"
     cmd = [sys.executable, "-m", "lmkit", "tokenize", "encode", "--input", str(corpus_dir / "*.jsonl"),
            "--tokenizer", str(work / "tok"), "--output", str(out), *extra]
     print("  $", " ".join(shlex.quote(c) for c in cmd))
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--ref-mb", type=float, default=2.0, help="MB checked against Tokenizer.encode")
     ap.add_argument("--cli", action="store_true", help="also time `lmkit tokenize encode` (needs #21's DS part)")
     ap.add_argument("--cli-args", default="", help="extra arguments for the CLI, e.g. '--threads 16'")
+    ap.add_argument("--cli-compare", action="store_true",
+                    help="also run the CLI with --parallel threads and check every output file is byte-identical")
     args = ap.parse_args()
 
     paths = corpus.build(args.corpus_dir / f"{args.mb:g}mb", args.mb, "jsonl")
@@ -200,7 +203,8 @@ def main() -> None:
         print(f"{threads:>7} {mb / tt_s:>14.1f} {mb / lm_s:>17.1f} {tt_s / lm_s:>5.2f}x")
 
     if args.cli:
-        wall, first, cli_ids, eot = run_cli(paths[0].parent, tok, shlex.split(args.cli_args))
+        cli_out = Path(tempfile.mkdtemp(prefix="lmkit-encode-bench-out-"))
+        wall, first, cli_ids, eot = run_cli(paths[0].parent, tok, shlex.split(args.cli_args), cli_out / "a")
         expected = ids
         if eot is not None:
             per_doc = [ids for _, ids in encode_blocks(encoder, docs, args.threads)]
@@ -211,6 +215,13 @@ def main() -> None:
         print(f"\nlmkit tokenize encode: {wall:.2f} s wall incl. start-up ({mb / wall:.1f} MB/s, "
               f"{tt_best / wall:.2f}x tiktoken's encode-only time), first output after {first:.2f} s; "
               f"ids identical (EOT after each document: {eot is not None})")
+        if args.cli_compare:
+            t_wall, t_first, _, _ = run_cli(paths[0].parent, tok, [*shlex.split(args.cli_args), "--parallel", "threads"], cli_out / "b")
+            files = {d: {p.name: p.read_bytes() for p in (cli_out / d).iterdir() if not p.name.endswith(".lock")} for d in "ab"}
+            if files["a"] != files["b"]:
+                raise SystemExit(f"--parallel threads wrote other files: {sorted(set(files['a'].items()) ^ set(files['b'].items()))[:3]}")
+            print(f"lmkit tokenize encode --parallel threads: {t_wall:.2f} s wall ({tt_best / t_wall:.2f}x), first output "
+                  f"after {t_first:.2f} s; all {len(files['a'])} output files byte-identical to the run above")
 
 
 if __name__ == "__main__":

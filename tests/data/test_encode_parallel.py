@@ -171,3 +171,21 @@ def test_a_bad_parallel_mode_is_refused(tok, tmp_path):
     src = _jsonl(tmp_path / "a.jsonl", DOCS[:3])
     with pytest.raises(DataError, match="--parallel 'fork' must be one of auto, processes, threads"):
         encode_corpus(tok, src, tmp_path / "o", parallel="fork")
+
+
+def test_a_script_without_a_main_guard_encodes_once(tok, tmp_path):
+    # Spawned workers must not run the caller's script again (it would encode again, recursively).
+    import subprocess
+    import sys
+
+    tok.save(tmp_path / "tok")
+    _jsonl(tmp_path / "a.jsonl", DOCS)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from lmkit.data.encode import encode_corpus\nfrom lmkit.tokenizer import Tokenizer\n"
+        f"tok = Tokenizer.from_dir({str(tmp_path / 'tok')!r})\n"
+        f"print('ran', encode_corpus(tok, {str(tmp_path / 'a.jsonl')!r}, {str(tmp_path / 'o')!r}, parallel='processes', threads=3))\n",
+        encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ran") == 1 and (tmp_path / "o" / "a.bin").is_file()
