@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkit.data.parallel import processes_pay, run_processes
+from lmkit.data.parallel import processes_pay, remove_stale_parts, run_processes
 from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
 from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
@@ -310,6 +310,7 @@ def encode_corpus(
             progress(stage, 0, total)  # at once: the first line must not wait for the encoder to build
         for n in names:
             remove_shard_temps(output_dir, n)
+        remove_stale_parts(output_dir, names[0])  # worker processes' parts a killed run left
         hashed = _verify_progress(output_dir, names, progress)
         start = min(w.resume(create_stats, hashed) for w in writers)
         rel = relative_names(sources)

@@ -210,7 +210,11 @@ def _encode_task(task: Task, start_doc: int) -> tuple[list[tuple[int, np.ndarray
     """Read, encode and route one task's documents; their ids go to part files."""
     st = _state
     src = st.sources[task.source]
-    encode = st.encoder.encode if not isinstance(st.encoder, Tokenizer) else st.encoder.encode_array
+    if isinstance(st.encoder, Tokenizer):  # no exact fast engine (the main process found none)
+        tokenizer = st.encoder
+        encode = lambda text: np.asarray(tokenizer.encode(text), dtype=np.uint32)  # noqa: E731
+    else:
+        encode = st.encoder.encode
     parts = [_Part(st.part_dir / f"{task.k:07d}-{d}.bin", st.dtype, st.eot_id) for d in range(st.datasets)]
     skipped: Counter = Counter()
     span = (task.lo, task.hi, task.lines_before) if task.lo is not None else None
@@ -240,7 +244,6 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
             thread path does; the shards finished before it stay for a rerun.
     """
     out_dir = writers[0].dir
-    remove_stale_parts(out_dir, writers[0].name)
     part_dir = Path(tempfile.mkdtemp(prefix=f"{_PARTS_PREFIX}{writers[0].name}-", dir=out_dir))
     ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a progress bar)
     queue = ctx.SimpleQueue()

@@ -189,3 +189,19 @@ def test_a_script_without_a_main_guard_encodes_once(tok, tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ran") == 1 and (tmp_path / "o" / "a.bin").is_file()
+
+
+def test_workers_use_the_reference_encoder_where_no_fast_one_is_exact(tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(Tokenizer, "fast_encoder", lambda self: None)  # as for merges tiktoken cannot express
+    _both(tok, _corpus(tmp_path), tmp_path, shard_tokens=90)
+    assert _files(tmp_path / "threads") == _files(tmp_path / "processes")
+
+
+def test_parts_a_killed_run_left_are_removed(tok, tmp_path):
+    out = tmp_path / "processes"
+    stale, other = out / ".lmkit-parts-c-k1ll3d", out / ".lmkit-parts-c-val-k1ll3d"
+    for d in (stale, other):
+        d.mkdir(parents=True)
+        (d / "0000000-0.bin").write_bytes(b"\0" * 8)
+    encode_corpus(tok, _corpus(tmp_path), out, name="c", parallel="processes", threads=3)
+    assert not stale.exists() and other.exists()  # another dataset's (c-val) is not this run's to remove
