@@ -205,3 +205,45 @@ def test_parts_a_killed_run_left_are_removed(tok, tmp_path):
         (d / "0000000-0.bin").write_bytes(b"\0" * 8)
     encode_corpus(tok, _corpus(tmp_path), out, name="c", parallel="processes", threads=3)
     assert not stale.exists() and other.exists()  # another dataset's (c-val) is not this run's to remove
+
+
+_SIGTERM_RUN = """
+import os, signal, sys
+from pathlib import Path
+import lmkit.data.parallel as parallel
+import lmkit.data.shards as shards
+from lmkit.data.encode import encode_corpus
+from lmkit.tokenizer import Tokenizer
+parallel.MIN_RANGE = 300
+tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"<|endoftext|>"}, [], ["<|endoftext|>"])
+real = shards.DatasetWriter._close_shard
+def close(self, final):
+    real(self, final)
+    if self.written == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from outside would, mid-encode
+shards.DatasetWriter._close_shard = close
+try:
+    encode_corpus(tok, Path(sys.argv[1]), Path(sys.argv[2]), shard_tokens=500, parallel="processes", threads=3)
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+    sys.exit(getattr(e, "exit_code", 3))
+"""
+
+
+def test_sigterm_stops_the_workers_and_keeps_complete_shards(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    src = _jsonl(tmp_path / "c.jsonl", DOCS * 3)
+    r = subprocess.run([sys.executable, "-c", _SIGTERM_RUN, str(src), str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in r.stdout, r.stdout + r.stderr
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert [n for n in names if not n.startswith(".")][:6] == [
+        "c-00000.bin", "c-00000.idx", "c-00000.json", "c-00001.bin", "c-00001.idx", "c-00001.json"]
+    assert not [n for n in names if n.startswith(".lmkit-parts") or n.endswith(".tmp")]
+    tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: EOT.encode()}, [], [EOT])
+    encode_corpus(tok, src, tmp_path / "o", shard_tokens=500, parallel="processes", threads=3)  # the rerun finishes it
+    encode_corpus(tok, src, tmp_path / "ref", shard_tokens=500, parallel="threads")
+    assert _files(tmp_path / "o") == _files(tmp_path / "ref")
