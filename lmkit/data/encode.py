@@ -5,6 +5,10 @@ The pipeline, all streaming (memory is bounded by a few blocks in flight and one
     resolve_inputs -> read_blocks per source -> split router -> encoder threads (in order)
                    -> DatasetWriter per dataset (shards, .idx, .json; lmkit.data.shards)
 
+With ``parallel="processes"`` (``auto``: 4 MB of input or more on 3 threads or more) the middle
+steps run in worker processes that each read their own byte range or file, and only their
+per-document tables come back (``lmkit.data.parallel``); the writers and outputs are the same.
+
 Documents: a plain-text file is one document, or the pieces between its end-of-text markers
 (``--eot``, default ``<|endoftext|>`` when the tokenizer has it) or ``--doc-separator``; a JSON
 line or a parquet/arrow row is one. Each document's ids are followed by the end-of-text id.
