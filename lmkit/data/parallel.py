@@ -243,16 +243,16 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
         DataError: what reading a source raises (the first one in corpus order), as the
             thread path does; the shards finished before it stay for a rerun.
     """
-    out_dir = writers[0].dir
-    part_dir = Path(tempfile.mkdtemp(prefix=f"{_PARTS_PREFIX}{writers[0].name}-", dir=out_dir))
+    total = sum(s.size for s in sources)
+    tasks = plan_tasks(sources, start.source, range_bytes(total - sum(s.size for s in sources[:start.source]), workers))
+    ranged = [t for t in tasks if t.lo is not None]
+    workers = max(1, min(workers, len(tasks)))  # a process without a task would only cost its start
+    part_dir = Path(tempfile.mkdtemp(prefix=f"{_PARTS_PREFIX}{writers[0].name}-", dir=writers[0].dir))
     ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a progress bar)
     queue = ctx.SimpleQueue()
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
     finished = False
     try:
-        total = sum(s.size for s in sources)
-        tasks = plan_tasks(sources, start.source, range_bytes(total - sum(s.size for s in sources[:start.source]), workers))
-        ranged = [t for t in tasks if t.lo is not None]
         # One task per worker starts every process now (each submit starts one while none is
         # idle, and none is until its state arrives): they import while the encoder is built.
         with _bare_main():
@@ -291,7 +291,10 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
                 path = part_dir / f"{t.k:07d}-{d}.bin"
                 if n:
                     writers[d].write_docs(np.memmap(path, dtype=dtype, mode="r", shape=(n,)), lengths, nbytes, t.source, docs)
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:  # still mapped (Windows): the folder goes at the end
+                    pass
             if skipped is not None:
                 skipped.setdefault(sources[t.source].path, Counter()).update(bad)
             done += t.disk_bytes
