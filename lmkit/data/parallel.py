@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import pickle
@@ -109,7 +110,7 @@ def plan_tasks(sources: list[SourceFile], first_source: int, step: int) -> list[
         src = sources[i]
         if src.kind == "jsonl" and src.compression is None and src.size > step:
             cuts = line_cuts(src.path, src.size, step)
-            tasks += [Task(len(tasks) + n, i, lo, hi, 0, hi - lo) for n, (lo, hi) in enumerate(zip(cuts, cuts[1:]))]
+            tasks += [Task(len(tasks) + n, i, lo, hi, 0, hi - lo) for n, (lo, hi) in enumerate(itertools.pairwise(cuts))]
         else:
             tasks.append(Task(len(tasks), i, disk_bytes=src.size))
     return tasks
@@ -212,7 +213,7 @@ def _encode_task(task: Task, start_doc: int) -> tuple[list[tuple[int, np.ndarray
     src = st.sources[task.source]
     if isinstance(st.encoder, Tokenizer):  # no exact fast engine (the main process found none)
         tokenizer = st.encoder
-        encode = lambda text: np.asarray(tokenizer.encode(text), dtype=np.uint32)  # noqa: E731
+        encode = lambda text: np.asarray(tokenizer.encode(text), dtype=np.uint32)
     else:
         encode = st.encoder.encode
     parts = [_Part(st.part_dir / f"{task.k:07d}-{d}.bin", st.dtype, st.eot_id) for d in range(st.datasets)]

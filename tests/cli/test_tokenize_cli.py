@@ -342,7 +342,7 @@ def test_verify_finds_a_shard_altered_in_place(trained, tmp_path):
 
 @pytest.mark.parametrize("mode", ["processes", "threads"])
 def test_encode_parallel_modes_write_the_same_dataset(trained, tmp_path, mode, monkeypatch):
-    import lmkit.data.parallel as parallel
+    from lmkit.data import parallel
 
     monkeypatch.setattr(parallel, "MIN_RANGE", 200)  # several byte ranges per file, so workers share one
     tok_dir, _ = trained

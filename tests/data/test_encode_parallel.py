@@ -8,13 +8,13 @@ Ranges are made tiny (``MIN_RANGE``) so every JSON Lines file is cut into severa
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from collections import Counter
 
 import pytest
 
-import lmkit.data.parallel as parallel
-import lmkit.data.shards as shards
+from lmkit.data import parallel, shards
 from lmkit.data.encode import encode_corpus
 from lmkit.errors import DataError
 from lmkit.tokenizer import Tokenizer, train_bpe
@@ -76,9 +76,9 @@ def _both(tok, inputs, tmp_path, **kw):
     return outs
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(shard_tokens=97), dict(shard_tokens=53, val_fraction=0.3),
-                                dict(shard_tokens=200, val_docs=9), dict(shard_tokens=41, eot=False),
-                                dict(create_stats=True, shard_tokens=300)])
+@pytest.mark.parametrize("kw", [{}, {"shard_tokens": 97}, {"shard_tokens": 53, "val_fraction": 0.3},
+                                {"shard_tokens": 200, "val_docs": 9}, {"shard_tokens": 41, "eot": False},
+                                {"create_stats": True, "shard_tokens": 300}])
 def test_processes_write_the_same_files_as_threads(tok, tmp_path, kw):
     inputs = _corpus(tmp_path)
     outs = _both(tok, inputs, tmp_path, **kw)
@@ -156,7 +156,7 @@ def test_line_cuts_end_after_newlines(tmp_path):
         cuts = parallel.line_cuts(path, len(data), step)
         assert cuts[0] == 0 and cuts[-1] == len(data) and cuts == sorted(set(cuts))
         assert all(data[c - 1:c] == b"\n" for c in cuts[1:-1])
-        counts = [parallel.count_newlines(path, lo, hi) for lo, hi in zip(cuts, cuts[1:])]
+        counts = [parallel.count_newlines(path, lo, hi) for lo, hi in itertools.pairwise(cuts)]
         assert sum(counts) == data.count(b"\n")
     assert parallel.line_cuts(path, len(data), 10_000) == [0, len(data)]
 
@@ -186,7 +186,7 @@ def test_a_script_without_a_main_guard_encodes_once(tok, tmp_path):
         f"tok = Tokenizer.from_dir({str(tmp_path / 'tok')!r})\n"
         f"print('ran', encode_corpus(tok, {str(tmp_path / 'a.jsonl')!r}, {str(tmp_path / 'o')!r}, parallel='processes', threads=3))\n",
         encoding="utf-8")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ran") == 1 and (tmp_path / "o" / "a.bin").is_file()
 
@@ -210,8 +210,7 @@ def test_parts_a_killed_run_left_are_removed(tok, tmp_path):
 _SIGTERM_RUN = """
 import os, signal, sys
 from pathlib import Path
-import lmkit.data.parallel as parallel
-import lmkit.data.shards as shards
+from lmkit.data import parallel, shards
 from lmkit.data.encode import encode_corpus
 from lmkit.tokenizer import Tokenizer
 parallel.MIN_RANGE = 300
@@ -237,7 +236,7 @@ def test_sigterm_stops_the_workers_and_keeps_complete_shards(tmp_path):
 
     src = _jsonl(tmp_path / "c.jsonl", DOCS * 3)
     r = subprocess.run([sys.executable, "-c", _SIGTERM_RUN, str(src), str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+                       check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in r.stdout, r.stdout + r.stderr
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert [n for n in names if not n.startswith(".")][:6] == [
