@@ -175,7 +175,7 @@ class OptimSettings(Section):
     )
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's momentum (0.95 in Muon, Moonlight and modded-nanogpt).")
     muon_nesterov: bool = Field(True, examples=[False], description="Muon: Nesterov momentum (as in Muon and torch's default).")
-    muon_ns_steps: int = Field(5, gt=0, lt=100, description="Muon: Newton-Schulz iterations per step (5 in Muon and torch).")
+    muon_ns_steps: int = Field(5, gt=0, le=99, description="Muon: Newton-Schulz iterations per step (5 in Muon and torch).")
     muon_weight_decay: float = Field(
         0.0, ge=0,
         description="Muon's decoupled weight decay, times its learning rate (0 as in Keller Jordan's Muon; Moonlight uses 0.1 with a smaller LR).",
