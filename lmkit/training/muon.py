@@ -159,27 +159,31 @@ class MuonAdamW(torch.optim.Optimizer):
         return None
 
     def _muon_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
         m, scale = group["momentum"], self.grad_scale
-        by_shape: dict[tuple, list[tuple[nn.Parameter, torch.Tensor]]] = defaultdict(list)
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad if scale is None else p.grad / scale  # the clip, folded in here
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-            buf = state["momentum_buffer"]
-            buf.lerp_(grad, 1 - m)  # m * buf + (1 - m) * g, as torch.optim.Muon
-            update = grad.lerp(buf, m) if group["nesterov"] else buf
-            by_shape[(tuple(p.shape), p.dtype, p.device)].append((p, update))
-        for (shape, _, _), items in by_shape.items():
-            ortho = orthogonalise(torch.stack([u for _, u in items]), group["ns_steps"])  # (n, rows, cols)
-            lr = group["lr"]
-            step_lr = adjusted_lr(lr, group["adjust_lr_fn"], torch.Size(shape))
-            params = [p for p, _ in items]
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        grads = [p.grad for p in params]
+        if scale is not None:
+            grads = torch._foreach_div(grads, scale)  # the clip, folded in here
+        # One launch per op over all matrices (not one per matrix): the same arithmetic as
+        # torch.optim.Muon's per-tensor lerps, so the results are bitwise equal.
+        torch._foreach_lerp_(bufs, grads, 1 - m)  # buf = m * buf + (1 - m) * g
+        updates = torch._foreach_lerp(grads, bufs, m) if group["nesterov"] else bufs
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            by_shape[(tuple(p.shape), p.dtype, p.device)].append(i)
+        lr = group["lr"]
+        for (shape, _, _), idx in by_shape.items():
+            ortho = orthogonalise(torch.stack([updates[i] for i in idx]), group["ns_steps"])  # (n, rows, cols) bf16
+            mine = [params[i] for i in idx]
             if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-            torch._foreach_add_(params, list(ortho.unbind(0)), alpha=-step_lr)
+                torch._foreach_mul_(mine, 1 - lr * group["weight_decay"])
+            torch._foreach_add_(mine, list(ortho.unbind(0)), alpha=-adjusted_lr(lr, group["adjust_lr_fn"], torch.Size(shape)))
 
     def state_dict(self) -> dict:  # noqa: D102 (torch.optim.Optimizer.state_dict)
         # lmkit's AdamW shares one step count per group (see optim.AdamW.state_dict): each
