@@ -57,6 +57,8 @@ class CheckpointSummary:
     tokenizer: dict[str, Any] | None  # {dir, hash, vocab_size} as recorded
     init_from: dict[str, Any] | None  # {path, sha256, iter} of the checkpoint the run started from
     tensors: list[TensorInfo] | None = None  # with tensors=True
+    optimizer: str | None = None  # "adamw" or "muon", with its LRs and schedule (from the saved settings)
+    cooldown: dict[str, Any] | None = None  # {path, sha256, iter, cooldown_iters} of a cooldown's source
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (what ``--json`` prints)."""
@@ -90,7 +92,27 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         params_non_embedding=total - embed, dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()}),
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
         world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,
+        optimizer=describe_optimizer(state), cooldown=state.get("cooldown"),
     )
+
+
+def describe_optimizer(state: dict[str, Any]) -> str | None:
+    """The optimizer and schedule a checkpoint's run used, in one line (None without saved settings).
+
+    Checkpoints from before ``optim.optimizer``/``optim.schedule`` were AdamW with cosine decay.
+    """
+    optim = (state.get("settings") or {}).get("optim")
+    if not isinstance(optim, dict):
+        return None
+    kind, schedule = optim.get("optimizer", "adamw"), optim.get("schedule", "cosine")
+    lr = optim.get("learning_rate")
+    text = f"adamw (lr {lr:g})" if isinstance(lr, (int, float)) else "adamw"
+    if kind == "muon":
+        text = (f"muon on the hidden matrices (lr {optim.get('muon_lr'):g}, momentum {optim.get('muon_momentum'):g}, "
+                f"{optim.get('muon_ns_steps')} Newton-Schulz steps) + {text} on the rest")
+    if schedule == "wsd":
+        schedule += f" (decay over the last {optim.get('decay_fraction'):g})"
+    return f"{text}; {schedule} schedule to step {optim.get('lr_decay_iters')}"
 
 
 @dataclass

@@ -126,6 +126,12 @@ class DataSettings(Section):
         Path("data/owt_valid.txt"), examples=["data/val.bin"],
         description="Validation tokens (same forms, mixtures too); empty to skip validation.",
     )
+    align_documents: bool = Field(
+        False, examples=[True],
+        description="Start every training window at a document start (from the dataset's .idx document index, written by "
+                    "`lmkit tokenize encode`), so no window opens mid-document; tokens of a document beyond one window are then "
+                    "not trained on. Data without an index falls back to random windows (with a notice). Validation is unchanged.",
+    )
     tokenizer_dir: Path | None = Field(None, examples=["tokenizers/tinyshakespeare"], description="Tokenizer directory recorded with the run so `lmkit generate` can decode; found from the data's metadata when unset.")
 
     @field_validator("train_data_path", "val_data_path", mode="before")
@@ -137,7 +143,7 @@ class DataSettings(Section):
 
 
 class OptimSettings(Section):
-    """AdamW and its learning-rate schedule."""
+    """The optimizer (AdamW, or Muon with AdamW) and the learning-rate schedule."""
 
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate, reached at the end of warmup.")
     min_lr: float = Field(1e-5, ge=0, description="Floor of the cosine decay, held after lr_decay_iters.")
@@ -148,6 +154,37 @@ class OptimSettings(Section):
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay (0.95 is steadier than 0.999 for LMs).")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this value; 0 disables clipping.")
+    schedule: Literal["cosine", "wsd", "linear"] = Field(
+        "cosine", examples=["wsd"],
+        description="LR shape after warmup: cosine (to min_lr at lr_decay_iters), linear (straight to min_lr), or wsd "
+                    "(warmup-stable-decay: hold learning_rate, then decay linearly over the last decay_fraction; a cooldown "
+                    "can start from any checkpoint of the stable phase, see cooldown_from).",
+    )
+    decay_fraction: float = Field(
+        0.2, gt=0, le=1,
+        description="wsd only: share of the steps between warmup and lr_decay_iters spent decaying (0.1-0.2 in the WSD papers; 1 = linear).",
+    )
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", examples=["muon"],
+        description="adamw for everything, or muon: Muon (orthogonalised momentum, torch >= 2.9) on the blocks' 2-D matrices "
+                    "(attention and SwiGLU weights) and AdamW on the embeddings, the LM head and the gains.",
+    )
+    muon_lr: float = Field(
+        0.02, gt=0,
+        description="Muon's peak learning rate (Keller Jordan's Muon and torch's examples use 0.02); the schedule scales it as it scales learning_rate.",
+    )
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's momentum (0.95 in Muon, Moonlight and modded-nanogpt).")
+    muon_nesterov: bool = Field(True, examples=[False], description="Muon: Nesterov momentum (as in Muon and torch's default).")
+    muon_ns_steps: int = Field(5, gt=0, le=99, description="Muon: Newton-Schulz iterations per step (5 in Muon and torch).")
+    muon_weight_decay: float = Field(
+        0.0, ge=0,
+        description="Muon's decoupled weight decay, times its learning rate (0 as in Keller Jordan's Muon; Moonlight uses 0.1 with a smaller LR).",
+    )
+    muon_lr_adjust: Literal["original", "match_rms_adamw"] = Field(
+        "original", examples=["match_rms_adamw"],
+        description="Muon's per-matrix LR scale: original (sqrt(max(1, rows/cols)), Muon's and torch's default) or match_rms_adamw "
+                    "(0.2 sqrt(max(rows, cols)), Moonlight's: then muon_lr is an AdamW-sized LR).",
+    )
 
     @model_validator(mode="after")
     def _floor_below_peak(self) -> OptimSettings:
@@ -186,16 +223,31 @@ class CheckpointSettings(Section):
     checkpoint_interval: int = Field(1000, gt=0, le=MAX_STEPS, description="Steps between checkpoints (a final one is always written).")
     keep_last: int | None = Field(None, gt=0, le=10**6, examples=[3], description="Keep only the newest K step checkpoints (latest.pt is always kept).")
     resume: str = Field("auto", examples=["never"], description="auto: resume from checkpoint_dir/latest.pt if present; never: start fresh; or a checkpoint path.")
+    cooldown_from: Path | None = Field(
+        None, examples=["runs/wsd/ckpt_3000.pt"],
+        description="Start a new run (its own checkpoint_dir) from a checkpoint of a wsd run's stable phase, weights and optimizer "
+                    "state both, and decay its learning rate to min_lr over cooldown_iters steps: a finished model from any saved step. "
+                    "Settings left unset come from that checkpoint.",
+    )
+    cooldown_iters: int | None = Field(None, gt=0, le=MAX_STEPS, examples=[400], description="Steps of the cooldown_from decay (required with it).")
     init_from: Path | None = Field(
         None, examples=["runs/pretrain"],
         description="Start a new run from this checkpoint's weights (a file, or a run directory's latest.pt): fresh optimizer, schedule and step count; the architecture comes from it (model settings that differ are refused) and the data must use its tokenizer. If checkpoint_dir already holds this run's latest.pt, resume wins.",
     )
 
-    @field_validator("init_from", mode="before")
+    @field_validator("init_from", "cooldown_from", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         # As for the data paths: an empty value means "none", not the current directory.
         return None if v in ("", "none", "None") else v
+
+    @model_validator(mode="after")
+    def _cooldown_pair(self) -> CheckpointSettings:
+        if (self.cooldown_from is None) != (self.cooldown_iters is None):
+            raise Conflict("cooldown_from and cooldown_iters go together: give both (the checkpoint and the steps of its decay)", "cooldown_from", "cooldown_iters")
+        if self.cooldown_from is not None and self.init_from is not None:
+            raise Conflict("cooldown_from and init_from both name where a new run starts; give one", "cooldown_from", "init_from")
+        return self
 
 
 class LoggingSettings(Section):
@@ -257,6 +309,15 @@ class Settings(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+
+    @model_validator(mode="after")
+    def _muon_needs_whole_matrices(self) -> Settings:
+        if self.optim.optimizer == "muon" and self.train.parallel == "fsdp":
+            raise Conflict(
+                "optimizer muon does not work with parallel fsdp: Muon orthogonalises whole matrices and FSDP shards them; use --parallel ddp",
+                "optim.optimizer", "train.parallel",
+            )
+        return self
 
     def flat(self) -> dict[str, Any]:
         """All fields as ``{flat_name: value}`` (JSON-friendly), e.g. for W&B's config."""

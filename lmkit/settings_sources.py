@@ -83,6 +83,9 @@ def format_validation_error(err: ValidationError, source: str = "settings",
         elif origins is not None and len(loc) == 1 and fields:
             who = [origins.get((loc[0], f), Origin("default", key=f)).mention() for f in fields]
             lines.append(f"{' and '.join(dict.fromkeys(who))}: {msg}")
+        elif origins is not None and not loc and fields:  # a rule across sections: fields are "section.field"
+            who = [origins.get(tuple(f.split(".", 1)), Origin("default", key=f.split(".")[-1])).mention() for f in fields]
+            lines.append(f"{' and '.join(dict.fromkeys(who))}: {msg}")
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"

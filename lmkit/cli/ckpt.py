@@ -76,8 +76,10 @@ def _render_summary(s: Any) -> None:
         ("parameters", f"{s.params_total:,} total, {s.params_non_embedding:,} non-embedding"),
         ("dtype", ", ".join(s.dtypes)),
         ("optimizer", "present (training can resume)" if s.has_optimizer else "absent (weights only)"),
+        *([("recipe", s.optimizer)] if s.optimizer else []),
         ("W&B run", s.wandb_run_id or "none"),
         ("started from", f"{init.get('path')} (step {init.get('iter')}, sha256 {str(init.get('sha256'))[:12]})" if init else "scratch"),
+        *([("cooldown of", f"{s.cooldown.get('path')} (step {s.cooldown.get('iter')}, decayed over {s.cooldown.get('cooldown_iters')} steps)")] if s.cooldown else []),
         ("tokenizer", f"{tok.get('hash')} ({tok.get('vocab_size')} ids) at {tok.get('dir')}" if tok.get("hash") or tok.get("dir") else "none recorded"),
     ]
     table = Table(show_header=False, box=None, pad_edge=False)

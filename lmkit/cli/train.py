@@ -29,7 +29,10 @@ TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "r
         "  lmkit train --train-data-path data/web-train.json \\\n"
         "      --val-data-path data/web-val.json\n"
         "  lmkit train --train-data-path 'web=web.json:0.7,code=code.json:0.3'\n"
-        "  lmkit train --nproc-per-node 8 --config cfg.yaml\n\n"
+        "  lmkit train --nproc-per-node 8 --config cfg.yaml\n"
+        "  lmkit train --config cfg.yaml --optimizer muon --schedule wsd\n"
+        "  lmkit train --cooldown-from runs/wsd/ckpt_0003000.pt --cooldown-iters 400 \\\n"
+        "      --checkpoint-dir runs/wsd-cool3000\n\n"
         "Flags accept --d-model and --d_model spellings; precedence: defaults < --config YAML < "
         "LMKIT_* environment < flags."
     ),

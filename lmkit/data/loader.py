@@ -174,6 +174,7 @@ class TokenDataset:
         self.data = first  # one dataset's stream (read as one array: len(), slices)
         self.path = first.path
         self.meta = first.meta()  # every source shares this tokenizer (open_data checks)
+        self._doc_starts: list[np.ndarray | None] | None = None  # see document_starts
 
     @staticmethod
     def _check_vocab(d: TokenData, vocab_size: int) -> None:
@@ -200,9 +201,36 @@ class TokenDataset:
     def __len__(self) -> int:
         return self.data.num_tokens
 
-    def plan(self, count: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Which source and start each of ``count`` windows of one step reads; see ``mixture_plan``."""
-        return mixture_plan([len(d) for d in self.mixture.sources], self.mixture.weights, self.context_length, count, seed, step)
+    def plan(self, count: int, seed: int, step: int, aligned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Which source and start each of ``count`` windows of one step reads; see ``mixture_plan``.
+
+        ``aligned``: windows start at document starts, in each source that has a document index
+        (see ``document_starts``).
+        """
+        docs = self.document_starts() if aligned else None
+        return mixture_plan([len(d) for d in self.mixture.sources], self.mixture.weights, self.context_length, count, seed, step, docs)
+
+    def document_starts(self, notice: Callable[[str], None] | None = None) -> list[np.ndarray | None]:
+        """Per source, the document starts a whole window fits after (int64, ascending), or None
+        where the source has no document index (data encoded before indexes, or a file of ids).
+
+        Loaded once. ``notice`` hears of each source without an index (its windows stay random).
+        """
+        if self._doc_starts is None:
+            out = []
+            for d in self.mixture.sources:
+                docs = d.documents()
+                if docs is not None:
+                    docs = docs.astype(np.int64)
+                    docs = docs[docs <= len(d) - self.context_length - 1]  # a window of T + 1 fits after it
+                if docs is None or docs.size == 0:
+                    if notice is not None:
+                        notice(f"{d.path}: no document index (.idx beside its .bin; `lmkit tokenize encode` writes one): "
+                               "its training windows start anywhere, not at document starts")
+                    docs = None
+                out.append(docs)
+            self._doc_starts = out
+        return self._doc_starts
 
     def cut(self, sources: np.ndarray, starts: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The windows ``(sources[i], starts[i])`` as a batch ``(x, y)`` on ``device``, ids checked."""
@@ -232,7 +260,8 @@ def open_run_data(settings: Settings, notice: Callable[[str], None] = lambda m: 
     return train, val
 
 
-def mixture_plan(lengths: Sequence[int], weights: np.ndarray, context_length: int, count: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+def mixture_plan(lengths: Sequence[int], weights: np.ndarray, context_length: int, count: int, seed: int, step: int,
+                 documents: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Source index and start offset of each of ``count`` windows: a pure function of its arguments.
 
     One dataset: exactly ``window_starts(length, T, count, seed, step)``, so a run on the same ids
@@ -240,17 +269,32 @@ def mixture_plan(lengths: Sequence[int], weights: np.ndarray, context_length: in
     mixture: the step's generator draws every window's source from ``weights``, then, source by
     source, the starts within it.
 
+    Args:
+        documents: per source, the document starts to draw from (each equally likely: a long
+            document is not drawn more often than a short one, which would repeat its opening), or
+            None for random offsets; None for random offsets everywhere.
+
     Returns:
         ``(sources, starts)``: int64 arrays of shape (count,).
     """
+    documents = documents or [None] * len(lengths)
+
+    def starts_in(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        docs = documents[k]
+        if docs is None:
+            return rng.integers(0, lengths[k] - context_length, size=size, dtype=np.int64)
+        return docs[rng.integers(0, len(docs), size=size, dtype=np.int64)]
+
     if len(lengths) == 1:
-        return np.zeros(count, dtype=np.int64), window_starts(lengths[0], context_length, count, seed, step)
+        if documents[0] is None:
+            return np.zeros(count, dtype=np.int64), window_starts(lengths[0], context_length, count, seed, step)
+        return np.zeros(count, dtype=np.int64), starts_in(0, count, np.random.default_rng([seed, step]))
     rng = np.random.default_rng([seed, step])
     sources = rng.choice(len(lengths), size=count, p=weights).astype(np.int64)
     starts = np.empty(count, dtype=np.int64)
-    for k, n in enumerate(lengths):
+    for k in range(len(lengths)):
         picked = sources == k
-        starts[picked] = rng.integers(0, n - context_length, size=int(picked.sum()), dtype=np.int64)
+        starts[picked] = starts_in(k, int(picked.sum()), rng)
     return sources, starts
 
 
@@ -272,6 +316,8 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         prefetch: bool = True,
+        align_documents: bool = False,
+        notice: Callable[[str], None] | None = None,
     ):
         if batch_size % (grad_accum_steps * world_size):
             raise DataError(
@@ -290,9 +336,12 @@ class BatchLoader:
         self._pending: dict[int, Future] = {}
         self._lock = threading.Lock()
         self.tokens_by_source: dict[str, int] = {n: 0 for n in dataset.mixture.names}
+        self.aligned = align_documents
+        if align_documents:
+            dataset.document_starts(notice)  # loaded (and sources without an index named) before the first step
 
     def _build(self, step: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], np.ndarray]:
-        sources, starts = self.dataset.plan(self.batch_size, self.seed, step)
+        sources, starts = self.dataset.plan(self.batch_size, self.seed, step, self.aligned)
         # Windows per source in the whole global batch (every rank counts the same).
         counts = np.bincount(sources, minlength=len(self.dataset.mixture))
         sources = sources.reshape(self.accum, self.world_size, self.micro_batch)[:, self.rank]  # (A, b)

@@ -22,6 +22,8 @@ _SAFE_FIELDS = {
     "activation_checkpointing", "device", "dtype", "compile", "cuda_graphs", "fp32_residual", "val_data_path",
     "train_data_path", "tokenizer_dir",
 }
+# Fields of the safe sections that still cannot change: the optimizer's state is of its kind.
+_FIXED_FIELDS = {"optimizer"}
 # Settings whose default changed after checkpoints were first written without them: what such a
 # checkpoint's run actually used, so that resuming it lists the change instead of hiding it.
 _OLD_DEFAULTS = {("runtime", "fp32_residual"): True}
@@ -116,7 +118,9 @@ def reconcile_settings(settings: Settings, state: dict[str, Any], path: Path, no
     refused, applied = [], []
     for section, key, before, after in _diff(old, new):
         line = f"{key}: {before} -> {after}"
-        if section in _SAFE_SECTIONS or key in _SAFE_FIELDS:
+        if key in _FIXED_FIELDS:
+            refused.append(f"{section}.{key} differs from the checkpoint ({before} there, {after} now): its optimizer state is {before}'s")
+        elif section in _SAFE_SECTIONS or key in _SAFE_FIELDS:
             applied.append(line)
         elif section in _ARCHITECTURE:
             refused.append(f"model.{key} differs from the checkpoint ({before} there, {after} now): the weights do not fit")

@@ -27,14 +27,16 @@ from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training import rundir
 from lmkit.training.compile_plan import plan_compile
+from lmkit.training.cooldown import load_cooldown_source, resume_cooldown
 from lmkit.training.distributed import Distributed
 from lmkit.training.init_from import check_init_tokenizer, load_init_source
 from lmkit.training.loss import LMLoss
 from lmkit.training.memory import check_training_memory
+from lmkit.training.muon import build_muon
 from lmkit.training.optim import build_optimizer, clip_gradients
 from lmkit.training.resume import load_resume_state, reconcile_settings
 from lmkit.training.runtime import Runtime, resolve_runtime
-from lmkit.training.schedule import get_lr
+from lmkit.training.schedule import schedule_lr
 from lmkit.training.stopping import StopRequests, TrainingInterrupted, aborted, oom_error
 
 
@@ -123,14 +125,21 @@ class Trainer:
     def _build(self) -> None:
         s, rt = self.settings, self.rt
         found = load_resume_state(s.checkpoint.resume, self.run_dir, self.notice)
-        state = init = None
+        state = init = cool = None
         if found is not None:
             resume_path, state = found
+            if s.checkpoint.cooldown_from is not None:  # a cooldown run, resumed: its settings derived again
+                s = resume_cooldown(s, state, resume_path)
             self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
+        elif s.checkpoint.cooldown_from is not None:  # a new run continuing a wsd checkpoint (see cooldown.py)
+            cool = load_cooldown_source(s, self.notice)
+            self.settings = s = cool.settings
+            state = cool.state
         elif s.checkpoint.init_from is not None:  # a new run from trained weights (resume wins: above)
             init = load_init_source(s, self.notice)
             self.settings = s = init.settings
         self.init_from = init.record if init is not None else (state or {}).get("init_from")
+        self.cooldown = cool.record if cool is not None else (state or {}).get("cooldown")
         # Unset vocab_size: the data's tokenizer's (after resume/init, which fix the architecture).
         self.settings = s = data_vocab_size(s, state, self.notice)
         torch.manual_seed(s.runtime.seed)
@@ -155,16 +164,21 @@ class Trainer:
             self.model.compile_blocks()
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
         self.wrapped = self.dist.wrap(LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile), s.train.parallel)
-        self.optimizer = build_optimizer(
-            self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
-        )
+        def adamw(module: torch.nn.Module) -> torch.optim.Optimizer:
+            o = s.optim
+            return build_optimizer(module, o.learning_rate, o.weight_decay, (o.beta1, o.beta2), o.adam_eps, rt.device.type)
+
+        self.optimizer = build_muon(self.model, adamw, s.optim) if s.optim.optimizer == "muon" else adamw(self.model)
         if state is not None:
             self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
             self._restore_counters(state)
+            if cool is not None:
+                self._resumed_identity = None  # the cooldown is a run of its own (its own id in run.json)
         self.cuda_graphs = plan.cuda_graphs
         self.loss_fn = plan.apply(self.wrapped)
         self.loader = BatchLoader(
-            self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size
+            self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size,
+            align_documents=s.data.align_documents, notice=self.notice,
         )
         if state is not None:
             self.loader.load_state_dict(state.get("sampler"))  # tokens seen per source so far
@@ -209,6 +223,7 @@ class Trainer:
             "world_size": self.rt.world_size,
             "tokenizer": {"dir": tok_meta.tokenizer_dir, "hash": tok_meta.tokenizer_hash, "vocab_size": tok_meta.vocab_size},
             "init_from": self.init_from,  # {path, sha256, iter} of the checkpoint this run started from
+            "cooldown": self.cooldown,  # {path, sha256, iter, cooldown_iters} of the wsd checkpoint this run decays
         }
 
     def save(self) -> Path | None:
@@ -364,9 +379,9 @@ class Trainer:
         stopping = False
         while self.step < s.train.max_iters and not stopping:
             step = self.step
-            lr = get_lr(step, s.optim.learning_rate, s.optim.min_lr, s.optim.warmup_iters, s.optim.lr_decay_iters)
+            lr = schedule_lr(step, s.optim)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: muon_lr / learning_rate
             step_loss = torch.zeros((), device=dev)
             for micro, (x, y) in enumerate(self.loader.step_batches(step)):
                 if self.cuda_graphs:
