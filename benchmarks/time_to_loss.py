@@ -98,10 +98,16 @@ def build_corpus(work: Path, want_bytes: int, vocab: Path, merges: Path) -> tupl
     print(f"corpus: {docs:,} files, {total / 1e6:.0f} MB of text", file=sys.stderr)
     data = work / "data"
     subprocess.run([sys.executable, "-m", "lmkit", "tokenize", "encode", "--vocab", str(vocab), "--merges", str(merges),
-                    "--input", str(src), "--output", str(data), "--name", "ttl", "--val-fraction", "0.01"], check=True)
+                    "--input", str(src), "--output", str(data), "--name", "ttl", "--val-fraction", "0.01"],
+                   check=True, cwd=ROOT, env=_env())
     train, val = data / "ttl-train.json", data / "ttl-val.json"
     done.write_text(json.dumps({"train": str(train), "val": str(val), "files": docs, "bytes": total}))
     return train, val
+
+
+def _env() -> dict[str, str]:
+    """The environment for lmkit subprocesses: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def num_tokens(path: Path) -> int:
@@ -148,9 +154,8 @@ def run_contender(name: str, seed: int, a, shape: dict, train: Path, val: Path) 
              "log_interval": a.log_interval, "device": a.device})]
     else:
         cmd = lmkit_command(CONTENDERS[name], shape, a, seed, train, val, run_dir)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} (seed {seed}) failed with exit {proc.returncode}:\n{proc.stderr[-3000:]}")
