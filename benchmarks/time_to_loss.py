@@ -16,8 +16,8 @@ whole command (start-up and compile included), steady tokens/s, validation loss 
 evaluation with its wall time, final validation loss, and the wall time at which it first
 reaches the baseline's and today's final validation loss.
 
-The corpus: .py/.md/.rst/.txt/.h/.c/.cpp/.cu files under sys.prefix, site-packages and
-/usr/share/doc (documents = files, up to 1 MB each), as JSON Lines; 1 % of the documents (by a
+The corpus: .py/.md/.rst/.txt/.h/.c/.cpp/.cu files under sys.prefix, sys.path, /usr/share/doc
+and the system's include folders (documents = files, up to 1 MB each, in sorted order), as JSON Lines; 1 % of the documents (by a
 hash of the path) are the validation split. Built once into --work and reused.
 
 Results accumulate in --results (JSON, one entry per contender and seed; finished ones are
@@ -67,7 +67,8 @@ def build_corpus(work: Path, want_bytes: int, vocab: Path, merges: Path) -> tupl
     if done.is_file():
         info = json.loads(done.read_text())
         return Path(info["train"]), Path(info["val"])
-    roots = sorted({Path(sys.prefix), *map(Path, sys.path[1:]), Path("/usr/share/doc"), Path("/usr/lib/python3")})
+    roots = sorted({Path(sys.prefix), *map(Path, sys.path[1:]), *map(Path, ("/usr/share/doc", "/usr/lib/python3", "/usr/include",
+                                                                              "/usr/local/include", "/usr/local/cuda/include"))})
     src = work / "corpus.jsonl"
     src.parent.mkdir(parents=True, exist_ok=True)
     total, docs, seen = 0, 0, set()
@@ -75,7 +76,8 @@ def build_corpus(work: Path, want_bytes: int, vocab: Path, merges: Path) -> tupl
         for root in roots:
             if not root.is_dir() or total >= want_bytes:
                 continue
-            for dirpath, _, names in os.walk(root):
+            for dirpath, dirs, names in os.walk(root):
+                dirs.sort()  # the same corpus on every call, whatever order the file system lists
                 for name in sorted(names):
                     p = Path(dirpath) / name
                     if p.suffix not in SUFFIXES:
@@ -96,10 +98,16 @@ def build_corpus(work: Path, want_bytes: int, vocab: Path, merges: Path) -> tupl
     print(f"corpus: {docs:,} files, {total / 1e6:.0f} MB of text", file=sys.stderr)
     data = work / "data"
     subprocess.run([sys.executable, "-m", "lmkit", "tokenize", "encode", "--vocab", str(vocab), "--merges", str(merges),
-                    "--input", str(src), "--output", str(data), "--name", "ttl", "--val-fraction", "0.01"], check=True)
+                    "--input", str(src), "--output", str(data), "--name", "ttl", "--val-fraction", "0.01"],
+                   check=True, cwd=ROOT, env=_env())
     train, val = data / "ttl-train.json", data / "ttl-val.json"
     done.write_text(json.dumps({"train": str(train), "val": str(val), "files": docs, "bytes": total}))
     return train, val
+
+
+def _env() -> dict[str, str]:
+    """The environment for lmkit subprocesses: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def num_tokens(path: Path) -> int:
@@ -146,9 +154,8 @@ def run_contender(name: str, seed: int, a, shape: dict, train: Path, val: Path) 
              "log_interval": a.log_interval, "device": a.device})]
     else:
         cmd = lmkit_command(CONTENDERS[name], shape, a, seed, train, val, run_dir)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} (seed {seed}) failed with exit {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -322,6 +329,9 @@ def main() -> None:
             p.error(f"{f}: GPT-2 file not found (pass --vocab/--merges)")
     shape = TINY if a.tiny else SMALL
     train, val = build_corpus(a.work, a.corpus_mb * 10**6, a.vocab, a.merges)
+    if not a.tiny and num_tokens(train) < 100_000_000:
+        print(f"warning: the corpus has {num_tokens(train):,} training tokens, under the 100M asked for: this machine holds "
+              "less text than --corpus-mb; the results say how many", file=sys.stderr)
     config = (f"shape {shape}, batch {a.batch_size} x {shape['context_length']}, {a.steps} steps, eval every "
               f"{a.eval_interval} steps on {a.eval_iters} batches; corpus {num_tokens(train):,} train / {num_tokens(val):,} val tokens; "
               f"device {a.device}")

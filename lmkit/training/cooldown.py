@@ -118,13 +118,18 @@ def load_cooldown_source(settings: Settings, notice: Callable[[str], None]) -> C
 
 def resume_cooldown(settings: Settings, state: dict[str, Any], path: Path) -> Settings:
     """For a cooldown run being resumed: its settings derived as when it started (from its own
-    checkpoint), so that ``reconcile_settings`` compares like with like.
+    checkpoint), so that ``reconcile_settings`` compares like with like. Without
+    ``--cooldown-from`` on the command line, the recorded one.
 
     Raises:
         ConfigError: the run directory holds a run that is not a cooldown of this checkpoint.
     """
     record = state.get("cooldown") or {}
     given = settings.checkpoint.cooldown_from
+    if given is None and record:  # resumed without the flags: the cooldown the run recorded
+        given = record.get("path")
+        checkpoint = settings.checkpoint.model_copy(update={"cooldown_from": given, "cooldown_iters": record.get("cooldown_iters")})
+        settings = settings.model_copy(update={"checkpoint": checkpoint})
     if not record or not same_source(given, record.get("path")):
         began = f"a cooldown from {record.get('path')}" if record else "not a cooldown"
         raise ConfigError(f"checkpoint.cooldown_from: {path.parent} already holds a run ({began}); pick a new "

@@ -128,7 +128,7 @@ class Trainer:
         state = init = cool = None
         if found is not None:
             resume_path, state = found
-            if s.checkpoint.cooldown_from is not None:  # a cooldown run, resumed: its settings derived again
+            if s.checkpoint.cooldown_from is not None or state.get("cooldown"):  # a cooldown run, resumed: its settings derived again
                 s = resume_cooldown(s, state, resume_path)
             self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
         elif s.checkpoint.cooldown_from is not None:  # a new run continuing a wsd checkpoint (see cooldown.py)

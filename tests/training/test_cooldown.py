@@ -58,6 +58,16 @@ def test_a_stopped_cooldown_resumes_exactly(wsd_run, tmp_path):
     a, b = load_checkpoint(tmp_path / "full" / "latest.pt"), load_checkpoint(tmp_path / "split" / "latest.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # Resumed with only its directory: the cooldown it recorded, not the defaults' schedule.
+    link_latest(split / "ckpt_0000012.pt")
+    (split / "ckpt_0000015.pt").unlink()
+    (split / "ckpt_0000016.pt").unlink()
+    bare = _train(checkpoint_dir=str(split), wandb=False)
+    assert bare.step == 16
+    c = load_checkpoint(split / "latest.pt")
+    assert c["settings"]["train"]["max_iters"] == 16 and c["settings"]["optim"]["lr_decay_iters"] == 16
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], c["model"][k]), k
 
 
 def test_cooldown_from_a_cosine_run_is_refused(tiny_overrides, tmp_path):
