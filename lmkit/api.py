@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lmkit.data.corpus import encode_corpus
-from lmkit.evaluation import EvalResult
-from lmkit.evaluation import evaluate_checkpoint as evaluate
-from lmkit.inference import Trained, load_trained, stream
-from lmkit.inference import generate_text as generate
+from lmkit.app.evaluation import EvalResult
+from lmkit.app.evaluation import evaluate_checkpoint as evaluate
+from lmkit.app.inference import Trained, load_trained, stream
+from lmkit.app.inference import generate_text as generate
 from lmkit.observe.base import MultiSink
 from lmkit.observe.plot import plot_metrics
 from lmkit.settings import Settings, resolve_settings, settings_to_yaml

@@ -106,7 +106,7 @@ def inspect_cmd(
 
     Example: lmkit ckpt inspect runs/demo/latest.pt --tensors
     """
-    from lmkit.inspection import inspect_checkpoint
+    from lmkit.app.inspection import inspect_checkpoint
 
     summary = inspect_checkpoint(path, tensors=tensors)
     if as_json:
@@ -135,7 +135,7 @@ def export_cmd(
 
     Example: lmkit ckpt export runs/demo/latest.pt --format hf --output demo-hf/
     """
-    from lmkit.export import export_checkpoint
+    from lmkit.app.export import export_checkpoint
 
     written = export_checkpoint(path, output, format.value, force=force, tokenizer_dir=tokenizer)
     for p in written:
@@ -159,7 +159,7 @@ def validate_cmd(
 
     Example: lmkit ckpt validate runs/demo/latest.pt
     """
-    from lmkit.inspection import validate_checkpoint
+    from lmkit.app.inspection import validate_checkpoint
 
     report = validate_checkpoint(path, tokenizer)
     if as_json:

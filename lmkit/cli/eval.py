@@ -83,7 +83,7 @@ def eval_cmd(
     dtype: DtypeOpt = None,
 ) -> None:
     """Resolve the runtime settings, run ``evaluate_checkpoint``, print the numbers (help: see above)."""
-    from lmkit.evaluation import evaluate_checkpoint
+    from lmkit.app.evaluation import evaluate_checkpoint
     from lmkit.settings import resolve_settings
 
     rt = resolve_settings(overrides={"device": device, "dtype": dtype}).runtime

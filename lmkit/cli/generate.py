@@ -76,7 +76,7 @@ def generate_cmd(
     if prompt is not None and not prompt:
         raise ConfigError("the prompt is empty; give some text for the model to continue, e.g. --prompt 'Once upon a time'")
 
-    from lmkit.inference import encode_prompt, load_trained
+    from lmkit.app.inference import encode_prompt, load_trained
 
     rt = settings.runtime
     trained = load_trained(checkpoint, rt.device, rt.dtype, tokenizer_dir=tokenizer, compile=rt.compile)
@@ -127,7 +127,7 @@ def _prompts(first: list[str], interactive: bool):
 
 def _complete(trained: Any, prompt: str, settings: Any, stop: list[str], echo: bool) -> None:
     """Generate ``num_samples`` continuations of one prompt and stream them to stdout."""
-    from lmkit.inference import encode_prompt, stream
+    from lmkit.app.inference import encode_prompt, stream
 
     g = settings.generate
     ctx = trained.config.context_length

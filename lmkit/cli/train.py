@@ -53,7 +53,7 @@ def train_cmd(
         raise typer.Exit(_launch_torchrun(nproc_per_node))
     base = None
     if demo:
-        from lmkit.demo import demo_preset
+        from lmkit.app.demo import demo_preset
 
         base = demo_preset()
     settings = resolve_settings(config, overrides, base=base)
@@ -61,7 +61,7 @@ def train_cmd(
         typer.echo(settings_to_yaml(settings), nl=False)
         return
     if demo:
-        from lmkit.demo import prepare_demo_data
+        from lmkit.app.demo import prepare_demo_data
 
         settings = prepare_demo_data(settings, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
 
@@ -91,7 +91,7 @@ def _generate_hint(settings, ckpt) -> str:
     """
     from lmkit.data.dataset import open_data
     from lmkit.errors import LmkitError
-    from lmkit.inference import find_tokenizer
+    from lmkit.app.inference import find_tokenizer
 
     base = f"lmkit generate --checkpoint {ckpt}"
     try:

@@ -181,9 +181,9 @@ def _resume(path: Path) -> None:
 
 
 def _loaders():
-    from lmkit.export import export_checkpoint
-    from lmkit.inference import load_trained
-    from lmkit.inspection import inspect_checkpoint, validate_checkpoint
+    from lmkit.app.export import export_checkpoint
+    from lmkit.app.inference import load_trained
+    from lmkit.app.inspection import inspect_checkpoint, validate_checkpoint
 
     def validate(path: Path) -> None:
         report = validate_checkpoint(path)

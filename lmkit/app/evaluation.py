@@ -34,7 +34,7 @@ from lmkit.data.dataset import TokenData, open_dataset
 from lmkit.data.loader import max_token_id
 from lmkit.data.tokens import tokenizer_vocab
 from lmkit.errors import ConfigError, DataError
-from lmkit.inference import Trained, load_trained
+from lmkit.app.inference import Trained, load_trained
 from lmkit.settings_mixture import is_mixture_spelling
 
 # Rows of logits materialised at once: bounds memory at 50k vocabularies ((rows, V) fp32).
@@ -125,7 +125,7 @@ def evaluate(
     """Loss, perplexity and bits per byte of a model over a token file, in one full pass.
 
     Args:
-        trained: from ``lmkit.inference.load_trained`` (float32 weights give the most accurate
+        trained: from ``lmkit.app.inference.load_trained`` (float32 weights give the most accurate
             numbers; pass ``autocast_dtype=torch.bfloat16`` for speed on CUDA).
         data_path: one dataset, in any form ``train`` accepts (a manifest, a ``.bin`` with its
             ``.json``, a directory or glob of them, a text file of token ids); not a mixture.

@@ -2,7 +2,7 @@
 
 Example (a notebook)::
 
-    >>> from lmkit.inference import load_trained, stream
+    >>> from lmkit.app.inference import load_trained, stream
     >>> trained = load_trained("runs/demo/latest.pt")           # doctest: +SKIP
     >>> for piece in stream(trained, "The list type", max_new_tokens=50):  # doctest: +SKIP
     ...     print(piece.text, end="", flush=True)
@@ -25,14 +25,13 @@ from typing import Any, Literal
 
 import torch
 
-from lmkit.errors import CheckpointError, ConfigError, TokenizerError
+from lmkit.errors import ConfigError, TokenizerError
 from lmkit.generation import INVALID_TOKEN, NonFiniteLogitsError, Utf8StreamDecoder, check_sampling_args
 from lmkit.generation import generate as generate_ids
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.settings import Settings, validate_tree
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import LATEST, load_checkpoint
-from lmkit.training.checkpoint_state import validate_checkpoint_state
+from lmkit.training.checkpoint import open_checkpoint
 from lmkit.training.runtime import Runtime, resolve_runtime
 
 EOT = "<|endoftext|>"
@@ -71,25 +70,6 @@ class Piece:
 
     id: int
     text: str
-
-
-def checkpoint_file(path: Path | str) -> Path:
-    """``path`` itself, or ``path/latest.pt`` when ``path`` is a run directory holding one.
-
-    A directory without ``latest.pt`` is returned as is: loading it then says what it holds.
-    """
-    path = Path(path)
-    return path / LATEST if path.is_dir() and (path / LATEST).is_file() else path
-
-
-def model_config_of(state: dict[str, Any], path: Path) -> ModelConfig:
-    """The ``ModelConfig`` a checkpoint records, after checking the whole dict against its tensors.
-
-    Raises:
-        CheckpointError: the entry is missing, out of range, or does not fit the weights
-            (see ``lmkit.training.checkpoint_state.validate_checkpoint_state``).
-    """
-    return validate_checkpoint_state(state, path)
 
 
 def settings_of(state: dict[str, Any]) -> Settings | None:
@@ -179,10 +159,9 @@ def load_trained(
         TokenizerError: tokenizer missing (when required) or not the one trained with.
         ConfigError: ``device="cuda"`` without a CUDA device.
     """
-    path = checkpoint_file(path)
     runtime = resolve_runtime(device, dtype, compile)
-    state = load_checkpoint(path, validate=False)
-    config = validate_checkpoint_state(state, path)  # before any tensor is sized by the file's fields
+    opened = open_checkpoint(path)  # checked before any tensor is sized by the file's fields
+    path, state, config = opened.path, opened.state, opened.check()
     tok = None
     if tokenizer != "none" or tokenizer_dir:
         tok = find_tokenizer(state, path, Path(tokenizer_dir) if tokenizer_dir else None)

@@ -13,10 +13,9 @@ from typing import Any
 import torch
 
 from lmkit.errors import CheckpointError, LmkitError
-from lmkit.inference import checkpoint_file, find_tokenizer, settings_of
+from lmkit.app.inference import find_tokenizer, settings_of
 from lmkit.model import TransformerLM
-from lmkit.training.checkpoint import load_checkpoint
-from lmkit.training.checkpoint_state import validate_checkpoint_state
+from lmkit.training.checkpoint import checkpoint_file, open_checkpoint
 
 # Text the tokenizer check encodes and decodes: ASCII, accents, an emoji, CJK, whitespace runs.
 ROUND_TRIP_TEXT = "Hello, world! Caf\u00e9 na\u00efve \U0001f44b \u4f60\u597d\n\n\t  spaces  42"
@@ -73,9 +72,8 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
     Raises:
         CheckpointError: missing, truncated, foreign or newer-format file.
     """
-    path = checkpoint_file(path)
-    state = load_checkpoint(path, validate=False)
-    config = validate_checkpoint_state(state, path)
+    opened = open_checkpoint(path)
+    path, state, config = opened.path, opened.state, opened.check()
     weights = state["model"]
     total = sum(t.numel() for t in weights.values())
     embed = sum(weights[k].numel() for k in _EMBEDDINGS if k in weights)
@@ -141,18 +139,19 @@ def validate_checkpoint(path: Path | str, tokenizer_dir: Path | str | None = Non
     """
     path = checkpoint_file(path)
     if not path.is_file():
-        load_checkpoint(path)  # raises what the path is instead ("not found", "a directory without latest.pt" ...)
+        open_checkpoint(path, check=False)  # raises what the path is instead ("not found", "a directory without latest.pt" ...)
     report = ValidationReport(str(path))
     add = report.checks.append
     try:
-        state = load_checkpoint(path, validate=False)
+        opened = open_checkpoint(path, check=False)  # reading and checking reported apart
     except CheckpointError as e:
         add(Check("loads", "fail", str(e).removeprefix(f"{path}: ")))
         return report
+    state = opened.state
     add(Check("loads", "ok", f"format {state['version']}, lmkit {state.get('lmkit_version')}, step {state.get('iter')}"))
     try:
         # Before anything is built: the recorded fields in range and fitting the tensors held.
-        config = validate_checkpoint_state(state, path)
+        config = opened.check()
     except CheckpointError as e:
         add(Check("shapes", "fail", str(e).removeprefix(f"{path}: ")))
         return report

@@ -21,12 +21,11 @@ import torch
 
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import ConfigError
-from lmkit.inference import EOT, checkpoint_file, find_tokenizer
+from lmkit.app.inference import EOT, find_tokenizer
 from lmkit.model import ModelConfig
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.files import token_to_str
-from lmkit.training.checkpoint import load_checkpoint
-from lmkit.training.checkpoint_state import validate_checkpoint_state
+from lmkit.training.checkpoint import open_checkpoint
 
 Format = Literal["safetensors", "hf"]
 
@@ -167,11 +166,11 @@ def export_checkpoint(
     """
     from safetensors.torch import save
 
-    path, output = checkpoint_file(path), Path(output)
+    output = Path(output)
     if format not in ("safetensors", "hf"):
         raise ConfigError(f"unknown export format {format!r}; use safetensors or hf")
-    state = load_checkpoint(path, validate=False)
-    config = validate_checkpoint_state(state, path)
+    opened = open_checkpoint(path)
+    path, state, config = opened.path, opened.state, opened.check()
     prepare_output(output, force)
     weights = {k: v.detach().contiguous() for k, v in state["model"].items()}
     dtype = weights["lm_head.weight"].dtype
