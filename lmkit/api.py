@@ -18,7 +18,6 @@ fills in what the CLI would (the tokenizer directory an encode records, the sink
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from lmkit.observe.base import MultiSink
 from lmkit.observe.plot import plot_metrics
 from lmkit.settings import Settings, resolve_settings, settings_to_yaml
 from lmkit.tokenizer import Tokenizer, train_bpe
+from lmkit.training.runtime import Launch, launch
 from lmkit.training.trainer import Trainer, TrainResult
 
 __all__ = [
@@ -153,8 +153,7 @@ def _run_sinks(settings: Settings, console: bool, is_tty: bool | None) -> MultiS
     """The sinks of a run: the CLI's (``make_sinks``), minus the console one unless asked."""
     from lmkit.observe import ConsoleSink, Dashboard, make_sinks
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; only rank 0 reports
-    sinks = make_sinks(settings.logging, Path(settings.checkpoint.checkpoint_dir), rank0=rank0, is_tty=is_tty)
+    sinks = make_sinks(settings.logging, Path(settings.checkpoint.checkpoint_dir), rank0=launch().is_main, is_tty=is_tty)
     if not console:
         # Built and dropped rather than never built: make_sinks stays the one place that decides
         # which files a run writes, and neither console sink does anything before start().

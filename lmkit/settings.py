@@ -216,7 +216,10 @@ class RuntimeSettings(Section):
     """Where and how the math runs."""
 
     device: Literal["auto", "cuda", "cpu"] = Field("auto", examples=["cpu"], description="auto picks CUDA when available.")
-    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", examples=["float32"], description="Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", examples=["float32"],
+        description="Compute precision, the dtype matmuls run in: auto = bfloat16 on CUDA, float32 on CPU. Training and `lmkit eval` keep float32 weights and compute under autocast in it; `lmkit generate` holds the weights in it.",
+    )
     compile: bool | None = Field(None, examples=[False], description="torch.compile the model (unset: on for CUDA, off for CPU).")
     cuda_graphs: bool | None = Field(
         None, examples=[False],

@@ -19,6 +19,7 @@ so it compares models with different tokenizers::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -125,13 +126,14 @@ def evaluate(
     """Loss, perplexity and bits per byte of a model over a token file, in one full pass.
 
     Args:
-        trained: from ``lmkit.app.inference.load_trained`` (float32 weights give the most accurate
-            numbers; pass ``autocast_dtype=torch.bfloat16`` for speed on CUDA).
+        trained: from ``lmkit.app.inference.load_trained``; with ``weights="float32"`` the
+            forward runs under ``trained.runtime.autocast()``, as in training.
         data_path: one dataset, in any form ``train`` accepts (a manifest, a ``.bin`` with its
             ``.json``, a directory or glob of them, a text file of token ids); not a mixture.
         batch_size: windows per forward pass.
         max_tokens: evaluate at most this many tokens (rounded down to whole windows).
-        autocast_dtype: run the forward under autocast in this dtype (None: the weights' dtype).
+        autocast_dtype: run the forward under autocast in this dtype instead (None: as
+            ``trained.runtime`` says).
         progress: called as ``progress(tokens_done, tokens_total)`` after each batch.
         notice: receives one-line notices (a text file being converted).
 
@@ -208,14 +210,18 @@ def _sum_nats(
 ) -> float:
     """Summed next-token cross-entropy over ``windows`` consecutive windows of ``used``."""
     model, device, T = trained.model, trained.runtime.device, trained.config.context_length
-    autocast = autocast_dtype is not None and autocast_dtype != next(model.parameters()).dtype
+    if autocast_dtype is None:
+        autocast = trained.runtime.autocast
+    else:
+        enabled = autocast_dtype != next(model.parameters()).dtype
+        autocast = functools.partial(torch.autocast, device.type, dtype=autocast_dtype, enabled=enabled)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, windows, batch_size):
         b = min(batch_size, windows - start)
         chunk = torch.from_numpy(np.asarray(used[start * T : (start + b) * T + 1], dtype=np.int64)).to(device)
         x = chunk[:-1].view(b, T)  # (B, T): window k is tokens kT .. kT+T-1
         y = chunk[1:].view(b, T)  # (B, T): each shifted by one, the token to predict
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast):
+        with autocast():
             h = model.hidden(x).flatten(0, 1)  # (B*T, D)
             for r in range(0, h.shape[0], _CE_ROWS):
                 logits = model.lm_head(h[r : r + _CE_ROWS]).float()  # (rows, V), CE in fp32
@@ -254,8 +260,6 @@ def evaluate_checkpoint(
     Returns:
         ``EvalResult``.
     """
-    from lmkit.training.runtime import resolve_runtime
-
-    compute = resolve_runtime(device, dtype, False).dtype
-    trained = load_trained(checkpoint, device, "float32", tokenizer="none")
-    return evaluate(trained, data_path, batch_size, max_tokens, autocast_dtype=compute, progress=progress, notice=notice)
+    # Device and dtype resolved once, in load_trained; float32 weights + autocast, as in training.
+    trained = load_trained(checkpoint, device, dtype, tokenizer="none", compile=False, weights="float32")
+    return evaluate(trained, data_path, batch_size, max_tokens, progress=progress, notice=notice)

@@ -43,7 +43,7 @@ _HEAVY_KEYS = ("model", "optimizer", "rng")
 class Trained:
     """A model ready to use, with everything its checkpoint says about it."""
 
-    model: TransformerLM  # in eval mode, on ``runtime.device``, weights in ``runtime.dtype``
+    model: TransformerLM  # in eval mode, on ``runtime.device``, weights in ``runtime.weight_dtype``
     config: ModelConfig
     settings: Settings | None  # the run's settings (None if they no longer validate)
     tokenizer: Tokenizer | None  # None when none was found and none was required
@@ -136,6 +136,7 @@ def load_trained(
     tokenizer_dir: Path | str | None = None,
     tokenizer: Literal["required", "optional", "none"] = "required",
     compile: bool | None = None,
+    weights: Literal["compute", "float32"] = "compute",
 ) -> Trained:
     """Load a checkpoint into an eval-mode model (never unpickling code), with its tokenizer.
 
@@ -143,12 +144,15 @@ def load_trained(
         path: a checkpoint file, e.g. ``runs/demo/latest.pt``, or a run directory (its
             ``latest.pt`` is used).
         device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
-        dtype: weights dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``bfloat16`` or
-            ``float32``.
+        dtype: compute precision (``runtime.dtype``): ``auto`` (bfloat16 on CUDA, float32 on
+            CPU), ``bfloat16`` or ``float32``.
         tokenizer_dir: use this tokenizer directory instead of the recorded one.
         tokenizer: ``required`` (generation): raise if none is found; ``optional``: None if
             none is found; ``none``: do not look (eval needs none).
         compile: compile the decode step (default: on for CUDA); stored in ``runtime.compile``.
+        weights: ``compute``: cast the weights to ``dtype`` (generation: decoding reads every
+            weight per token); ``float32``: keep them in float32 and compute under
+            ``trained.runtime.autocast()`` (evaluation, matching training's numbers).
 
     Returns:
         ``Trained``.
@@ -159,7 +163,7 @@ def load_trained(
         TokenizerError: tokenizer missing (when required) or not the one trained with.
         ConfigError: ``device="cuda"`` without a CUDA device.
     """
-    runtime = resolve_runtime(device, dtype, compile)
+    runtime = resolve_runtime(device, dtype, compile, weights=weights)
     opened = open_checkpoint(path)  # checked before any tensor is sized by the file's fields
     path, state, config = opened.path, opened.state, opened.check()
     tok = None
@@ -171,7 +175,7 @@ def load_trained(
         raise TokenizerError(f"{path}: {why}; pass the tokenizer it was trained with: --tokenizer DIR")
     model = TransformerLM(config)
     model.load_state_dict(state["model"])
-    model = model.to(device=runtime.device, dtype=runtime.dtype).eval().requires_grad_(False)
+    model = model.to(device=runtime.device, dtype=runtime.weight_dtype).eval().requires_grad_(False)
     light = {k: v for k, v in state.items() if k not in _HEAVY_KEYS}
     light["has_optimizer"] = state.get("optimizer") is not None
     return Trained(model, config, settings_of(state), tok, light, path, runtime)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Annotated, Any, Optional
@@ -49,7 +48,9 @@ def train_cmd(
     """
     from lmkit.settings import resolve_settings, settings_to_yaml
 
-    if nproc_per_node and nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+    from lmkit.api import launch
+
+    if nproc_per_node and nproc_per_node > 1 and not launch().under_torchrun:
         raise typer.Exit(_launch_torchrun(nproc_per_node))
     base = None
     if demo:
@@ -69,7 +70,7 @@ def train_cmd(
     from lmkit.observe.streams import say
 
     result = train(settings, console_sinks=True)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not launch().is_main:
         return
     # The run is over and saved: from here a closed stdout/stderr (`| head -1`) only silences
     # these lines (say() points the descriptor at /dev/null) and never changes the exit code.
