@@ -13,7 +13,6 @@ tensors and a JSON header and so cannot run code when loaded.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,11 +175,11 @@ def export_checkpoint(
     dtype = weights["lm_head.weight"].dtype
     files: dict[str, bytes] = {}
     if format == "safetensors":
-        meta = {"format": "pt", "lmkit_format": "lmkit-weights", "model_config": json.dumps(asdict(config)),
+        meta = {"format": "pt", "lmkit_format": "lmkit-weights", "model_config": json.dumps(config.model_dump()),
                 "lmkit_version": str(state.get("lmkit_version")), "iter": str(state.get("iter")),
                 "tokenizer_hash": str((state.get("tokenizer") or {}).get("hash"))}
         files["model.safetensors"] = save(weights, metadata=meta)
-        files["model_config.json"] = (json.dumps(asdict(config), indent=2) + "\n").encode()
+        files["model_config.json"] = (json.dumps(config.model_dump(), indent=2) + "\n").encode()
     else:
         tok = find_tokenizer(state, path, Path(tokenizer_dir) if tokenizer_dir else None)
         eot_id = tok.token_id(EOT) if tok is not None and EOT in tok.special_tokens else None

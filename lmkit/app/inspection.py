@@ -84,7 +84,7 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         path=str(path), size_bytes=path.stat().st_size, format_version=int(state["version"]),
         lmkit_version=state.get("lmkit_version"), iter=state.get("iter"), tokens_seen=state.get("tokens_seen"),
         elapsed_s=state.get("elapsed_s"), best_val_loss=state.get("best_val_loss"), val_loss=state.get("val_loss"),
-        train_loss=state.get("train_loss"), model_config=asdict(config), params_total=total,
+        train_loss=state.get("train_loss"), model_config=config.model_dump(), params_total=total,
         params_non_embedding=total - embed, dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()}),
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
         world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,

@@ -13,7 +13,7 @@ If the run directory already holds this run's ``latest.pt`` (a stopped fine-tune
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,8 @@ def take_architecture(settings: Settings, recorded: Mapping[str, Any], source: s
     given = settings.model.model_fields_set
     model = settings.model.model_dump()
     problems = []
-    for f in fields(ModelConfig):
-        name, theirs = f.name, recorded[f.name]
+    for name in ModelConfig.model_fields:
+        theirs = recorded[name]
         if name not in given:
             model[name] = theirs
         elif model[name] != theirs and name in _FREE_FIELDS:
@@ -102,7 +102,7 @@ def load_init_source(settings: Settings, notice: Callable[[str], None]) -> InitS
     opened = open_checkpoint(path)
     state, config = opened.state, opened.check()
     source = f"the --init-from checkpoint {path}"
-    new = take_architecture(settings, {f.name: getattr(config, f.name) for f in fields(ModelConfig)}, source, notice)
+    new = take_architecture(settings, config.model_dump(), source, notice)
     record = {"path": str(path), "sha256": file_digest(path), "iter": state.get("iter")}
     notice(f"starting from the weights of {path} (step {state.get('iter')}): new optimizer, schedule and step count")
     return InitSource(path, new, state["model"], (state.get("tokenizer") or {}).get("hash"), record)
