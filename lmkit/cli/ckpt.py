@@ -106,9 +106,9 @@ def inspect_cmd(
 
     Example: lmkit ckpt inspect runs/demo/latest.pt --tensors
     """
-    from lmkit.app.inspection import inspect_checkpoint
+    from lmkit import api
 
-    summary = inspect_checkpoint(path, tensors=tensors)
+    summary = api.inspect(path, tensors=tensors)
     if as_json:
         typer.echo(json.dumps(summary.to_dict()))
     else:
@@ -135,9 +135,9 @@ def export_cmd(
 
     Example: lmkit ckpt export runs/demo/latest.pt --format hf --output demo-hf/
     """
-    from lmkit.app.export import export_checkpoint
+    from lmkit import api
 
-    written = export_checkpoint(path, output, format.value, force=force, tokenizer_dir=tokenizer)
+    written = api.export(path, output, format.value, force=force, tokenizer_dir=tokenizer)
     for p in written:
         typer.echo(f"wrote {p} ({_size(p.stat().st_size)})")
     if format is ExportFormat.hf:
@@ -159,9 +159,9 @@ def validate_cmd(
 
     Example: lmkit ckpt validate runs/demo/latest.pt
     """
-    from lmkit.app.inspection import validate_checkpoint
+    from lmkit import api
 
-    report = validate_checkpoint(path, tokenizer)
+    report = api.validate(path, tokenizer)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:
