@@ -56,6 +56,9 @@ class CheckpointSummary:
     tokenizer: dict[str, Any] | None  # {dir, hash, vocab_size} as recorded
     init_from: dict[str, Any] | None  # {path, sha256, iter} of the checkpoint the run started from
     tensors: list[TensorInfo] | None = None  # with tensors=True
+    # Every settings section the checkpoint records ({section: {field: value}}), whatever the
+    # sections are: a section added later (e.g. kernels) shows without a change here.
+    settings: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (what ``--json`` prints)."""
@@ -88,7 +91,16 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         params_non_embedding=total - embed, dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()}),
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
         world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,
+        settings=_settings_sections(state),
     )
+
+
+def _settings_sections(state: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    # As recorded (not re-validated): a section this lmkit no longer knows still shows.
+    recorded = state.get("settings")
+    if not isinstance(recorded, dict):
+        return None
+    return {str(k): dict(v) for k, v in recorded.items() if isinstance(v, dict)}
 
 
 @dataclass

@@ -58,6 +58,15 @@ def _loss(x: Any) -> str:
     return "none" if x is None else f"{x:.4f}"
 
 
+def _setting(v: Any) -> str:
+    # A value as a user would type it: data sources and paths as text, unset as "none".
+    if v is None:
+        return "none"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
 def _render_summary(s: Any) -> None:
     from rich.table import Table
 
@@ -83,6 +92,8 @@ def _render_summary(s: Any) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
+    for section, values in (s.settings or {}).items():
+        rows.append((f"settings.{section}", ", ".join(f"{k} {_setting(v)}" for k, v in values.items()) or "(empty)"))
     for k, v in rows:
         table.add_row(k, v)
     console = _console()
