@@ -118,3 +118,16 @@ def test_cli_calls_only_the_api(module):
     imported = re.findall(r"^\s*(?:from|import) (lmkit[\w.]*)", source, flags=re.M)
     allowed = ("lmkit", "lmkit.api", "lmkit.errors", "lmkit.settings", "lmkit.bytecode")
     assert [m for m in imported if not (m in allowed or m.startswith("lmkit.cli"))] == []
+
+
+def test_old_import_paths_still_work():
+    # lmkit.inference & co. were the documented notebook API before lmkit/app/ existed.
+    from lmkit.app import evaluation, export, inference, inspection
+    from lmkit.evaluation import evaluate_checkpoint
+    from lmkit.export import export_checkpoint
+    from lmkit.inference import generate_text, load_trained, stream
+    from lmkit.inspection import inspect_checkpoint, validate_checkpoint
+
+    assert (load_trained, stream, generate_text) == (inference.load_trained, inference.stream, inference.generate_text)
+    assert evaluate_checkpoint is evaluation.evaluate_checkpoint and export_checkpoint is export.export_checkpoint
+    assert (inspect_checkpoint, validate_checkpoint) == (inspection.inspect_checkpoint, inspection.validate_checkpoint)
