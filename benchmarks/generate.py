@@ -45,7 +45,7 @@ try:
 except ImportError:  # run from a checkout without installing: use the repository's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmkit.export import to_hf_names
+from lmkit.app.export import to_hf_names
 from lmkit.generation import cuda_graph, generate
 from lmkit.model import ModelConfig, TransformerLM, decode_attention
 
@@ -164,7 +164,7 @@ def build_hf(model: TransformerLM, device: torch.device, dtype: torch.dtype, com
     """A ``LlamaForCausalLM`` with ``model``'s weights, set up for static-cache compiled generate."""
     import transformers
 
-    from lmkit.export import hf_config
+    from lmkit.app.export import hf_config
 
     cfg = transformers.LlamaConfig(**{k: v for k, v in hf_config(model.config, None, dtype).items()
                                       if k not in ("architectures", "model_type", "torch_dtype", "dtype")})

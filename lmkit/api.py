@@ -9,35 +9,91 @@ The whole pipeline, as the README's "From Python" section runs it::
     api.encode("tok", "data", "data")               # data/*.txt -> data/NAME.bin + NAME.json + NAME.idx
     result = api.train(api.resolve_settings(overrides={"vocab_size": 1024, "max_iters": 100}))
     api.plot_metrics(result.run_dir / "metrics.jsonl")
-    print(api.generate(api.load_trained(result.run_dir), "The", max_new_tokens=50))
+    print(api.generate(api.load(result.run_dir), "The", max_new_tokens=50))
     api.evaluate(result.run_dir, "data/val.bin").bits_per_byte
 
-Everything here is either a re-export of the function that does the work or a thin wrapper that
+Everything here is either a name of the function that does the work or a thin wrapper that
 fills in what the CLI would (the tokenizer directory an encode records, the sinks a run writes).
+The CLI calls only this module (and the settings tree, to build its flags), so a command and a
+notebook cell that do the same thing run the same code.
+
+Names are imported on first use, so ``from lmkit import api`` costs no torch import for a
+command that never builds a model (``lmkit tokenize``, ``lmkit plot``).
+
+==================  =====================================================  ================
+name                what                                                   CLI
+==================  =====================================================  ================
+train_tokenizer     byte-level BPE on text files -> ``Tokenizer``          tokenize train
+encode              text -> token datasets (``NAME.bin`` + ``.json``)      tokenize encode
+resolve_settings    defaults < YAML < environment < overrides              every command
+train               a run directory: checkpoints, metrics, settings        train
+load                a checkpoint (or run dir) + tokenizer -> ``Trained``   generate
+generate, stream    text from a ``Trained``, whole or token by token       generate
+evaluate            loss, perplexity, bits/byte over held-out tokens       eval
+inspect             a checkpoint's summary (every settings section)        ckpt inspect
+validate            load, shape, finiteness, forward and tokenizer checks  ckpt validate
+export              safetensors or a HuggingFace Llama folder              ckpt export
+plot_metrics        loss/LR curves from ``metrics.jsonl``                  plot
+==================  =====================================================  ================
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lmkit.data.corpus import encode_corpus
-from lmkit.evaluation import EvalResult
-from lmkit.evaluation import evaluate_checkpoint as evaluate
-from lmkit.inference import Trained, load_trained, stream
-from lmkit.inference import generate_text as generate
-from lmkit.observe.base import MultiSink
-from lmkit.observe.plot import plot_metrics
-from lmkit.settings import Settings, resolve_settings, settings_to_yaml
-from lmkit.tokenizer import Tokenizer, train_bpe
-from lmkit.training.trainer import Trainer, TrainResult
+from lmkit.settings import Settings, resolve_settings, settings_to_yaml  # noqa: F401  (re-exported)
 
-__all__ = [
-    "EvalResult", "Settings", "Tokenizer", "TrainResult", "Trained",
-    "encode", "evaluate", "generate", "load_trained", "plot_metrics", "resolve_settings",
-    "settings_to_yaml", "stream", "train", "train_tokenizer",
-]
+if TYPE_CHECKING:
+    from lmkit.observe.base import MultiSink
+    from lmkit.tokenizer import Tokenizer
+    from lmkit.training.trainer import TrainResult
+
+# Public name -> (module, attribute), imported on first access (module ``__getattr__``).
+_LAZY: dict[str, tuple[str, str]] = {
+    "EvalResult": ("lmkit.app.evaluation", "EvalResult"),
+    "evaluate": ("lmkit.app.evaluation", "evaluate_checkpoint"),
+    "Trained": ("lmkit.app.inference", "Trained"),
+    "Piece": ("lmkit.app.inference", "Piece"),
+    "load": ("lmkit.app.inference", "load_trained"),
+    "load_trained": ("lmkit.app.inference", "load_trained"),
+    "generate": ("lmkit.app.inference", "generate_text"),
+    "stream": ("lmkit.app.inference", "stream"),
+    "encode_prompt": ("lmkit.app.inference", "encode_prompt"),
+    "find_tokenizer": ("lmkit.app.inference", "find_tokenizer"),
+    "CheckpointSummary": ("lmkit.app.inspection", "CheckpointSummary"),
+    "ValidationReport": ("lmkit.app.inspection", "ValidationReport"),
+    "inspect": ("lmkit.app.inspection", "inspect_checkpoint"),
+    "validate": ("lmkit.app.inspection", "validate_checkpoint"),
+    "export": ("lmkit.app.export", "export_checkpoint"),
+    "demo_preset": ("lmkit.app.demo", "demo_preset"),
+    "prepare_demo_data": ("lmkit.app.demo", "prepare_demo_data"),
+    "plot_metrics": ("lmkit.observe.plot", "plot_metrics"),
+    "say": ("lmkit.observe.streams", "say"),
+    "open_data": ("lmkit.data.dataset", "open_data"),
+    "Tokenizer": ("lmkit.tokenizer", "Tokenizer"),
+    "TrainResult": ("lmkit.training.trainer", "TrainResult"),
+    "Launch": ("lmkit.training.runtime", "Launch"),
+    "launch": ("lmkit.training.runtime", "launch"),
+}
+
+__all__ = sorted([*_LAZY, "Settings", "encode", "resolve_settings", "settings_to_yaml", "train", "train_tokenizer"])
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'lmkit.api' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def train_tokenizer(
@@ -60,6 +116,8 @@ def train_tokenizer(
     Raises:
         TokenizerError, DataError: as ``train_bpe``.
     """
+    from lmkit.tokenizer import Tokenizer, train_bpe
+
     vocab, merges = train_bpe(input_path, vocab_size, special_tokens, **kwargs)
     return Tokenizer(vocab, merges, list(special_tokens))
 
@@ -92,6 +150,9 @@ def encode(
     Returns:
         The paths written (``NAME.bin``, or ``NAME.json`` for a sharded dataset), in input order.
     """
+    from lmkit.data.corpus import encode_corpus
+    from lmkit.tokenizer import Tokenizer
+
     if not isinstance(tokenizer, Tokenizer):
         tokenizer_dir = Path(tokenizer)
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
@@ -140,6 +201,8 @@ def train(settings: Settings, sinks: MultiSink | None = None, *, console_sinks: 
     Raises:
         LmkitError subclasses for bad settings, data or checkpoints.
     """
+    from lmkit.training.trainer import Trainer
+
     if sinks is None:
         sinks = _run_sinks(settings, console_sinks, is_tty)
     trainer = Trainer(settings, sinks)
@@ -152,9 +215,9 @@ def train(settings: Settings, sinks: MultiSink | None = None, *, console_sinks: 
 def _run_sinks(settings: Settings, console: bool, is_tty: bool | None) -> MultiSink:
     """The sinks of a run: the CLI's (``make_sinks``), minus the console one unless asked."""
     from lmkit.observe import ConsoleSink, Dashboard, make_sinks
+    from lmkit.training.runtime import launch
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; only rank 0 reports
-    sinks = make_sinks(settings.logging, Path(settings.checkpoint.checkpoint_dir), rank0=rank0, is_tty=is_tty)
+    sinks = make_sinks(settings.logging, Path(settings.checkpoint.checkpoint_dir), rank0=launch().is_main, is_tty=is_tty)
     if not console:
         # Built and dropped rather than never built: make_sinks stays the one place that decides
         # which files a run writes, and neither console sink does anything before start().

@@ -94,13 +94,18 @@ class Section(BaseModel):
 
 
 class ModelSettings(Section):
-    """The transformer's shape. Changing any of these makes a different (incompatible) model."""
+    """The transformer's shape. Changing any of these makes a different (incompatible) model.
+
+    The one model config type: the model is built from it (``lmkit.model.ModelConfig`` is this
+    class), checkpoints record its fields as ``model_config``, and its checks (ranges, heads
+    dividing the width) are the only ones, so a config built in code is checked as one from YAML.
+    """
 
     vocab_size: int = Field(50257, gt=0, le=MAX_VOCAB, description="Number of token ids the model embeds and predicts (GPT-2: 50257).")
     context_length: int = Field(1024, gt=0, le=2**20, description="Longest sequence the model sees; RoPE tables and the KV cache are sized to it.")
     d_model: int = Field(768, gt=0, le=MAX_WIDTH, description="Width of the residual stream.")
     num_layers: int = Field(12, gt=0, le=1024, description="Number of transformer blocks.")
-    num_heads: int = Field(12, gt=0, le=1024, description="Attention heads per block; must divide d_model.")
+    num_heads: int = Field(12, gt=0, le=1024, description="Attention heads per block; must divide d_model, and the head size must be even for RoPE.")
     d_ff: int = Field(3072, gt=0, le=4 * MAX_WIDTH, description="Hidden width of the SwiGLU feed-forward (about 8/3 x d_model keeps its cost equal to a 4x GELU MLP).")
     rope_theta: float = Field(10000.0, gt=0, le=1e12, description="RoPE base period; larger values suit longer contexts.")
 
@@ -111,6 +116,27 @@ class ModelSettings(Section):
         if (self.d_model // self.num_heads) % 2:
             raise Conflict(f"head size d_model/num_heads = {self.d_model // self.num_heads} must be even for RoPE", "d_model", "num_heads")
         return self
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, ``d_model // num_heads``."""
+        return self.d_model // self.num_heads
+
+    @classmethod
+    def from_settings(cls, model_settings: Any) -> ModelSettings:
+        """A config from any object with the same attribute names (a copy of a ``ModelSettings``).
+
+        Args:
+            model_settings: an object exposing ``vocab_size``, ``context_length``, ``d_model``,
+                ``num_layers``, ``num_heads``, ``d_ff`` and ``rope_theta``.
+
+        Returns:
+            A new, checked ``ModelSettings``.
+
+        Raises:
+            pydantic.ValidationError (a ``ValueError``): the values describe an impossible model.
+        """
+        return cls(**{name: getattr(model_settings, name) for name in cls.model_fields})
 
 
 class DataSettings(Section):
@@ -268,7 +294,10 @@ class RuntimeSettings(Section):
     """Where and how the math runs."""
 
     device: Literal["auto", "cuda", "cpu"] = Field("auto", examples=["cpu"], description="auto picks CUDA when available.")
-    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", examples=["float32"], description="Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", examples=["float32"],
+        description="Compute precision, the dtype matmuls run in: auto = bfloat16 on CUDA, float32 on CPU. Training and `lmkit eval` keep float32 weights and compute under autocast in it; `lmkit generate` holds the weights in it.",
+    )
     compile: bool | None = Field(None, examples=[False], description="torch.compile the model (unset: on for CUDA, off for CPU).")
     cuda_graphs: bool | None = Field(
         None, examples=[False],
@@ -337,7 +366,7 @@ _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 # LMKIT_* variables that lmkit reads for other purposes than settings, so not typos of one.
 OTHER_ENV_VARS: dict[str, str] = {
-    "LMKIT_CACHE_DIR": "where `lmkit train --demo` caches its corpus (lmkit/demo.py)",
+    "LMKIT_CACHE_DIR": "where `lmkit train --demo` caches its corpus (lmkit/app/demo.py)",
     "LMKIT_DASH_TEXT": "the text the dashboard-capture test script trains on (tests/observe/fixtures)",
     "LMKIT_DASH_SLOW": "how much longer the dashboard-capture test script waits on a busy machine (tests/observe/fixtures)",
 }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import lmkit
 from lmkit import api
 
 EOT = "<|endoftext|>"
@@ -86,7 +90,44 @@ def test_encode_records_the_given_tokenizer_dir_for_a_tokenizer_object(tmp_path:
 
 
 @pytest.mark.parametrize("name", ["train_tokenizer", "encode", "train", "generate", "stream", "evaluate",
-                                  "load_trained", "plot_metrics", "resolve_settings"])
+                                  "load_trained", "load", "inspect", "validate", "export", "plot_metrics",
+                                  "resolve_settings", "launch"])
 def test_api_exposes_the_pipeline(name):
     assert name in api.__all__ and callable(getattr(api, name))
     assert getattr(api, name).__doc__
+
+
+def test_importing_the_api_costs_no_torch_import():
+    # The CLI imports lmkit.api for every command; `lmkit tokenize` and `lmkit plot` never build a
+    # model, so the API's names load their modules on first use.
+    code = "import sys, lmkit.api as api; print('torch' in sys.modules); api.Tokenizer; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        api.nope  # noqa: B018
+
+
+# The commands that build a model call only the API (plus the CLI's own modules, errors and the
+# settings tree it builds flags from); cli/tokenize.py still reaches into lmkit.data directly.
+_THIN_COMMANDS = ["ckpt", "eval", "generate", "train", "plot", "options", "app"]
+
+
+@pytest.mark.parametrize("module", _THIN_COMMANDS)
+def test_cli_calls_only_the_api(module):
+    source = (Path(lmkit.__file__).parent / "cli" / f"{module}.py").read_text(encoding="utf-8")
+    imported = re.findall(r"^\s*(?:from|import) (lmkit[\w.]*)", source, flags=re.M)
+    allowed = ("lmkit", "lmkit.api", "lmkit.errors", "lmkit.settings", "lmkit.bytecode")
+    assert [m for m in imported if not (m in allowed or m.startswith("lmkit.cli"))] == []
+
+
+def test_old_import_paths_still_work():
+    # lmkit.inference & co. were the documented notebook API before lmkit/app/ existed.
+    from lmkit.app import evaluation, export, inference, inspection
+    from lmkit.evaluation import evaluate_checkpoint
+    from lmkit.export import export_checkpoint
+    from lmkit.inference import generate_text, load_trained, stream
+    from lmkit.inspection import inspect_checkpoint, validate_checkpoint
+
+    assert (load_trained, stream, generate_text) == (inference.load_trained, inference.stream, inference.generate_text)
+    assert evaluate_checkpoint is evaluation.evaluate_checkpoint and export_checkpoint is export.export_checkpoint
+    assert (inspect_checkpoint, validate_checkpoint) == (inspection.inspect_checkpoint, inspection.validate_checkpoint)

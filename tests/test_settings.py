@@ -182,7 +182,7 @@ def test_env_variables_lmkit_uses_elsewhere_are_not_settings_typos(tmp_path: Pat
 
     env = {name: str(tmp_path) for name in OTHER_ENV_VARS} | {"LMKIT_MAX_ITERS": "7", "PATH": "/bin"}
     assert resolve_settings(environ=env).train.max_iters == 7
-    assert "LMKIT_CACHE_DIR" in OTHER_ENV_VARS  # read by lmkit/demo.py
+    assert "LMKIT_CACHE_DIR" in OTHER_ENV_VARS  # read by lmkit/app/demo.py
 
 
 @pytest.mark.parametrize("value", ["[1", "!!python/name:os.system", "{a: b}", "'", "1 2", "\x00"])

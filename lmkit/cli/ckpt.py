@@ -58,6 +58,15 @@ def _loss(x: Any) -> str:
     return "none" if x is None else f"{x:.4f}"
 
 
+def _setting(v: Any) -> str:
+    # A value as a user would type it: data sources and paths as text, unset as "none".
+    if v is None:
+        return "none"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
 def _render_summary(s: Any) -> None:
     from rich.table import Table
 
@@ -85,6 +94,8 @@ def _render_summary(s: Any) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
+    for section, values in (s.settings or {}).items():
+        rows.append((f"settings.{section}", ", ".join(f"{k} {_setting(v)}" for k, v in values.items()) or "(empty)"))
     for k, v in rows:
         table.add_row(k, v)
     console = _console()
@@ -108,9 +119,9 @@ def inspect_cmd(
 
     Example: lmkit ckpt inspect runs/demo/latest.pt --tensors
     """
-    from lmkit.inspection import inspect_checkpoint
+    from lmkit import api
 
-    summary = inspect_checkpoint(path, tensors=tensors)
+    summary = api.inspect(path, tensors=tensors)
     if as_json:
         typer.echo(json.dumps(summary.to_dict()))
     else:
@@ -137,9 +148,9 @@ def export_cmd(
 
     Example: lmkit ckpt export runs/demo/latest.pt --format hf --output demo-hf/
     """
-    from lmkit.export import export_checkpoint
+    from lmkit import api
 
-    written = export_checkpoint(path, output, format.value, force=force, tokenizer_dir=tokenizer)
+    written = api.export(path, output, format.value, force=force, tokenizer_dir=tokenizer)
     for p in written:
         typer.echo(f"wrote {p} ({_size(p.stat().st_size)})")
     if format is ExportFormat.hf:
@@ -161,9 +172,9 @@ def validate_cmd(
 
     Example: lmkit ckpt validate runs/demo/latest.pt
     """
-    from lmkit.inspection import validate_checkpoint
+    from lmkit import api
 
-    report = validate_checkpoint(path, tokenizer)
+    report = api.validate(path, tokenizer)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

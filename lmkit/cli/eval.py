@@ -82,13 +82,13 @@ def eval_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Resolve the runtime settings, run ``evaluate_checkpoint``, print the numbers (help: see above)."""
-    from lmkit.evaluation import evaluate_checkpoint
+    """Resolve the runtime settings, run ``api.evaluate``, print the numbers (help: see above)."""
+    from lmkit import api
     from lmkit.settings import resolve_settings
 
     rt = resolve_settings(overrides={"device": device, "dtype": dtype}).runtime
     with _Progress() as progress:
-        result = evaluate_checkpoint(checkpoint, data, batch_size, max_tokens, device=rt.device, dtype=rt.dtype,
+        result = api.evaluate(checkpoint, data, batch_size, max_tokens, device=rt.device, dtype=rt.dtype,
                                      progress=progress, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
     if as_json:
         typer.echo(json.dumps(result.to_dict()))

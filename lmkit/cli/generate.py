@@ -76,12 +76,12 @@ def generate_cmd(
     if prompt is not None and not prompt:
         raise ConfigError("the prompt is empty; give some text for the model to continue, e.g. --prompt 'Once upon a time'")
 
-    from lmkit.inference import encode_prompt, load_trained
+    from lmkit import api
 
     rt = settings.runtime
-    trained = load_trained(checkpoint, rt.device, rt.dtype, tokenizer_dir=tokenizer, compile=rt.compile)
+    trained = api.load(checkpoint, rt.device, rt.dtype, tokenizer_dir=tokenizer, compile=rt.compile)
     if prompt is not None:
-        encode_prompt(trained, prompt, settings.generate.window)  # a prompt that cannot work fails before anything is printed
+        api.encode_prompt(trained, prompt, settings.generate.window)  # a prompt that cannot work fails before anything is printed
     _note(f"loaded {trained.path} (step {trained.state.get('iter')}, {trained.model.num_params():,} parameters) on {trained.runtime.device}")
     prompts = [prompt] if prompt is not None else []
     for text in _prompts(prompts, interactive):
@@ -127,11 +127,11 @@ def _prompts(first: list[str], interactive: bool):
 
 def _complete(trained: Any, prompt: str, settings: Any, stop: list[str], echo: bool) -> None:
     """Generate ``num_samples`` continuations of one prompt and stream them to stdout."""
-    from lmkit.inference import encode_prompt, stream
+    from lmkit import api
 
     g = settings.generate
     ctx = trained.config.context_length
-    n_prompt = len(encode_prompt(trained, prompt, g.window))
+    n_prompt = len(api.encode_prompt(trained, prompt, g.window))
     room = ctx - n_prompt + 1
     if g.window == "stop" and g.max_new_tokens > room:
         _note(f"the prompt is {n_prompt} tokens, so the context ({ctx}) leaves room for at most {room} new tokens; generation stops there (--window slide goes on)")
@@ -142,7 +142,7 @@ def _complete(trained: Any, prompt: str, settings: Any, stop: list[str], echo: b
         # Wrapped into the range --seed accepts, so the printed seed reproduces the sample.
         seed = (settings.runtime.seed + i) % 2**63
         start, count = time.perf_counter(), 0
-        pieces = stream(trained, prompt, g.max_new_tokens, g.temperature, g.top_k, g.top_p, seed=seed, stop=stop, window=g.window)
+        pieces = api.stream(trained, prompt, g.max_new_tokens, g.temperature, g.top_k, g.top_p, seed=seed, stop=stop, window=g.window)
         # The first piece comes from the prefill: a model that cannot generate (NaN weights)
         # fails there, before anything of this sample is printed.
         first = next(pieces, None)

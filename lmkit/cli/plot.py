@@ -16,8 +16,8 @@ def plot_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write: an image (.png, .svg, .pdf; needs matplotlib) or .txt for the text chart. Default: RUN_DIR/metrics.png with matplotlib, else the chart is printed.")] = None,
 ) -> None:
     """Chart train/validation loss and learning rate from a run's metrics.jsonl."""
-    from lmkit.observe import plot_metrics
+    from lmkit import api
 
     metrics = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
-    result = plot_metrics(metrics, output, warn=lambda m: typer.echo(f"lmkit: warning: {m}", err=True))
+    result = api.plot_metrics(metrics, output, warn=lambda m: typer.echo(f"lmkit: warning: {m}", err=True))
     typer.echo(f"wrote {result}" if isinstance(result, Path) else result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Annotated, Any, Optional
@@ -52,37 +51,38 @@ def train_cmd(
     """
     from lmkit.settings import resolve_settings, settings_to_yaml
 
-    if nproc_per_node and nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+    from lmkit.api import launch
+
+    if nproc_per_node and nproc_per_node > 1 and not launch().under_torchrun:
         raise typer.Exit(_launch_torchrun(nproc_per_node))
     base = None
     if demo:
-        from lmkit.demo import demo_preset
+        from lmkit import api
 
-        base = demo_preset()
+        base = api.demo_preset()
     settings = resolve_settings(config, overrides, base=base)
     if print_config:
         typer.echo(settings_to_yaml(settings), nl=False)
         return
     if demo:
-        from lmkit.demo import prepare_demo_data
+        from lmkit import api
 
-        settings = prepare_demo_data(settings, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
+        settings = api.prepare_demo_data(settings, notice=lambda m: typer.echo(f"lmkit: {m}", err=True))
 
-    from lmkit.api import train
-    from lmkit.observe.streams import say
+    from lmkit import api
 
-    result = train(settings, console_sinks=True)
-    if int(os.environ.get("RANK", "0")) != 0:
+    result = api.train(settings, console_sinks=True)
+    if not launch().is_main:
         return
     # The run is over and saved: from here a closed stdout/stderr (`| head -1`) only silences
     # these lines (say() points the descriptor at /dev/null) and never changes the exit code.
     ckpt = result.last_checkpoint or (result.run_dir / "latest.pt")
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else "no new steps (already at max_iters; raise --max-iters to continue)"
-    say(f"done: step {result.step}, {loss}{val}", sys.stdout)
+    api.say(f"done: step {result.step}, {loss}{val}", sys.stdout)
     _show_curves(result.run_dir)
-    say(f"checkpoint: {ckpt}", sys.stdout)
-    say(f"sample from it:  {_generate_hint(settings, ckpt)}", sys.stdout)
+    api.say(f"checkpoint: {ckpt}", sys.stdout)
+    api.say(f"sample from it:  {_generate_hint(settings, ckpt)}", sys.stdout)
 
 
 def _generate_hint(settings, ckpt) -> str:
@@ -92,16 +92,15 @@ def _generate_hint(settings, ckpt) -> str:
     the settings; a run on token-id files that record no tokenizer (or one since moved) would
     fail there with "records no tokenizer", so the hint asks for the directory instead.
     """
-    from lmkit.data.dataset import open_data
+    from lmkit import api
     from lmkit.errors import LmkitError
-    from lmkit.inference import find_tokenizer
 
     base = f"lmkit generate --checkpoint {ckpt}"
     try:
-        meta = open_data(settings.data.train_data_path).sources[0].meta()  # one tokenizer for all sources
+        meta = api.open_data(settings.data.train_data_path).sources[0].meta()  # one tokenizer for all sources
         record = {"dir": meta.tokenizer_dir, "hash": meta.tokenizer_hash}
         state = {"tokenizer": record, "settings": settings.model_dump(mode="json"), "model_config": {"vocab_size": settings.model.vocab_size}}
-        found = find_tokenizer(state, ckpt) is not None
+        found = api.find_tokenizer(state, ckpt) is not None
     except (LmkitError, OSError, ValueError):
         found, meta = False, None
     if found:
@@ -113,15 +112,14 @@ def _generate_hint(settings, ckpt) -> str:
 
 def _show_curves(run_dir) -> None:
     """End of training: the loss/LR curves as a PNG (with matplotlib) or a terminal chart."""
+    from lmkit import api
     from lmkit.errors import LmkitError
-    from lmkit.observe import plot_metrics
-    from lmkit.observe.streams import say
 
     try:
-        chart = plot_metrics(run_dir / "metrics.jsonl")
+        chart = api.plot_metrics(run_dir / "metrics.jsonl")
     except LmkitError:
         return  # nothing logged (e.g. a resumed run that was already complete)
-    say(f"curves: {chart}" if not isinstance(chart, str) else chart)
+    api.say(f"curves: {chart}" if not isinstance(chart, str) else chart)
 
 
 def _launch_torchrun(nproc: int) -> int:

@@ -1,6 +1,7 @@
 """The interface the trainer talks to: ``Sink``, the ``RunInfo`` it starts with, ``MultiSink``.
 
-The trainer never knows which sinks exist. It builds a ``MultiSink`` with ``make_sinks`` and calls:
+The trainer never knows which sinks exist. It is given a ``MultiSink`` (``lmkit.observe.sinks.make_sinks``
+builds the standard one) and calls:
 
     sinks.start(info)                     once, before the first step
     sinks.log(step, {"loss": 3.2, ...})   every log_interval and at eval steps (any subset of keys)
@@ -19,18 +20,12 @@ A closed terminal or pipe is not a sink failure: the console sinks go quiet and 
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from lmkit.observe.streams import SafeStream
-
-if TYPE_CHECKING:
-    from lmkit.settings import LoggingSettings
-
 
 @dataclass
 class RunInfo:
@@ -162,45 +157,3 @@ class MultiSink:
             self.close("interrupted")
         else:
             self.close("failed")
-
-
-def make_sinks(
-    logging_settings: LoggingSettings,
-    run_dir: Path,
-    *,
-    rank0: bool = True,
-    is_tty: bool | None = None,
-) -> MultiSink:
-    """The sinks a training process should feed.
-
-    Args:
-        logging_settings: the ``logging`` section of the settings.
-        run_dir: the run directory (metrics.jsonl and wandb/ go there).
-        rank0: False on the other ranks of a multi-GPU run, which log nothing.
-        is_tty: whether stderr is an interactive terminal (None: ask stderr itself).
-
-    Returns:
-        A ``MultiSink`` of: the live dashboard (``dashboard: rich``, or ``auto`` on a terminal)
-        or plain log lines; always metrics.jsonl; W&B when ``wandb`` is on. Empty off rank 0.
-    """
-    # The sink modules import this one, so they are imported here rather than at the top.
-    from lmkit.observe.console import ConsoleSink
-    from lmkit.observe.dashboard import Dashboard
-    from lmkit.observe.jsonl import JsonlSink
-    from lmkit.observe.wandb_sink import WandbSink
-
-    if not rank0:
-        return MultiSink()
-    if is_tty is None:
-        is_tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-    mode = logging_settings.dashboard
-    live = mode == "rich" or (mode == "auto" and is_tty)
-    sinks: list[Sink] = [Dashboard() if live else ConsoleSink(), JsonlSink(run_dir)]
-    if logging_settings.wandb:
-        sinks.append(WandbSink(
-            project=logging_settings.wandb_project,
-            name=logging_settings.wandb_name,
-            entity=logging_settings.wandb_entity,
-            init_timeout=logging_settings.wandb_init_timeout,
-        ))
-    return MultiSink(sinks)

@@ -50,7 +50,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 import regex
@@ -60,7 +60,23 @@ from lmkit.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
 if TYPE_CHECKING:
     import tiktoken
 
-    from lmkit.tokenizer.tokenizer import Tokenizer
+
+class Tokenizer(Protocol):
+    """What the fast engine reads from an ``lmkit.tokenizer.Tokenizer``.
+
+    A protocol rather than an import: ``Tokenizer`` builds its engine from this module, so this
+    module names only the tables it reads (the merge ranks and the id of each byte string).
+    """
+
+    merges: list[tuple[int, int]]
+    special_tokens: list[str]
+    _id_of: dict[bytes, int]
+    _rank_of: dict[tuple[int, int], int]
+
+    def token_id(self, token: str) -> int: ...
+    def encode(self, text: str) -> list[int]: ...
+    def fast_encoder(self) -> FastEncoder | None: ...
+    def _merge_bytes(self, token: bytes) -> list[int]: ...
 
 log = logging.getLogger(__name__)
 

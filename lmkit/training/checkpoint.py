@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import CheckpointError
 from lmkit.locking import fsync_dir
 from lmkit.training.checkpoint_files import describe_non_checkpoint
+from lmkit.model.config import ModelConfig
 from lmkit.training.checkpoint_state import validate_checkpoint_state
 
 FORMAT = "lmkit-checkpoint"
@@ -208,6 +210,63 @@ def load_checkpoint(
     return state
 
 
+def checkpoint_file(path: Path | str) -> Path:
+    """``path`` itself, or ``path/latest.pt`` when ``path`` is a run directory holding one.
+
+    A directory without ``latest.pt`` is returned as is: loading it then says what it holds.
+    """
+    path = Path(path)
+    return path / LATEST if path.is_dir() and (path / LATEST).is_file() else path
+
+
+@dataclass
+class OpenedCheckpoint:
+    """A checkpoint file read safely; ``config`` is set once its fields are checked (``check``)."""
+
+    path: Path  # the file (a run directory resolved to its latest.pt)
+    state: dict[str, Any]  # the whole checkpoint dict, tensors on the requested device
+    config: ModelConfig | None = field(default=None)
+
+    def check(self) -> ModelConfig:
+        """Check the recorded fields against each other and the tensors; sets and returns ``config``.
+
+        Raises:
+            CheckpointError: naming the file and the first field at fault
+                (see ``lmkit.training.checkpoint_state.validate_checkpoint_state``).
+        """
+        if self.config is None:
+            self.config = validate_checkpoint_state(self.state, self.path)
+        return self.config
+
+
+def open_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", *, check: bool = True) -> OpenedCheckpoint:
+    """Read and verify a checkpoint that a model will be built from: the one loader.
+
+    Every path that uses a checkpoint's weights (generate, eval, ``ckpt inspect/export/validate``,
+    ``--init-from``, resume) comes through here, so each refuses the same damaged, foreign or
+    crafted files with the same message before any tensor is sized by the file's fields.
+
+    Args:
+        path: a checkpoint file, or a run directory (its ``latest.pt`` is used).
+        map_location: where tensors are loaded.
+        check: validate the recorded fields now (``config`` set on return). Only ``ckpt
+            validate`` passes False, to report reading and checking as separate results
+            (it then calls ``check()`` itself).
+
+    Returns:
+        ``OpenedCheckpoint`` with the resolved path, the dict and (when checked) the model config.
+
+    Raises:
+        CheckpointError: as ``load_checkpoint`` (missing, damaged against its manifest,
+            foreign, newer format, pickled code) and, with ``check``, as ``OpenedCheckpoint.check``.
+    """
+    path = checkpoint_file(path)
+    opened = OpenedCheckpoint(path, load_checkpoint(path, map_location, validate=False))
+    if check:
+        opened.check()
+    return opened
+
+
 _RECOVER = "copy it again, or use an older ckpt_*.pt of the same run"
 
 
@@ -284,7 +343,7 @@ def newest_intact(checkpoint_dir: Path, warn, order: Sequence[str] = ()) -> tupl
         if not path.exists():
             continue
         try:
-            return path, load_checkpoint(path)
+            return path, open_checkpoint(path).state
         except CheckpointError as e:
             warn(f"{e}; trying an older checkpoint")
     return None

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from lmkit.errors import CheckpointError
 from lmkit.model import ModelConfig, TransformerLM
@@ -92,13 +92,15 @@ def _check_records(state: Mapping[str, Any], path: Path) -> None:
             raise _fail(path, key, f"must be a mapping, got {_got(state[key])}")
 
 
-def _model_config(state: Mapping[str, Any], path: Path) -> ModelConfig:
+def _model_config(state: Mapping[str, Any], path: Path) -> tuple[ModelConfig, tuple[str, str] | None]:
+    # The config, and the (field, problem) of a value above lmkit's range, which is raised only
+    # after the tensors are compared: what they hold says more about a crafted field.
     raw = state.get("model_config")
     if raw is None:
         raise CheckpointError(f"{path}: checkpoint has no model_config; it was not written by `lmkit train`")
     if not isinstance(raw, Mapping):
         raise _fail(path, "model_config", f"must be a mapping, got {_got(raw)}")
-    known = {f.name for f in fields(ModelConfig)}
+    known = set(ModelConfig.model_fields)
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise _fail(path, f"model_config.{unknown[0]}", "is not a model setting lmkit knows")
@@ -114,10 +116,17 @@ def _model_config(state: Mapping[str, Any], path: Path) -> ModelConfig:
         raise _fail(path, "model_config.rope_theta", f"must be a positive finite number, got {_got(theta)}")
     if raw["context_length"] > MAX_CONTEXT_LENGTH:
         raise _fail(path, "model_config.context_length", f"{raw['context_length']:,} is out of range (lmkit reads at most {MAX_CONTEXT_LENGTH:,})")
+    values = {name: raw[name] for name in known}
     try:
-        return ModelConfig(**{name: raw[name] for name in known})
-    except ValueError as e:  # num_heads not dividing d_model, an odd head size
-        raise _fail(path, "model_config", f"describes an impossible model ({e})") from None
+        return ModelConfig(**values), None
+    except ValidationError as e:  # out of range, num_heads not dividing d_model, an odd head size
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        field = f"model_config.{where}" if where else "model_config"
+        problem = f"describes an impossible model ({first['msg'].removeprefix('Value error, ')})"
+        if first["type"] != "less_than_equal":
+            raise _fail(path, field, problem) from None
+        return ModelConfig.model_construct(**values), (field, problem)
 
 
 def _weights(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
@@ -163,9 +172,9 @@ def _check_settings_model(state: Mapping[str, Any], config: ModelConfig, path: P
     section = (state.get("settings") or {}).get("model")
     if not isinstance(section, Mapping):
         return
-    for f in fields(ModelConfig):
-        if f.name in section and section[f.name] != getattr(config, f.name):
-            raise _fail(path, f"settings.model.{f.name}", f"is {_got(section[f.name])} but model_config says {getattr(config, f.name)!r}")
+    for name in ModelConfig.model_fields:
+        if name in section and section[name] != getattr(config, name):
+            raise _fail(path, f"settings.model.{name}", f"is {_got(section[name])} but model_config says {getattr(config, name)!r}")
 
 
 def validate_checkpoint_state(state: Mapping[str, Any], path: Path) -> ModelConfig:
@@ -192,7 +201,7 @@ def validate_checkpoint_state(state: Mapping[str, Any], path: Path) -> ModelConf
     path = Path(path)
     _check_counters(state, path)
     _check_records(state, path)
-    config = _model_config(state, path)
+    config, too_large = _model_config(state, path)
     weights = _weights(state, path)
     problems = shape_problems(weights, config)
     if problems:
@@ -203,6 +212,8 @@ def validate_checkpoint_state(state: Mapping[str, Any], path: Path) -> ModelConf
     if table_bytes > max(ROPE_TABLE_FLOOR_BYTES, weight_bytes):
         raise _fail(path, "model_config.context_length", f"{config.context_length:,} would need {table_bytes / 2**20:,.0f} MiB of RoPE "
                     f"tables for {weight_bytes / 2**20:,.1f} MiB of weights")
+    if too_large is not None:
+        raise _fail(path, *too_large)
     _check_settings_model(state, config, path)
     return config
 

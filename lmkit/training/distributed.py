@@ -63,9 +63,9 @@ class Distributed:
 
         self.strategy = "ddp"
         dev = next(module.parameters()).device
-        # 100 MB buckets (default 25) with the gradients living in them (no copy in, no copy
-        # out): per-GPU throughput on 2 H200s 80 % -> 88-90 % of one GPU's (benchmarks/NOTES.md);
-        # a compiled model is also split into fewer graphs at bucket boundaries.
+        # 100 MB buckets (default 25) with the gradients living in them: no copy into or out of
+        # the buckets each step, and a compiled model is split into fewer graphs at bucket
+        # boundaries, so less of the step waits on the all-reduce (benchmarks/README.md).
         return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None, bucket_cap_mb=100,
                    gradient_as_bucket_view=True)
 

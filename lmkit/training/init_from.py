@@ -13,7 +13,7 @@ If the run directory already holds this run's ``latest.pt`` (a stopped fine-tune
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,7 @@ import torch
 from lmkit.errors import CheckpointError, ConfigError, TokenizerError
 from lmkit.model import ModelConfig
 from lmkit.settings import Settings, validate_tree
-from lmkit.training.checkpoint import LATEST, file_digest, load_checkpoint
-from lmkit.training.checkpoint_state import validate_checkpoint_state
+from lmkit.training.checkpoint import LATEST, checkpoint_file, file_digest, open_checkpoint
 
 # May differ from the checkpoint's: no weight depends on it (RoPE is computed, not learned).
 _FREE_FIELDS = ("context_length",)
@@ -40,17 +39,11 @@ class InitSource:
     record: dict[str, Any]  # what the new run's checkpoints record: {path, sha256, iter}
 
 
-def init_file(path: Path) -> Path:
-    """The checkpoint file ``--init-from`` names: ``path``, or ``path/latest.pt`` for a run directory."""
-    path = Path(path)
-    return path / LATEST if path.is_dir() and (path / LATEST).is_file() else path
-
-
 def same_source(a: Path | str | None, b: Path | str | None) -> bool:
     """Whether two ``--init-from`` values name the same checkpoint (a run dir equals its latest.pt)."""
     if a is None or b is None:
         return a is b
-    return init_file(Path(a)).resolve() == init_file(Path(b)).resolve()
+    return checkpoint_file(Path(a)).resolve() == checkpoint_file(Path(b)).resolve()
 
 
 def _flag(name: str) -> str:
@@ -73,8 +66,8 @@ def take_architecture(settings: Settings, recorded: Mapping[str, Any], source: s
     given = settings.model.model_fields_set
     model = settings.model.model_dump()
     problems = []
-    for f in fields(ModelConfig):
-        name, theirs = f.name, recorded[f.name]
+    for name in ModelConfig.model_fields:
+        theirs = recorded[name]
         if name not in given:
             model[name] = theirs
         elif model[name] != theirs and name in _FREE_FIELDS:
@@ -97,7 +90,7 @@ def load_init_source(settings: Settings, notice: Callable[[str], None]) -> InitS
         ConfigError: a given model field differs from the checkpoint's.
     """
     given = Path(settings.checkpoint.init_from)
-    path = init_file(given)
+    path = checkpoint_file(given)
     run_dir = Path(settings.checkpoint.checkpoint_dir)
     if path.resolve().parent == run_dir.resolve():
         raise CheckpointError(
@@ -106,10 +99,10 @@ def load_init_source(settings: Settings, notice: Callable[[str], None]) -> InitS
         )
     if not path.exists():
         raise CheckpointError(f"{given}: --init-from checkpoint not found; pass a checkpoint file or a run directory holding {LATEST}")
-    state = load_checkpoint(path, validate=False)
-    config = validate_checkpoint_state(state, path)
+    opened = open_checkpoint(path)
+    state, config = opened.state, opened.check()
     source = f"the --init-from checkpoint {path}"
-    new = take_architecture(settings, {f.name: getattr(config, f.name) for f in fields(ModelConfig)}, source, notice)
+    new = take_architecture(settings, config.model_dump(), source, notice)
     record = {"path": str(path), "sha256": file_digest(path), "iter": state.get("iter")}
     notice(f"starting from the weights of {path} (step {state.get('iter')}): new optimizer, schedule and step count")
     return InitSource(path, new, state["model"], (state.get("tokenizer") or {}).get("hash"), record)

@@ -8,7 +8,7 @@ from typing import Any
 
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.settings import Settings, validate_tree
-from lmkit.training.checkpoint import LATEST, list_checkpoints, load_checkpoint, newest_intact
+from lmkit.training.checkpoint import LATEST, list_checkpoints, newest_intact, open_checkpoint
 from lmkit.training.rundir import read_record
 from lmkit.training.checkpoint_state import validate_resume_state
 from lmkit.training.init_from import same_source, take_architecture
@@ -52,7 +52,8 @@ def load_resume_state(resume: str, checkpoint_dir: Path, notice: Callable[[str],
     path = Path(resume)
     if not path.exists():
         raise CheckpointError(f"{path}: --resume checkpoint not found (use auto, never or an existing file)")
-    return path, load_checkpoint(path)
+    opened = open_checkpoint(path)
+    return opened.path, opened.state
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:

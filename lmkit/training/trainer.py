@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ class Trainer:
             "rng": rng,
             "sampler": self.loader.state_dict(),
             "settings": self.settings.model_dump(mode="json"),
-            "model_config": asdict(self.config),
+            "model_config": self.config.model_dump(),
             "wandb_run_id": self.wandb_run_id,
             "world_size": self.rt.world_size,
             "tokenizer": {"dir": tok_meta.tokenizer_dir, "hash": tok_meta.tokenizer_hash, "vocab_size": tok_meta.vocab_size},

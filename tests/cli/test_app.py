@@ -64,12 +64,12 @@ def test_generate_help_lists_only_options_it_uses():
 
 def _run_boundary(monkeypatch, exc: BaseException):
     """Run `lmkit plot` with its one API call raising ``exc`` (the side-effecting boundary)."""
-    import lmkit.observe
+    from lmkit import api
 
     def boom(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(lmkit.observe, "plot_metrics", boom)
+    monkeypatch.setattr(api, "plot_metrics", boom)
     return runner.invoke(app, ["plot", "somewhere/metrics.jsonl"])
 
 

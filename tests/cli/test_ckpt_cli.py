@@ -49,6 +49,20 @@ def test_inspect_json_tensors_and_alias(run) -> None:
     assert "lm_head.weight" in invoke("ckpt", "inspect", str(run.checkpoint), "--tensors").stdout
 
 
+def test_inspect_shows_every_recorded_settings_section(run, tmp_path) -> None:
+    # Generic over sections: one this code has never heard of (as `kernels` once was) shows too.
+    state = load_checkpoint(run.checkpoint)
+    state["settings"]["kernels"] = {"fused_loss": True, "decode_attention": "auto"}
+    path = save_checkpoint(state, tmp_path / "with_kernels.pt")
+    out = invoke("ckpt", "inspect", str(path)).stdout
+    for section in ("model", "data", "optim", "train", "checkpoint", "logging", "runtime", "generate", "kernels"):
+        assert f"settings.{section}" in out, section
+    assert "fused_loss True" in out and "decode_attention auto" in out
+    info = json.loads(invoke("ckpt", "inspect", str(path), "--json").stdout)
+    assert info["settings"]["kernels"] == {"fused_loss": True, "decode_attention": "auto"}
+    assert info["settings"]["model"] == state["settings"]["model"]
+
+
 def test_export_hf_then_refuse_non_empty(run, tmp_path) -> None:
     out = tmp_path / "hf"
     result = invoke("ckpt", "export", str(run.checkpoint), "--format", "hf", "--output", str(out))

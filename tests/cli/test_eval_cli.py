@@ -11,7 +11,7 @@ from trained_model import make_tiny_run
 from typer.testing import CliRunner
 
 from lmkit.cli.app import app
-from lmkit.evaluation import evaluate_checkpoint
+from lmkit.app.evaluation import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

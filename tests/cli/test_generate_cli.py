@@ -13,7 +13,7 @@ from trained_model import make_tiny_run
 from typer.testing import CliRunner
 
 from lmkit.cli.app import app
-from lmkit.inference import generate_text, load_trained
+from lmkit.app.inference import generate_text, load_trained
 
 GREEDY = ["--temperature", "0", "--max-new-tokens", "12", "--device", "cpu"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmkit.export import to_hf_names
+from lmkit.app.export import to_hf_names
 from lmkit.model import ModelConfig, TransformerLM
 
 def test_logits_match_hf_llama() -> None:

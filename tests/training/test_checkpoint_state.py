@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,7 @@ def _good_state() -> dict:
     return {
         "format": "lmkit-checkpoint", "version": 1, "model": model.state_dict(), "optimizer": opt_state, "iter": 5,
         "tokens_seen": 640, "best_val_loss": 3.2, "val_loss": 3.2, "train_loss": 3.3, "elapsed_s": 1.5,
-        "rng": {"torch": torch.get_rng_state()}, "settings": settings, "model_config": asdict(config),
+        "rng": {"torch": torch.get_rng_state()}, "settings": settings, "model_config": config.model_dump(),
         "wandb_run_id": None, "world_size": 1, "tokenizer": {"dir": None, "hash": None, "vocab_size": 64},
     }
 
@@ -181,9 +180,9 @@ def _resume(path: Path) -> None:
 
 
 def _loaders():
-    from lmkit.export import export_checkpoint
-    from lmkit.inference import load_trained
-    from lmkit.inspection import inspect_checkpoint, validate_checkpoint
+    from lmkit.app.export import export_checkpoint
+    from lmkit.app.inference import load_trained
+    from lmkit.app.inspection import inspect_checkpoint, validate_checkpoint
 
     def validate(path: Path) -> None:
         report = validate_checkpoint(path)

@@ -46,7 +46,7 @@ def test_new_run_starts_from_the_weights_at_step_zero(source, tiny_overrides, tm
     x, y = next(iter(trainer.loader.step_batches(0)))
     with torch.no_grad():
         new_loss = float(trainer.loss_fn(x, y))
-        from lmkit.inference import load_trained
+        from lmkit.app.inference import load_trained
 
         ref = load_trained(source, device="cpu", dtype="float32", tokenizer="none").model
         ref_loss = float(F.cross_entropy(ref(x).flatten(0, 1).float(), y.flatten()))
@@ -56,7 +56,7 @@ def test_new_run_starts_from_the_weights_at_step_zero(source, tiny_overrides, tm
     ckpt = load_checkpoint(tmp_path / "tuned" / "latest.pt")
     assert ckpt["iter"] == 4 and ckpt["tokens_seen"] == 4 * 8 * TINY_MODEL["context_length"]
     assert ckpt["init_from"] == {"path": str(source / "latest.pt"), "sha256": file_digest(source / "latest.pt"), "iter": 10}
-    from lmkit.inspection import inspect_checkpoint
+    from lmkit.app.inspection import inspect_checkpoint
 
     assert inspect_checkpoint(tmp_path / "tuned").init_from == ckpt["init_from"]
     shown = CliRunner().invoke(app, ["ckpt", "inspect", str(tmp_path / "tuned")], env={"COLUMNS": "300"}).stdout

@@ -1,4 +1,4 @@
-"""lmkit.inference: loading checkpoints with their tokenizer, and streaming text from them."""
+"""lmkit.app.inference: loading checkpoints with their tokenizer, and streaming text from them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from trained_model import make_other_tokenizer, make_tiny_run
 
 from lmkit.errors import CheckpointError, ConfigError, TokenizerError
-from lmkit.inference import Piece, _held_back, _pieces, generate_text, load_trained, stream
+from lmkit.app.inference import Piece, _held_back, _pieces, generate_text, load_trained, stream
 from lmkit.training.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -1,4 +1,4 @@
-"""lmkit.export: safetensors round trip, and HuggingFace Llama parity (logits and tokenizer)."""
+"""lmkit.app.export: safetensors round trip, and HuggingFace Llama parity (logits and tokenizer)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from trained_model import make_tiny_run
 
 from lmkit.errors import ConfigError
-from lmkit.export import HF_NAMES, export_checkpoint, to_hf_names
-from lmkit.inference import load_trained
+from lmkit.app.export import HF_NAMES, export_checkpoint, to_hf_names
+from lmkit.app.inference import load_trained
 from lmkit.training.checkpoint import load_checkpoint
 
 TRICKY = ["", "The cat sat on the mat.", "Caf\u00e9 cr\u00e8me \U0001f44b\U0001f3fd", "\u4f60\u597d, \u043c\u0438\u0440!",

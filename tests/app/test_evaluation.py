@@ -1,4 +1,4 @@
-"""lmkit.evaluation: a deterministic full pass, checked against a naive per-window computation."""
+"""lmkit.app.evaluation: a deterministic full pass, checked against a naive per-window computation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from trained_model import make_tiny_run
 
 from lmkit.data.tokens import TokenFileMeta, open_tokens, write_tokens
 from lmkit.errors import ConfigError, DataError
-from lmkit.evaluation import evaluate, evaluate_checkpoint
-from lmkit.inference import load_trained
+from lmkit.app.evaluation import evaluate, evaluate_checkpoint
+from lmkit.app.inference import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,8 @@ import resource, sys
 import numpy as np
 from lmkit.data.tokens import TokenFileMeta, write_tokens
 from lmkit.errors import ConfigError
-from lmkit.inference import load_trained
-from lmkit.evaluation import evaluate
+from lmkit.app.inference import load_trained
+from lmkit.app.evaluation import evaluate
 trained = load_trained(sys.argv[1], device="cpu", tokenizer="none")
 path = sys.argv[2]
 write_tokens(path, (np.arange(400_000) % 300).astype(np.uint16), TokenFileMeta(dtype="uint16", num_tokens=0))
