@@ -26,6 +26,7 @@ from lmkit.observe.streams import say
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training import rundir
+from lmkit.kernels import KernelPlan, apply_training
 from lmkit.training.compile_plan import plan_compile
 from lmkit.training.distributed import Distributed
 from lmkit.training.init_from import check_init_tokenizer, load_init_source
@@ -151,12 +152,19 @@ class Trainer:
             # over 9 paired seeds (+0.0014 +- 0.0068 nats; benchmarks/NOTES.md, session 5).
             model.set_residual_dtype(rt.dtype)
         self.model = model.to(rt.device)
+        # The fast paths, resolved once against the device and precision, swapped into the plain
+        # model before it is compiled or wrapped; the state dict stays the plain model's.
+        self.kernels = kernels = KernelPlan.from_settings(s.kernels).for_training(rt.device, rt.dtype)
+        apply_training(self.model, kernels, rt.dtype)
         if plan.regional:
             self.model.compile_blocks()
+        compute_dtype = None if rt.dtype == torch.float32 else rt.dtype
+        loss = LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile, compute_dtype=compute_dtype, ce_kernel=kernels.ce_kernel)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        self.wrapped = self.dist.wrap(LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile), s.train.parallel)
+        self.wrapped = self.dist.wrap(loss, s.train.parallel)
         self.optimizer = build_optimizer(
-            self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type
+            self.model, s.optim.learning_rate, s.optim.weight_decay, (s.optim.beta1, s.optim.beta2), s.optim.adam_eps, rt.device.type,
+            kernel=kernels.adamw_kernel,
         )
         if state is not None:
             self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
