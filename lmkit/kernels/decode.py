@@ -4,7 +4,7 @@ Notation: B batch, T positions in the call, D d_model, F d_ff, H heads, hd head_
 
 A decoded token is a few matrix-vector products per block, where a launch costs as much as the
 work. ``DecodeAttention`` multiplies by one stacked (3D, D) copy of q/k/v instead of three
-weights, and for one-token steps (with ``use_kernel``) runs RoPE, the cache write and attention
+weights, and for one-token steps (with an ``attention_op``) runs RoPE, the cache write and attention
 as one Triton kernel (decode_attention.py) instead of SDPA over the masked cache;
 ``DecodeSwiGLU`` multiplies by one (2F, D) copy of [w1; w3]. Their references are the plain
 layers, which the tests compare them with.
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from collections.abc import Callable
 
 from lmkit.kernels import decode_attention
 from lmkit.model.layers import CausalSelfAttention, SwiGLU
@@ -46,7 +48,7 @@ class DecodeAttention(CausalSelfAttention):
 
     qkv_weight: torch.Tensor  # (3D, D) copy of [q; k; v]
     arrivals: torch.Tensor  # (B, H) int32: the kernel's scratch counters, zero between calls
-    use_kernel: bool
+    attention_op: Callable[..., torch.Tensor] | None  # decode_attention.decode_attention_op() or None
 
     def forward(
         self,
@@ -62,10 +64,10 @@ class DecodeAttention(CausalSelfAttention):
         if cache is None:  # after model.clear_cache(): the plain layer's forward
             return super().forward(x, cos, sin, input_pos, mask)
         qkv = F.linear(x, self.qkv_weight)  # (B, T, 3D)
-        if T == 1 and self.use_kernel:
+        if T == 1 and self.attention_op is not None:
             # RoPE, the cache write and attention over the filled slots in one kernel; the mask
             # is not needed (unused, a compiled step drops its computation).
-            y = decode_attention.decode_attention_op()(qkv, cos, sin, cache.k, cache.v, self.arrivals, input_pos)
+            y = self.attention_op(qkv, cos, sin, cache.k, cache.v, self.arrivals, input_pos)
             return self.o_proj(y)  # y: (B, 1, D)
         q, k, v = qkv.split(D, dim=-1)  # (B, T, D) each
         return self.attend(q, k, v, cos, sin, input_pos, mask)
@@ -101,7 +103,9 @@ def apply_decode(model: TransformerLM, stacked_weights: bool, kernel: bool) -> N
         remove_decode(model)
         return
     cache = model.blocks[0].attn.kv_cache
-    use_kernel = kernel and decode_attention.supported(model.config.head_dim, cache.k.device)
+    op = None
+    if kernel and decode_attention.supported(model.config.head_dim, cache.k.device):
+        op = decode_attention.decode_attention_op()
     B, H = cache.k.shape[:2]
     for block in model.blocks:
         attn, ffn = block.attn, block.ffn
@@ -111,7 +115,7 @@ def apply_decode(model: TransformerLM, stacked_weights: bool, kernel: bool) -> N
         if not (isinstance(old, torch.Tensor) and old.shape == (B, H) and old.device == cache.k.device):
             attn.register_buffer("arrivals", torch.zeros(B, H, dtype=torch.int32, device=cache.k.device), persistent=False)
         attn.__class__, ffn.__class__ = DecodeAttention, DecodeSwiGLU
-        attn.use_kernel = use_kernel
+        attn.attention_op = op
 
 
 def remove_decode(model: TransformerLM, keep_buffers: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""The in-place cross-entropy kernel (lmkit/training/ce_kernel.py) against the torch version.
+"""The in-place cross-entropy kernel (lmkit/kernels/ce.py) against the torch version.
 
 On CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1`` must be set before
 triton is imported, hence a subprocess); the GPU tests run the compiled kernel at GPT-2's vocab.
@@ -8,40 +8,37 @@ from __future__ import annotations
 
 import pytest
 import torch
-from triton_interpreter import constants, requires_triton, run_interpreted
+from triton_interpreter import requires_triton, run_interpreted
 
-from lmkit.training import ce_kernel
+from lmkit.kernels import ce as ce_kernel
 from lmkit.training.loss import _ce_chunk_grad, cross_entropy_loss, fused_linear_cross_entropy
-
-
-def kernel_settings(**values):
-    """Set ce_kernel's module constants (BLOCK, ENABLED, ...) for the duration."""
-    return constants(ce_kernel, **values)
 
 
 def kernel_matches_chunk_grad(device: str, vocab_sizes: tuple[int, ...], block: int) -> None:
     """Loss and in-place gradient equal ``_ce_chunk_grad``'s for vocabularies shorter than a
     block, an exact multiple of it and neither; fp32 and bf16 logits; a scaled gradient."""
-    with kernel_settings(BLOCK=block):
-        for V in vocab_sizes:
-            for dtype in (torch.float32, torch.bfloat16):
-                torch.manual_seed(V)
-                logits = (torch.randn(9, V, device=device) * 4).to(dtype)  # (n, V), peaky rows
-                y = torch.randint(0, V, (9,), device=device)
-                y[0], y[1] = 0, V - 1  # targets at both ends of a row
-                ref_loss, ref_grad = _ce_chunk_grad(logits.clone(), y, 1 / 36)
-                grad = logits.clone()
-                loss = ce_kernel.ce_loss_and_grad_(grad, y, 1 / 36)
-                where = f"V={V} {dtype}"
-                torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4, msg=lambda m: f"{where}: {m}")
-                # bf16: one rounding step (the interpreter truncates where CUDA rounds)
-                tol = dict(rtol=0, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
-                torch.testing.assert_close(grad, ref_grad, **tol, msg=lambda m: f"{where}: {m}")
+    for V in vocab_sizes:
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(V)
+            logits = (torch.randn(9, V, device=device) * 4).to(dtype)  # (n, V), peaky rows
+            y = torch.randint(0, V, (9,), device=device)
+            y[0], y[1] = 0, V - 1  # targets at both ends of a row
+            ref_loss, ref_grad = _ce_chunk_grad(logits.clone(), y, 1 / 36)
+            grad = logits.clone()
+            loss = ce_kernel.ce_loss_and_grad_(grad, y, 1 / 36, block=block)
+            where = f"V={V} {dtype}"
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4, msg=lambda m: f"{where}: {m}")
+            # bf16: one rounding step (the interpreter truncates where CUDA rounds)
+            tol = dict(rtol=0, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
+            torch.testing.assert_close(grad, ref_grad, **tol, msg=lambda m: f"{where}: {m}")
 
 
-def fused_loss_through_kernel_matches_plain(device: str) -> None:
-    """The fused LM-head loss with the kernel doing every chunk: same loss and gradients as the
-    plain loss over all logits (fp32, several chunks, a short last one)."""
+def fused_loss_through_kernel_matches_plain(device: str, ce_kernel_on: bool = True) -> None:
+    """The fused LM-head loss with the kernel doing every chunk (or, off, none): same loss and
+    gradients as the plain loss over all logits (fp32, several chunks, a short last one)."""
+    calls = []
+    launch = ce_kernel.ce_loss_and_grad_
+    ce_kernel.ce_loss_and_grad_ = lambda *a, **k: calls.append(1) or launch(*a, **k)
     torch.manual_seed(0)
     N, D, V = 150, 24, 97
     h = torch.randn(N, D, device=device, requires_grad=True)
@@ -49,7 +46,11 @@ def fused_loss_through_kernel_matches_plain(device: str) -> None:
     y = torch.randint(0, V, (N,), device=device)
     ref = cross_entropy_loss((h @ w.t())[None], y[None])
     ref_grads = torch.autograd.grad(ref, (h, w))
-    got = fused_linear_cross_entropy(h, w, y, chunk_rows=64)
+    try:
+        got = fused_linear_cross_entropy(h, w, y, chunk_rows=64, ce_kernel=ce_kernel_on)
+    finally:
+        ce_kernel.ce_loss_and_grad_ = launch
+    assert len(calls) == (3 if ce_kernel_on else 0)
     got_grads = torch.autograd.grad(got, (h, w))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     for g, r in zip(got_grads, ref_grads):
@@ -57,12 +58,10 @@ def fused_loss_through_kernel_matches_plain(device: str) -> None:
 
 
 _INTERPRETED_CHECKS = """
-from lmkit.training import ce_kernel
-from tests.training.test_ce_kernel import fused_loss_through_kernel_matches_plain, kernel_matches_chunk_grad
+from tests.kernels.test_ce import fused_loss_through_kernel_matches_plain, kernel_matches_chunk_grad
 kernel_matches_chunk_grad("cpu", (5, 16, 48, 97), block=16)
-ce_kernel.supported = lambda logits: True  # the interpreter runs on CPU tensors
-ce_kernel.BLOCK = 32
 fused_loss_through_kernel_matches_plain("cpu")
+fused_loss_through_kernel_matches_plain("cpu", ce_kernel_on=False)
 print("ok")
 """
 
@@ -74,8 +73,6 @@ def test_kernel_under_triton_interpreter_matches_torch():
 
 def test_cpu_logits_take_the_torch_path():
     assert not ce_kernel.supported(torch.zeros(4, 8))
-    with kernel_settings(ENABLED=False):
-        assert not ce_kernel.supported(torch.zeros(4, 8))
 
 
 gpu = pytest.mark.gpu
@@ -91,5 +88,5 @@ def test_kernel_matches_torch_on_cuda():
 @gpu
 def test_fused_loss_through_kernel_matches_plain_on_cuda():
     assert ce_kernel.supported(torch.zeros(2, 8, device="cuda"))
-    with kernel_settings(BLOCK=32):
-        fused_loss_through_kernel_matches_plain("cuda")
+    fused_loss_through_kernel_matches_plain("cuda")
+    fused_loss_through_kernel_matches_plain("cuda", ce_kernel_on=False)
