@@ -57,6 +57,9 @@ class CheckpointSummary:
     tokenizer: dict[str, Any] | None  # {dir, hash, vocab_size} as recorded
     init_from: dict[str, Any] | None  # {path, sha256, iter} of the checkpoint the run started from
     tensors: list[TensorInfo] | None = None  # with tensors=True
+    # The run's `kernels` settings (fast paths) as recorded; None: written before that section
+    # existed, so the run used the defaults.
+    kernels: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (what ``--json`` prints)."""
@@ -90,6 +93,7 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         params_non_embedding=total - embed, dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()}),
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
         world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,
+        kernels=(state.get("settings") or {}).get("kernels"),
     )
 
 
