@@ -165,9 +165,8 @@ class TransformerLM(nn.Module):
     def compile_blocks(self, backend: str = "inductor") -> None:
         """``torch.compile`` each block's computation, not its call: hooks on the block's call
         (FSDP's parameter gathering) and activation checkpointing stay outside the compiled
-        code, where a whole-model compile traced around FSDP's hooks and ran 3x slower
-        (benchmarks/NOTES.md). Identical blocks share one compiled graph; the state dict is
-        unchanged. Irreversible."""
+        code, where a whole-model compile traced around FSDP's hooks and ran far slower.
+        Identical blocks share one compiled graph; the state dict is unchanged. Irreversible."""
         for block in self.blocks:
             block._forward = torch.compile(block._forward, backend=backend)
 
