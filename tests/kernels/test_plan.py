@@ -111,3 +111,17 @@ def test_every_fast_path_on_and_off_match_under_triton_interpreter() -> None:
 @pytest.mark.gpu
 def test_every_fast_path_on_and_off_match_on_cuda() -> None:
     all_paths_match("cuda", expect_kernels=True)
+
+
+@pytest.mark.parametrize(("flip", "stacked", "fp32_grad"), [({}, True, True), ({"stacked_qkv": False}, False, True),
+                                                            ({"fp32_weight_grad": False}, False, False)])
+def test_trainer_applies_the_resolved_plan(tiny_overrides, flip, stacked, fp32_grad) -> None:
+    """The Trainer resolves the kernels settings once and swaps in exactly the paths they name."""
+    from lmkit.api import resolve_settings
+    from lmkit.training.trainer import Trainer
+
+    trainer = Trainer(resolve_settings(overrides=dict(tiny_overrides, dtype="bfloat16", **flip), environ={}))
+    assert trainer.kernels.stacked_qkv is stacked and trainer.kernels.fp32_weight_grad is fp32_grad
+    assert isinstance(trainer.model.blocks[0].attn, StackedQKVAttention) is stacked
+    assert isinstance(trainer.model.lm_head, Fp32GradLinear) is fp32_grad
+    assert not (trainer.kernels.ce_kernel or trainer.kernels.adamw_kernel)  # CPU: no Triton device
