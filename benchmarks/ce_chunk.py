@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from train_throughput import time_steps
 
-from lmkit.training import ce_kernel
+from lmkit.kernels import ce as ce_kernel
 from lmkit.training.loss import _ce_chunk_grad, _compiled, fused_linear_cross_entropy
 
 
@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     def inductor():
         compiled(logits, y, 1 / n)
 
+    config = [ce_kernel.BLOCK, ce_kernel.NUM_WARPS]  # the launch parameters timed next
+
     def kernel():
         work.copy_(logits)  # the kernel overwrites its input; the copy is timed apart below
-        ce_kernel.ce_loss_and_grad_(work, y, 1 / n)
+        ce_kernel.ce_loss_and_grad_(work, y, 1 / n, block=config[0], num_warps=config[1])
 
     copy_ms = time_ms(lambda: work.copy_(logits))
     base = time_ms(inductor)
@@ -65,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| inductor (compiled torch) | {base:.3f} | {gbytes / base * 1e3:,.0f} | 1.00 |")
     best = (float("inf"), None)
     for block, warps in ((4096, 8), (8192, 8), (8192, 16), (16384, 16), (16384, 32), (32768, 32)):
-        ce_kernel.BLOCK, ce_kernel.NUM_WARPS = block, warps
+        config[:] = block, warps
         ms = time_ms(kernel) - copy_ms
         best = min(best, (ms, (block, warps)))
         print(f"| kernel {block}/{warps} | {ms:.3f} | {gbytes / ms * 1e3:,.0f} | {base / ms:.2f} |")
     print(f"best: {','.join(map(str, best[1]))}")
     if args.best_out:
         args.best_out.write_text(",".join(map(str, best[1])))
-    ce_kernel.BLOCK, ce_kernel.NUM_WARPS = best[1]
+    print(f"(the loss below uses the kernel's constants, {ce_kernel.BLOCK}/{ce_kernel.NUM_WARPS})")
 
     # The whole fused loss at the training step's size, forward + backward, kernel on and off.
     N, D = args.step_rows, args.d_model
@@ -80,18 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     w = (torch.randn(V, D, device="cuda") * 0.02).requires_grad_()
     ys = torch.randint(0, V, (N,), device="cuda")
 
-    def loss_step():
+    def loss_step(enabled: bool):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fused_linear_cross_entropy(h, w, ys, 4096, compiled=True)
+            loss = fused_linear_cross_entropy(h, w, ys, 4096, compute_dtype=torch.bfloat16, compiled=True,
+                                              ce_kernel=enabled)
         loss.backward()
         h.grad = w.grad = None
 
     rows = {}
-    for enabled in (False, True):
-        ce_kernel.ENABLED = enabled
+    for enabled in (False, True):  # the setting kernels.ce_kernel
         torch.cuda.reset_peak_memory_stats()
-        rows[enabled] = (time_ms(loss_step, reps=20), torch.cuda.max_memory_allocated() / 2**30)
-    ce_kernel.ENABLED = True
+        rows[enabled] = (time_ms(lambda: loss_step(enabled), reps=20), torch.cuda.max_memory_allocated() / 2**30)
     (off, off_mem), (on, on_mem) = rows[False], rows[True]
     print(f"\nfused LM head + CE, {N} rows, forward + backward: inductor chunks {off:.3f} ms "
           f"(peak {off_mem:.2f} GiB), kernel {on:.3f} ms (peak {on_mem:.2f} GiB): {off - on:+.3f} ms saved, {off / on:.2f}x")

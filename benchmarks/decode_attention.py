@@ -28,7 +28,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmkit.model import decode_attention
+from lmkit.kernels import decode_attention
 from lmkit.model.rope import apply_rope, precompute_rope
 
 H, HD, S = 12, 64, 1024
@@ -77,7 +77,6 @@ def main() -> None:
     args = parser.parse_args()
     dtype, device = torch.bfloat16, torch.device("cuda")
     cos_t, sin_t = precompute_rope(HD, S, device=device)
-    op = decode_attention.decode_attention_op()
     compiled_sdpa = torch.compile(sdpa_path, fullgraph=True)
     configs = [(64, 64, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8), (256, 64, 4), (256, 128, 8), (1024, 256, 8)]
     names = [f"k{split}/{block}x{warps}" for split, block, warps in configs]
@@ -98,7 +97,7 @@ def main() -> None:
             row["sdpa"] = time_graph(lambda: compiled_sdpa(qkv, cos, sin, k_cache, v_cache, pos, mask))
             ref = compiled_sdpa(qkv, cos, sin, k_cache, v_cache, pos, mask)
             for name, (split, block, warps) in zip(names, configs):
-                decode_attention.SPLIT, decode_attention.BLOCK_N, decode_attention.NUM_WARPS = split, block, warps
+                op = decode_attention.decode_attention_op(split, block, warps)
                 out = op(qkv, cos, sin, k_cache, v_cache, arrivals, pos)
                 row["err " + name] = (out.float() - ref.float()).abs().max().item()
                 row[name] = time_graph(lambda: op(qkv, cos, sin, k_cache, v_cache, arrivals, pos))

@@ -25,8 +25,8 @@ from lmkit.model.rope import apply_rope
 class StackedAttention(nn.Module):
     """``CausalSelfAttention`` (training path, no KV cache) over one (3D, D) q/k/v weight."""
 
-    # What TransformerLM looks at for decoding (caches, restacked weights): never set here.
-    kv_cache = decode_qkv = None
+    # What TransformerLM looks at for decoding (the cache): never set here.
+    kv_cache = None
 
     def __init__(self, attn: CausalSelfAttention) -> None:
         super().__init__()

@@ -11,9 +11,10 @@ shape and dtype, greedy, without stopping early, for batch 1 and batch 8:
 
 ``--profile`` adds, per shape at batch 1, the GPU kernels of one generation per implementation
 (per token: GPU time by kernel group, launches, the largest kernels; see kernels.py).
-``--inductor KEY=VALUE`` sets an Inductor option for lmkit's decode step (repeatable).
-``--sdpa-too`` adds lmkit-sdpa: lmkit with one-token attention through SDPA (cuDNN) over the
-masked cache instead of its Triton decode kernel (``model/decode_attention.py``), in the same run.
+``--no-decode-tuning`` and ``--steps-per-replay N`` set the ``kernels`` settings of the same names
+(``decode_tuning``, ``decode_steps_per_replay``) for lmkit's compiled decode.
+``--sdpa-too`` adds lmkit-sdpa: lmkit with ``kernels.decode_attention_kernel`` off (one-token
+attention through SDPA over the masked cache instead of ``kernels/decode_attention.py``).
 
 Measured per run: prefill latency (prompt in, first new token out) and decode speed (the
 remaining tokens; tokens/s summed over the batch). Each configuration is warmed up once
@@ -29,13 +30,12 @@ Usage: python benchmarks/generate.py [--quick] [--device cuda|cpu] [--json resul
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,8 +46,10 @@ except ImportError:  # run from a checkout without installing: use the repositor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmkit.app.export import to_hf_names
-from lmkit.generation import cuda_graph, generate
-from lmkit.model import ModelConfig, TransformerLM, decode_attention
+from lmkit.generation import generate
+from lmkit.kernels import KernelPlan
+from lmkit.kernels.decode import apply_decode
+from lmkit.model import ModelConfig, TransformerLM
 
 SHAPES = {
     "gpt2-small": dict(vocab_size=50304, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=2048),
@@ -88,6 +90,7 @@ def time_lmkit_trees(model: TransformerLM, prompt: torch.Tensor, new: int) -> tu
     B, T = prompt.shape
     if not model.has_cache or model.blocks[0].attn.kv_cache.k.shape[0] != B:
         model.setup_cache(B, max_len=model.config.context_length)
+    apply_decode(model, stacked_weights=True, kernel=True)  # the decode layers generate() uses
     _sync(device)
     start = time.perf_counter()
     pos = torch.arange(T, device=device)
@@ -106,18 +109,16 @@ def _sync(device: torch.device) -> None:
 
 
 def time_lmkit(model: TransformerLM, prompt: torch.Tensor, new: int, compile_decode: bool,
-               kernel: bool = True) -> tuple[float, float]:
+               kernels: KernelPlan) -> tuple[float, float]:
     """(prefill seconds, decode seconds for the other new-1 tokens) of one greedy generation.
 
-    ``kernel``: decode attention through the Triton kernel (lmkit's default) or through SDPA.
+    ``kernels``: the decode paths (``settings.kernels``), e.g. decode attention through the
+    Triton kernel (lmkit's default) or through SDPA.
     """
-    if decode_attention.ENABLED != kernel:  # switching drops the cache, so generate sets up another
-        decode_attention.ENABLED = kernel
-        model.clear_cache()
     device = prompt.device
     _sync(device)
     start = time.perf_counter()
-    tokens = generate(model, prompt, new, temperature=0.0, compile_decode=compile_decode)
+    tokens = generate(model, prompt, new, temperature=0.0, compile_decode=compile_decode, kernels=kernels)
     next(tokens)
     _sync(device)
     first = time.perf_counter()
@@ -182,7 +183,7 @@ def build_hf(model: TransformerLM, device: torch.device, dtype: torch.dtype, com
 
 def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int], device: torch.device,
             dtype: torch.dtype, repeats: int, with_hf: bool, trees: bool = False, profile: bool = False,
-            sdpa_too: bool = False) -> list[Row]:
+            sdpa_too: bool = False, kernels: KernelPlan = KernelPlan()) -> list[Row]:
     """Rows for one shape: lmkit and (optionally) HF, for each batch size."""
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device=device, dtype=dtype).eval()
@@ -192,9 +193,10 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
     rows = []
     for batch in batches:
         prompt = torch.randint(0, shape["vocab_size"], (batch, prompt_len), device=device)
-        impls = [("lmkit", lambda p=prompt: time_lmkit(model, p, new, compile_on))]
+        impls = [("lmkit", lambda p=prompt: time_lmkit(model, p, new, compile_on, kernels))]
         if sdpa_too and compile_on:
-            impls.append(("lmkit-sdpa", lambda p=prompt: time_lmkit(model, p, new, compile_on, kernel=False)))
+            sdpa = replace(kernels, decode_attention_kernel=False)
+            impls.append(("lmkit-sdpa", lambda p=prompt: time_lmkit(model, p, new, compile_on, sdpa)))
         if trees and compile_on:
             impls.append(("lmkit-trees", lambda p=prompt: time_lmkit_trees(model, p, new)))
         if hf is not None:
@@ -214,7 +216,6 @@ def measure(name: str, shape: dict, lengths: tuple[int, int], batches: list[int]
             rows.append(Row(name, batch, impl, prefill * 1e3, batch * (new - 1) / decode))
             print(f"  {name:<18} batch {batch}  {impl:<5}  prefill {prefill * 1e3:8.2f} ms  decode {rows[-1].decode_tok_s:10.1f} tok/s",
                   file=sys.stderr, flush=True)
-        decode_attention.ENABLED = True
         model.clear_cache()  # the compiled path keeps its cache between calls; the next batch needs a new one
     return rows
 
@@ -254,12 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trees", action="store_true", help="also time the step under torch.compile's CUDA graphs")
     parser.add_argument("--sdpa-too", action="store_true", help="also time lmkit with SDPA decode attention (no Triton kernel)")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a batch-1 generation")
-    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
-                        help="an Inductor option for lmkit's decode step, e.g. aggressive_fusion=True (repeatable)")
+    parser.add_argument("--no-decode-tuning", action="store_true", help="kernels.decode_tuning off: Inductor's default options")
+    parser.add_argument("--steps-per-replay", type=int, default=KernelPlan().decode_steps_per_replay,
+                        help="kernels.decode_steps_per_replay: decode steps per CUDA-graph replay")
     args = parser.parse_args(argv)
-    for option in args.inductor:
-        key, _, value = option.partition("=")
-        cuda_graph.COMPILE_OPTIONS[key] = ast.literal_eval(value)
+    kernels = KernelPlan(decode_tuning=not args.no_decode_tuning, decode_steps_per_replay=args.steps_per_replay)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape_name, shape in shapes.items():
         lengths = QUICK_LENGTHS if args.quick else LENGTHS[shape_name]
-        rows += measure(shape_name, shape, lengths, batches, device, dtype, repeats, with_hf, args.trees, args.profile, args.sdpa_too)
+        rows += measure(shape_name, shape, lengths, batches, device, dtype, repeats, with_hf, args.trees, args.profile, args.sdpa_too,
+                        kernels)
     print(render(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

@@ -33,7 +33,7 @@ import torch
 from train_throughput import GPT2_MEDIUM, GPT2_SMALL, TINY, time_steps
 
 from lmkit.model import ModelConfig, TransformerLM
-from lmkit.training import adamw_kernel
+from lmkit.kernels import adamw as adamw_kernel
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 
 LR, WEIGHT_DECAY, BETAS, EPS, CLIP = 6e-4, 0.1, (0.9, 0.95), 1e-8, 1.0
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep and type(opt) is not torch.optim.AdamW:
         default = adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS
         for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (4096, 16), (8192, 8), (8192, 16)):
-            adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS = block, warps
+            opt.block, opt.num_warps = block, warps  # the launch parameters AdamW takes (a new block rebuilds its tables)
             row(f"adamw-kernel {block}/{warps}", step, 28, "default" if (block, warps) == default else "")
-        adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS = default
+        opt.block, opt.num_warps = default
         if args.best_out:
             best = min((r for r in rows if r["name"].startswith("adamw-kernel ")), key=lambda r: r["ms"])
             args.best_out.write_text(best["name"].split()[1].replace("/", ","))

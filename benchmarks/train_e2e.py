@@ -40,17 +40,23 @@ def write_random_tokens(path: Path, n: int, vocab: int) -> None:
 
 def raw_rate(shape: dict, batch: int, steps: int, device: str) -> float:
     """Tokens/s of a bare loop over the trainer's components."""
+    from lmkit.kernels import KernelPlan, apply_training
     from lmkit.model import ModelConfig, TransformerLM
     from lmkit.training.loss import LMLoss
     from lmkit.training.optim import build_optimizer, clip_gradients
 
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**shape)).to(device)
-    # As the trainer runs one GPU: fused loss with compiled chunks, CUDA graphs, combo kernels.
-    step_fn = LMLoss(model, compiled=device == "cuda")
+    # As the trainer runs one GPU: the default kernels, fused loss with compiled chunks, CUDA
+    # graphs, combo kernels.
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kernels = KernelPlan().for_training(torch.device(device), dtype)
+    apply_training(model, kernels, dtype)
+    step_fn = LMLoss(model, compiled=device == "cuda", compute_dtype=dtype if device == "cuda" else None,
+                     ce_kernel=kernels.ce_kernel)
     if device == "cuda":
         step_fn = torch.compile(step_fn, options={"triton.cudagraphs": True, "combo_kernels": True})
-    opt = build_optimizer(model, 6e-4, 0.1, (0.9, 0.95), 1e-8, device)
+    opt = build_optimizer(model, 6e-4, 0.1, (0.9, 0.95), 1e-8, device, kernel=kernels.adamw_kernel)
     T, V = shape["context_length"], shape["vocab_size"]
     data = [torch.randint(0, V, (batch, T + 1), device=device) for _ in range(4)]
     ctx = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else torch.autocast(device, enabled=False)

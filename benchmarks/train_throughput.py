@@ -55,8 +55,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lmkit.model import ModelConfig, TransformerLM, flops_per_token, layers, rope
-from lmkit.training import adamw_kernel, ce_kernel
+from lmkit.kernels import KernelPlan, apply_training
+from lmkit.kernels import adamw as adamw_kernel
+from lmkit.kernels import ce as ce_kernel
+from lmkit.model import ModelConfig, TransformerLM, flops_per_token
 from lmkit.training.loss import cross_entropy_loss, fused_linear_cross_entropy, lm_loss
 from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
 from lmkit.training.schedule import get_lr
@@ -95,13 +97,13 @@ class Variant:
     stacked: bool = False  # q/k/v and w1/w3 as one parameter each (fused_proj.py)
     recompute: bool = False  # activation checkpointing (TransformerLM.set_activation_checkpointing)
     bf16_residual: bool = True  # residual stream in bf16 (lmkit's default; False: --fp32-residual)
-    ce_kernel: bool = True  # lmkit's Triton kernel for each fused-CE chunk (off: Inductor's version)
-    fp32_wgrad: bool = True  # lmkit's Linear: weight gradients written in fp32 by the GEMM (off: F.linear)
+    # The `kernels` settings a run of `lmkit train` would have (lmkit/kernels/plan.py):
+    ce_kernel: bool = True  # kernels.ce_kernel: lmkit's Triton kernel for each fused-CE chunk (off: Inductor's)
+    fp32_wgrad: bool = True  # kernels.fp32_weight_grad: weight gradients written in fp32 by the GEMM (off: F.linear)
     # build_optimizer's AdamW (lmkit's Triton kernel on CUDA) or torch's fused one; None: lmkit's for
     # lmkit, torch's for hf (what each system's users run)
     lmkit_adamw: bool | None = None
-    stacked_qkv: bool = True  # q/k/v as one GEMM over their stacked weights (layers.STACKED_QKV)
-    copy_v: bool = False  # with stacked_qkv: v copied out of the GEMM output (rope.COPY_V), not a view of it
+    stacked_qkv: bool = True  # kernels.stacked_qkv: q/k/v as one GEMM over their stacked weights
     help: str = ""
 
     @property
@@ -144,7 +146,7 @@ VARIANTS: dict[str, Variant] = {
     "cg-fp32res": Variant(chunk_rows=4096, inductor=TRAINER, bf16_residual=False,
                           help="cg-fused4k with the residual stream in fp32 (--fp32-residual)"),
     "cg-noce": Variant(chunk_rows=4096, inductor=TRAINER, ce_kernel=False,
-                       help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (ce_kernel.ENABLED off)"),
+                       help="cg-fused4k with Inductor's CE chunk instead of lmkit's Triton kernel (kernels.ce_kernel off)"),
     "cg-nolin": Variant(chunk_rows=4096, inductor=TRAINER, fp32_wgrad=False,
                         help="cg-fused4k with plain F.linear (weight gradients cast to fp32 by separate kernels)"),
     "cg-torchadam": Variant(chunk_rows=4096, inductor=TRAINER, lmkit_adamw=False,
@@ -155,8 +157,6 @@ VARIANTS: dict[str, Variant] = {
                         help="cg-fused4k without Inductor's mix-order reductions (RMSNorm backward's gain gradient apart)"),
     "cg-mixtune": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.mix_order_reduction_autotune_split_size", True),),
                           help="cg-fused4k with Inductor's mix-order reductions' split size autotuned"),
-    "cg-vcopy": Variant(chunk_rows=4096, inductor=TRAINER, copy_v=True,
-                        help="cg-fused4k with v copied out of the stacked q/k/v output (less memory, slower)"),
     "cg-sepqkv": Variant(chunk_rows=4096, inductor=TRAINER, stacked_qkv=False,
                          help="cg-fused4k with q/k/v as three GEMMs (the trainer before session 8)"),
     "cg-pdl": Variant(chunk_rows=4096, inductor=TRAINER + (("triton.enable_pdl", True),),
@@ -199,7 +199,7 @@ def _hf_plain_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 def _hf_fused_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_rows: int) -> torch.Tensor:
     h = model.model(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D), final-normed
-    return fused_linear_cross_entropy(h, model.lm_head.weight, y, chunk_rows)
+    return fused_linear_cross_entropy(h, model.lm_head.weight, y, chunk_rows, compute_dtype=torch.bfloat16)
 
 
 def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.Module, Callable]:
@@ -209,9 +209,6 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         model = hf_llama(cfg).to(device).train()
         loss = partial(_hf_fused_loss, model, chunk_rows=v.chunk_rows) if v.fused else partial(_hf_plain_loss, model)
         return model, loss
-    # Read when the model is traced (its first step), which happens before the next variant is built.
-    ce_kernel.ENABLED, layers.FP32_WEIGHT_GRAD = v.ce_kernel, v.fp32_wgrad
-    layers.STACKED_QKV, rope.COPY_V = v.stacked_qkv, v.copy_v
     model = TransformerLM(cfg)
     if v.stacked:
         from fused_proj import stack_projections
@@ -222,13 +219,24 @@ def build_model(v: Variant, cfg: ModelConfig, device: torch.device) -> tuple[nn.
         # Every block then adds its bf16 output into a bf16 stream (RMSNorm still upcasts inside).
         model.set_residual_dtype(torch.bfloat16)
     model = model.to(device).train()
+    # The training fast paths as the trainer applies them, from the variant's kernel settings.
+    kernels = variant_kernels(v).for_training(device, torch.bfloat16)
+    apply_training(model, kernels, torch.bfloat16)
     if v.regional:
         # Identical blocks share one compiled graph, so compile time no longer grows with depth.
         for block in model.blocks:
             block.compile()
         return model, lambda x, y: fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, v.chunk_rows,
-                                                              compiled=True)
-    return model, partial(lm_loss, model, fused=v.fused, chunk_rows=v.chunk_rows, compiled=v.compile_mode is not None)
+                                                              compute_dtype=torch.bfloat16, compiled=True,
+                                                              ce_kernel=kernels.ce_kernel)
+    return model, partial(lm_loss, model, fused=v.fused, chunk_rows=v.chunk_rows, compiled=v.compile_mode is not None,
+                          compute_dtype=torch.bfloat16, ce_kernel=kernels.ce_kernel)
+
+
+def variant_kernels(v: Variant) -> KernelPlan:
+    """The ``kernels`` settings of a variant (before resolution against the device)."""
+    return KernelPlan(fp32_weight_grad=v.fp32_wgrad, stacked_qkv=v.stacked_qkv, ce_kernel=v.ce_kernel,
+                      adamw_kernel=v.lmkit_optimizer)
 
 
 # ---------------------------------------------------------------------------- the step
@@ -433,7 +441,7 @@ def run_variant(name: str, v: Variant, cfg: ModelConfig, batch: int, device: tor
         )
     else:
         if v.lmkit_optimizer:
-            optimizer = build_optimizer(model, LR, WEIGHT_DECAY, BETAS, ADAM_EPS, device.type)
+            optimizer = build_optimizer(model, LR, WEIGHT_DECAY, BETAS, ADAM_EPS, device.type, kernel=True)
         else:  # the reference: torch's fused AdamW (its unfused one off CUDA)
             optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=ADAM_EPS,
                                           fused=device.type == "cuda")
@@ -572,10 +580,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer timed steps")
     p.add_argument("--loader", action="store_true", help="also time lmkit's BatchLoader, alone and feeding fused8k")
     p.add_argument("--profile", action="store_true", help="print each variant's GPU kernels by group (kernels.py)")
-    p.add_argument("--ce-config", default=None, metavar="BLOCK,WARPS",
-                   help="lmkit CE chunk kernel's configuration (ce_chunk.py --best-out writes one)")
-    p.add_argument("--adamw-config", default=None, metavar="BLOCK,WARPS",
-                   help="lmkit AdamW kernel's configuration (optim_step.py --sweep --best-out writes one)")
     p.add_argument("--profile-top", type=int, default=15, help="kernels (and idle gaps) listed per profile")
     p.add_argument("--profile-spans", action="store_true", help="keep every profiled kernel, in order, in --json")
     p.add_argument("--mem-phases", action="store_true", help="peak memory of forward, backward and optimizer apart")
@@ -621,10 +625,6 @@ def environment(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.ce_config:
-        ce_kernel.BLOCK, ce_kernel.NUM_WARPS = (int(v) for v in args.ce_config.split(","))
-    if args.adamw_config:
-        adamw_kernel.BLOCK, adamw_kernel.NUM_WARPS = (int(v) for v in args.adamw_config.split(","))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible; use --device cpu --tiny for a smoke run", file=sys.stderr)
         return 2

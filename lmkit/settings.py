@@ -314,6 +314,47 @@ class RuntimeSettings(Section):
     )
 
 
+class KernelSettings(Section):
+    """Speed paths (lmkit/kernels/), each a faster twin of the plain model's torch code.
+
+    Each is used only where it applies (the device, the precision) and never changes what is
+    computed beyond rounding; off, the plain torch version runs. Recorded with every run.
+    """
+
+    fp32_weight_grad: bool = Field(
+        True, examples=[False],
+        description="Under bfloat16 autocast, every Linear multiplies in bfloat16 and writes its weight gradient in float32 straight from the GEMM, instead of rounding it to bfloat16 and casting it in another kernel. Off: plain F.linear under autocast.",
+    )
+    stacked_qkv: bool = Field(
+        True, examples=[False],
+        description="Training under bfloat16 autocast runs the q/k/v projections as one GEMM over their stacked weights, RoPE's backward writing the stacked gradient in one op (a Triton kernel on CUDA). Needs fp32_weight_grad. Off: three GEMMs.",
+    )
+    ce_kernel: bool = Field(
+        True, examples=[False],
+        description="The fused LM-head loss computes each chunk's cross-entropy and its gradient with one Triton kernel, in place over the logits (CUDA). Off: torch's version (compiled when the run compiles).",
+    )
+    adamw_kernel: bool = Field(
+        True, examples=[False],
+        description="AdamW updates each parameter group in one Triton launch (CUDA, plain fp32 parameters). Off: torch's fused AdamW.",
+    )
+    decode_attention_kernel: bool = Field(
+        True, examples=[False],
+        description="Generation runs each one-token step's RoPE, KV-cache write and attention as one Triton kernel (CUDA, head size a power of two). Off: SDPA over the masked cache.",
+    )
+    stacked_decode_weights: bool = Field(
+        True, examples=[False],
+        description="Generation multiplies by stacked copies of the q/k/v and w1/w3 weights (two matrix-vector products a block instead of five), made when decoding starts. Off: the separate projections.",
+    )
+    decode_tuning: bool = Field(
+        True, examples=[False],
+        description="Compiled decoding (generate --compile) lets Inductor tune its small kernels by coordinate descent: a slower first compile, faster tokens. Off: Inductor's defaults.",
+    )
+    decode_steps_per_replay: int = Field(
+        4, gt=0, le=64, examples=[1],
+        description="Compiled decoding captures this many decode steps in one CUDA graph: fewer launches per token, tokens streamed in bursts of this many.",
+    )
+
+
 class GenerateSettings(Section):
     """Sampling."""
 
@@ -337,6 +378,7 @@ class Settings(BaseModel):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    kernels: KernelSettings = Field(default_factory=KernelSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
 
     @model_validator(mode="after")

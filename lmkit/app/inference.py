@@ -28,6 +28,7 @@ import torch
 from lmkit.errors import ConfigError, TokenizerError
 from lmkit.generation import INVALID_TOKEN, NonFiniteLogitsError, Utf8StreamDecoder, check_sampling_args
 from lmkit.generation import generate as generate_ids
+from lmkit.kernels import KernelPlan
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.settings import Settings, validate_tree
 from lmkit.tokenizer import Tokenizer
@@ -266,6 +267,7 @@ def stream(
     tokens = generate_ids(
         trained.model, ids, max_new_tokens, temperature, top_k, top_p, stop_ids=stop_ids, seed=seed,
         compile_decode=trained.runtime.compile, window=window,
+        kernels=KernelPlan.from_settings(trained.settings.kernels if trained.settings is not None else None),
     )
     return _pieces(trained.tokenizer, tokens, set(stop_ids), tuple(stop))
 

@@ -59,6 +59,9 @@ class CheckpointSummary:
     # Every settings section the checkpoint records ({section: {field: value}}), whatever the
     # sections are: a section added later (e.g. kernels) shows without a change here.
     settings: dict[str, dict[str, Any]] | None = None
+    # The run's `kernels` settings (fast paths) as recorded; None: written before that section
+    # existed, so the run used the defaults.
+    kernels: dict[str, Any] | None = None
     optimizer: str | None = None  # "adamw" or "muon", with its LRs and schedule (from the saved settings)
     cooldown: dict[str, Any] | None = None  # {path, sha256, iter, cooldown_iters} of a cooldown's source
 
@@ -94,6 +97,7 @@ def inspect_checkpoint(path: Path | str, tensors: bool = False) -> CheckpointSum
         has_optimizer=bool(state.get("optimizer")), wandb_run_id=state.get("wandb_run_id"),
         world_size=state.get("world_size"), tokenizer=state.get("tokenizer"), init_from=state.get("init_from"), tensors=infos,
         settings=_settings_sections(state), optimizer=describe_optimizer(state), cooldown=state.get("cooldown"),
+        kernels=(state.get("settings") or {}).get("kernels"),
     )
 
 

@@ -67,6 +67,15 @@ def _setting(v: Any) -> str:
     return str(v)
 
 
+def _kernels(recorded: dict[str, Any] | None) -> str:
+    """The recorded fast-path settings: those off, or that all are at their defaults."""
+    if recorded is None:
+        return "defaults (not recorded: written before the kernels settings)"
+    off = [k for k, v in recorded.items() if v is False]
+    rest = [f"{k} {v}" for k, v in recorded.items() if not isinstance(v, bool)]
+    return ", ".join(([f"off: {', '.join(off)}"] if off else ["all on"]) + rest)
+
+
 def _render_summary(s: Any) -> None:
     from rich.table import Table
 
@@ -90,6 +99,7 @@ def _render_summary(s: Any) -> None:
         ("started from", f"{init.get('path')} (step {init.get('iter')}, sha256 {str(init.get('sha256'))[:12]})" if init else "scratch"),
         *([("cooldown of", f"{s.cooldown.get('path')} (step {s.cooldown.get('iter')}, decayed over {s.cooldown.get('cooldown_iters')} steps)")] if s.cooldown else []),
         ("tokenizer", f"{tok.get('hash')} ({tok.get('vocab_size')} ids) at {tok.get('dir')}" if tok.get("hash") or tok.get("dir") else "none recorded"),
+        ("kernels", _kernels(s.kernels)),
     ]
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)

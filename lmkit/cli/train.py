@@ -12,7 +12,9 @@ from lmkit.cli.app import LmkitCommand, app
 from lmkit.cli.options import ConfigOpt, settings_flags
 from lmkit.errors import ConfigError
 
-TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "runtime")
+TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "runtime", "kernels")
+# The kernels section's generation fields: recorded with the run, set when generating.
+DECODE_KERNELS = ("decode_attention_kernel", "stacked_decode_weights", "decode_tuning", "decode_steps_per_replay")
 
 
 @app.command(
@@ -31,12 +33,13 @@ TRAIN_SECTIONS = ("model", "data", "optim", "train", "checkpoint", "logging", "r
         "  lmkit train --nproc-per-node 8 --config cfg.yaml\n"
         "  lmkit train --config cfg.yaml --optimizer muon --schedule wsd\n"
         "  lmkit train --cooldown-from runs/wsd/ckpt_0003000.pt --cooldown-iters 400 \\\n"
-        "      --checkpoint-dir runs/wsd-cool3000\n\n"
+        "      --checkpoint-dir runs/wsd-cool3000\n"
+        "  lmkit train --config cfg.yaml --no-ce-kernel --no-stacked-qkv\n\n"
         "Flags accept --d-model and --d_model spellings; precedence: defaults < --config YAML < "
         "LMKIT_* environment < flags."
     ),
 )
-@settings_flags(*TRAIN_SECTIONS)
+@settings_flags(*TRAIN_SECTIONS, exclude=DECODE_KERNELS)
 def train_cmd(
     config: ConfigOpt = None,
     demo: Annotated[bool, typer.Option("--demo", help="Train a tiny model on built-in English text (no download); ~2 min on 2 CPU cores.")] = False,

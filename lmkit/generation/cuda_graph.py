@@ -1,10 +1,10 @@
 """The decode step compiled once and captured in a CUDA graph that advances its own state.
 
-A token of a small model is ~130 GPU kernels of a few microseconds each. Launched one by one
-from Python they take longer than they run; replayed from one CUDA graph they run back to back.
-``torch.compile``'s own CUDA-graph mode (``reduce-overhead``) does that too, but each call still
-pays for Dynamo's guards and the graph tree's input checks (tens of microseconds, a tenth of a
-GPT-2-small token). Here the graph is captured by hand around static buffers: it reads the
+A token of a small model is over a hundred GPU kernels of a few microseconds each. Launched one
+by one from Python they take longer than they run; replayed from one CUDA graph they run back to
+back. ``torch.compile``'s own CUDA-graph mode (``reduce-overhead``) does that too, but each call
+still pays for Dynamo's guards and the graph tree's input checks, a noticeable part of a small
+model's token. Here the graph is captured by hand around static buffers: it reads the
 current token and position, writes the next token over the current one and advances the
 position, so producing a few tokens is one ``replay()`` and the host never waits for the GPU.
 
@@ -14,33 +14,24 @@ Notation: B batch size, V vocab_size.
 from __future__ import annotations
 
 import functools
+import itertools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 from lmkit.generation.sampling import exponential_noise
 from lmkit.model import TransformerLM
 
-
-# Inductor options for the decode step. Coordinate-descent tuning of the small matrix-vector
-# and reduction kernels measured ~10 % faster per token than Inductor's defaults
-# (benchmarks/GENERATE.md). No CUDA graphs here: the whole step is captured below. Read once,
-# at the first compile (benchmarks/generate.py --inductor changes it for experiments).
-COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+StepFn = Callable[..., torch.Tensor]
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_step():
-    from lmkit.generation.generate import decode_one_token
-
-    return torch.compile(decode_one_token, fullgraph=True, options=dict(COMPILE_OPTIONS))
-
-
-# Decode steps captured in one graph. Each replay also costs a graph launch and a copy of its
-# tokens out; running a few steps per replay spreads that over them. Tokens then reach the
-# caller in bursts of this many (about a millisecond apart at GPT-2-small scale).
-STEPS_PER_REPLAY = 4
+@functools.cache
+def _compiled_step(step_fn: StepFn, tuning: bool) -> StepFn:
+    # Coordinate-descent tuning (kernels.decode_tuning) of the small matrix-vector and reduction
+    # kernels gives faster tokens than Inductor's defaults. No CUDA graphs here: the whole step
+    # is captured below.
+    return torch.compile(step_fn, fullgraph=True, options={"coordinate_descent_tuning": tuning})
 
 
 class GraphedDecoder:
@@ -51,16 +42,23 @@ class GraphedDecoder:
 
     The graphs hold raw pointers to the model's weights, its KV caches and stacked decoding
     weights, so they stay valid while those tensors are updated in place (an optimizer step,
-    ``refresh_decode_weights``) and must be rebuilt when they are reallocated (``to()``,
-    ``setup_cache``, which bump ``model.cache_version``); ``decoder_for`` takes care of that.
+    ``kernels.decode.apply_decode``) and must be rebuilt when they are reallocated (``to()``,
+    ``setup_cache``); ``decoder_for`` takes care of that.
+
+    Args:
+        model: the model after ``setup_cache`` (and the decode layers' swap-in).
+        batch_size: sequences decoded together.
+        temperature, top_k, top_p: the sampling setting the graphs are captured for.
+        step_fn: ``generate.decode_one_token``, compiled here.
+        steps: decode steps per replay (``kernels.decode_steps_per_replay``).
+        tuning: Inductor's coordinate-descent tuning (``kernels.decode_tuning``).
     """
 
     def __init__(
         self, model: TransformerLM, batch_size: int, temperature: float, top_k: int | None, top_p: float | None,
-        steps: int | None = None,
+        step_fn: StepFn, steps: int = 4, tuning: bool = True,
     ) -> None:
         device = model.lm_head.weight.device
-        steps = STEPS_PER_REPLAY if steps is None else steps
         steps = min(steps, model.blocks[0].attn.kv_cache.max_len)  # the warm-up writes slots 0..steps-1
         self.steps = steps
         self.token = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
@@ -72,7 +70,7 @@ class GraphedDecoder:
         self.noise = None  # (steps, B, V): one draw per step
         if temperature > 0:
             self.noise = torch.ones(steps, batch_size, model.config.vocab_size, device=device)
-        step = _compiled_step()
+        step = _compiled_step(step_fn, tuning)
 
         def run_steps(n: int) -> None:
             for i in range(n):
@@ -134,21 +132,29 @@ _decoders: weakref.WeakKeyDictionary[TransformerLM, dict[tuple, GraphedDecoder]]
 _MAX_PER_MODEL = 4  # distinct (batch, sampling) settings kept; each holds a small memory pool
 
 
+def _addresses(model: TransformerLM) -> tuple:
+    """Where every tensor a captured graph reads lives: parameters and buffers (caches, stacked
+    decode weights, RoPE tables). A graph is valid exactly while these are unchanged."""
+    return tuple((t.data_ptr(), t.dtype, t.shape) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 def decoder_for(
-    model: TransformerLM, batch_size: int, temperature: float, top_k: int | None, top_p: float | None
+    model: TransformerLM, batch_size: int, temperature: float, top_k: int | None, top_p: float | None,
+    step_fn: StepFn, steps: int = 4, tuning: bool = True,
 ) -> GraphedDecoder:
     """A captured decoder for this model's current weights and caches, reused when possible.
 
-    Call it after ``setup_cache`` and before prefill (building one runs the step twice).
+    Call it after ``setup_cache`` and before prefill (building one runs the step twice). The
+    arguments are ``GraphedDecoder``'s.
     """
     cache = _decoders.setdefault(model, {})
-    # A new cache_version means the caches or weights were reallocated: older graphs would
-    # read freed memory.
-    for stale in [k for k in cache if k[0] != model.cache_version]:
+    addresses = _addresses(model)
+    # Tensors reallocated (to(), a new cache): older graphs would read freed memory.
+    for stale in [k for k in cache if k[0] != addresses]:
         del cache[stale]
-    key = (model.cache_version, batch_size, temperature, top_k, top_p)
+    key = (addresses, batch_size, temperature, top_k, top_p, step_fn, steps, tuning)
     if key not in cache:
         if len(cache) >= _MAX_PER_MODEL:
             cache.pop(next(iter(cache)))
-        cache[key] = GraphedDecoder(model, batch_size, temperature, top_k, top_p)
+        cache[key] = GraphedDecoder(model, batch_size, temperature, top_k, top_p, step_fn, steps, tuning)
     return cache[key]

@@ -37,6 +37,8 @@ from lmkit.generation.sampling import (
     exponential_noise,
     sample,
 )
+from lmkit.kernels.decode import apply_decode, remove_decode
+from lmkit.kernels.plan import KernelPlan
 from lmkit.model import TransformerLM
 
 DecodeFn = Callable[..., torch.Tensor]
@@ -184,6 +186,7 @@ def generate(
     device: torch.device | str | None = None,
     compile_decode: bool = False,
     window: Window = "slide",
+    kernels: KernelPlan | None = None,
 ) -> Iterator[torch.Tensor]:
     """Stream new tokens after a prompt.
 
@@ -212,6 +215,8 @@ def generate(
             on other devices.
         window: ``"slide"`` to go on past the context length (see the module docstring) or
             ``"stop"`` to end there.
+        kernels: the decode fast paths to use (``KernelPlan.from_settings(settings.kernels)``;
+            None: the defaults). They never change the tokens beyond rounding.
 
     Returns:
         An iterator of (B,) long tensors, the new token of every sequence, each yielded as soon
@@ -257,7 +262,7 @@ def generate(
     return _stream(
         model, prompt, num_new, temperature, top_k, top_p,
         torch.tensor(list(stop_ids), dtype=torch.long, device=model_device), generator,
-        compile_decode and model_device.type == "cuda",
+        compile_decode and model_device.type == "cuda", KernelPlan() if kernels is None else kernels,
     )
 
 
@@ -272,6 +277,7 @@ def _stream(
     stops: torch.Tensor,
     generator: torch.Generator,
     use_compile: bool,
+    kernels: KernelPlan,
 ) -> Iterator[torch.Tensor]:
     # generate()'s body once the arguments are known to be valid; see its docstring.
     if num_new == 0:
@@ -283,10 +289,16 @@ def _stream(
         # The captured step reads one set of cache buffers: size them to the full context and
         # keep them between calls, so every prompt length replays the same graph.
         _reuse_or_setup_cache(model, B, context_length)
-        decoder = decoder_for(model, B, temperature, top_k, top_p)  # before prefill: see there
     else:
         # min(): never more than the context, however large num_new is (sliding reuses it).
         model.setup_cache(B, max_len=min(context_length, T + num_new - 1))
+    # The decode layers, their stacked weights copied from the current ones (in place when kept
+    # from an earlier call: the weights may have changed since, e.g. by training).
+    apply_decode(model, kernels.stacked_decode_weights, kernels.decode_attention_kernel)
+    if use_compile:
+        decoder = decoder_for(  # before prefill: see there
+            model, B, temperature, top_k, top_p, decode_one_token, kernels.decode_steps_per_replay, kernels.decode_tuning
+        )
     try:
         tokens = _windows(model, prompt, num_new, temperature, top_k, top_p, generator, decoder)
         if stops.numel() == 0:
@@ -311,6 +323,8 @@ def _stream(
         if last is not None and bool((last < 0).any()):
             raise NonFiniteLogitsError()
     finally:
+        # Compiled, the caches and stacked copies stay for the next call's graph replay.
+        remove_decode(model, keep_buffers=use_compile)
         if not use_compile:
             model.clear_cache()
 
@@ -374,5 +388,3 @@ def _reuse_or_setup_cache(model: TransformerLM, batch_size: int, max_len: int) -
     stale = cache is None or cache.k.dtype != dtype or cache.k.device != model.lm_head.weight.device
     if stale or cache.k.shape[0] != batch_size or cache.max_len != max_len:
         model.setup_cache(batch_size, max_len=max_len)
-    else:
-        model.refresh_decode_weights()  # the weights may have changed since (e.g. training)

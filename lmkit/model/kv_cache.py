@@ -43,10 +43,6 @@ class KVCache(nn.Module):
         # Non-persistent: a cache is scratch space, never part of a checkpoint's state_dict.
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        # Scratch counters of the decode attention kernel (decode_attention.py), which leaves
-        # them at zero after every call.
-        arrivals = torch.zeros(batch_size, num_heads, dtype=torch.int32, device=device)
-        self.register_buffer("arrivals", arrivals, persistent=False)
 
     @property
     def max_len(self) -> int:
@@ -76,4 +72,3 @@ class KVCache(nn.Module):
         """Zero the buffers (not needed for correctness, since unwritten slots are masked)."""
         self.k.zero_()
         self.v.zero_()
-        self.arrivals.zero_()

@@ -30,10 +30,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lmkit.model import decode_attention
 from lmkit.model.config import ModelConfig
 from lmkit.model.kv_cache import KVCache
-from lmkit.model.layers import CausalSelfAttention, Linear, RMSNorm, SwiGLU, concat_weights
+from lmkit.model.layers import CausalSelfAttention, Linear, RMSNorm, SwiGLU
 from lmkit.model.rope import precompute_rope
 
 # GPT-2's init scale for every weight matrix.
@@ -128,9 +127,6 @@ class TransformerLM(nn.Module):
         cos, sin = precompute_rope(config.head_dim, config.context_length, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (context_length, hd/2)
         self.register_buffer("rope_sin", sin, persistent=False)  # (context_length, hd/2)
-        # Bumped whenever the KV caches or decoding weights are reallocated, so that anything
-        # holding their addresses (a captured CUDA graph) knows it is stale.
-        self.cache_version = 0
         # dtype the residual stream between blocks is carried in; None: the embedding's (fp32
         # weights give an fp32 stream even under autocast). See set_residual_dtype.
         self.residual_dtype: torch.dtype | None = None
@@ -169,9 +165,8 @@ class TransformerLM(nn.Module):
     def compile_blocks(self, backend: str = "inductor") -> None:
         """``torch.compile`` each block's computation, not its call: hooks on the block's call
         (FSDP's parameter gathering) and activation checkpointing stay outside the compiled
-        code, where a whole-model compile traced around FSDP's hooks and ran 3x slower
-        (benchmarks/NOTES.md). Identical blocks share one compiled graph; the state dict is
-        unchanged. Irreversible."""
+        code, where a whole-model compile traced around FSDP's hooks and ran far slower.
+        Identical blocks share one compiled graph; the state dict is unchanged. Irreversible."""
         for block in self.blocks:
             block._forward = torch.compile(block._forward, backend=backend)
 
@@ -195,15 +190,10 @@ class TransformerLM(nn.Module):
         super()._apply(fn, *args, **kwargs)
         cfg = self.config
         device = self.rope_cos.device
-        self.cache_version += 1
         if device.type != "meta":
             self.rope_cos, self.rope_sin = precompute_rope(
                 cfg.head_dim, cfg.context_length, cfg.rope_theta, device=device
             )
-            # The stacked decoding weights are plain attributes, not moved or cast with the
-            # rest: stack them again from the converted weights.
-            if self.blocks[0].attn.decode_qkv is not None:
-                self._stack_decode_weights()
         return self
 
     # ---- parameter and cost accounting -------------------------------------------------
@@ -246,11 +236,7 @@ class TransformerLM(nn.Module):
         """Give every attention layer a fresh preallocated KV cache.
 
         Afterwards ``forward`` must be called with ``input_pos`` and attends over the cache.
-        It also stacks each block's q/k/v and w1/w3 weights into one matrix each, so that a
-        decoded token takes two matrix-vector products there instead of five; those copies are
-        used while no gradient is recorded, and ``refresh_decode_weights`` updates them after
-        the weights change. On CUDA, one-token steps run RoPE, the cache write and attention as
-        one Triton kernel (``decode_attention``) instead of SDPA over the whole masked cache.
+        (Generation may then swap in faster decode layers: ``lmkit.kernels.decode``.)
 
         Args:
             batch_size: sequences decoded together.
@@ -268,37 +254,15 @@ class TransformerLM(nn.Module):
             raise ValueError(f"max_len must be in 1..context_length ({limit}), got {max_len}")
         dtype = self.lm_head.weight.dtype if dtype is None else dtype
         device = self.lm_head.weight.device if device is None else device
-        self.cache_version += 1
         for block in self.blocks:
             block.attn.kv_cache = KVCache(
                 batch_size, self.config.num_heads, max_len, self.config.head_dim, dtype, device
             )
-        self._stack_decode_weights()
-
-    def _stack_decode_weights(self, in_place: bool = False) -> None:
-        device = self.blocks[0].attn.kv_cache.k.device
-        kernel = None
-        if decode_attention.ENABLED and decode_attention.supported(self.config.head_dim, device):
-            kernel = decode_attention.decode_attention_op()
-        for block in self.blocks:
-            block.attn.decode_kernel = kernel
-            attn, ffn = block.attn, block.ffn
-            qkv = concat_weights(attn.q_proj, attn.k_proj, attn.v_proj, out=attn.decode_qkv if in_place else None)
-            w13 = concat_weights(ffn.w1, ffn.w3, out=ffn.decode_w13 if in_place else None)
-            attn.decode_qkv, ffn.decode_w13 = qkv, w13
-
-    def refresh_decode_weights(self) -> None:
-        """Copy the current weights into the stacked decoding copies, in place (see setup_cache)."""
-        self._stack_decode_weights(in_place=True)
 
     def clear_cache(self) -> None:
-        """Drop the KV caches and decoding copies (freeing their memory); back to plain attention."""
-        self.cache_version += 1
+        """Drop the KV caches (freeing their memory); back to attention within the input."""
         for block in self.blocks:
             block.attn.kv_cache = None
-            block.attn.decode_qkv = None
-            block.attn.decode_kernel = None
-            block.ffn.decode_w13 = None
 
     @property
     def has_cache(self) -> bool:
@@ -349,8 +313,9 @@ class TransformerLM(nn.Module):
         if self.has_cache:
             if input_pos is None:
                 raise ValueError("input_pos is required when a KV cache is set up")
-            if T > 1 or self.blocks[0].attn.decode_kernel is None:  # the kernel needs no mask
-                mask = self.cache_mask(input_pos, self.tok_embeddings.weight.dtype)  # (T, S)
+            # A decode layer that needs no mask (kernels/decode.py) leaves it unused; compiled,
+            # Inductor then drops its computation.
+            mask = self.cache_mask(input_pos, self.tok_embeddings.weight.dtype)  # (T, S)
         if input_pos is None:
             if T > self.config.context_length:
                 raise ValueError(

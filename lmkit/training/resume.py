@@ -16,7 +16,7 @@ from lmkit.training.init_from import same_source, take_architecture
 # Sections whose change makes the checkpoint's weights meaningless for the new run.
 _ARCHITECTURE = ("model",)
 # Fields that are allowed to differ, and are applied, when resuming (schedule, intervals, sinks).
-_SAFE_SECTIONS = ("optim", "checkpoint", "logging", "generate")
+_SAFE_SECTIONS = ("optim", "checkpoint", "logging", "generate", "kernels")  # kernels: same numbers, other speed
 _SAFE_FIELDS = {
     "max_iters", "eval_interval", "eval_iters", "log_interval", "on_nan", "parallel", "grad_accum_steps",
     "activation_checkpointing", "device", "dtype", "compile", "cuda_graphs", "fp32_residual", "val_data_path",

@@ -26,6 +26,7 @@ from lmkit.observe.streams import say
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training import rundir
+from lmkit.kernels import KernelPlan, apply_training
 from lmkit.training.compile_plan import plan_compile
 from lmkit.training.cooldown import load_cooldown_source, resume_cooldown
 from lmkit.training.distributed import Distributed
@@ -156,17 +157,26 @@ class Trainer:
             model.load_state_dict(state["model"] if state is not None else init.weights)
         model.set_activation_checkpointing(s.train.activation_checkpointing)
         if not s.runtime.fp32_residual and rt.dtype != torch.float32:
-            # bf16 between blocks: ~3 % faster at GPT-2 small, and no difference in validation loss
-            # over 9 paired seeds (+0.0014 +- 0.0068 nats; benchmarks/NOTES.md, session 5).
+            # bf16 between blocks: faster (half the bytes the residual stream moves), and paired-seed
+            # runs showed no difference in validation loss (benchmarks/README.md).
             model.set_residual_dtype(rt.dtype)
         self.model = model.to(rt.device)
+        # The fast paths, resolved once against the device and precision, swapped into the plain
+        # model before it is compiled or wrapped; the state dict stays the plain model's.
+        self.kernels = kernels = KernelPlan.from_settings(s.kernels).for_training(rt.device, rt.dtype)
+        apply_training(self.model, kernels, rt.dtype)
         if plan.regional:
             self.model.compile_blocks()
+        compute_dtype = None if rt.dtype == torch.float32 else rt.dtype
+        loss = LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile, compute_dtype=compute_dtype, ce_kernel=kernels.ce_kernel)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        self.wrapped = self.dist.wrap(LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile), s.train.parallel)
+        self.wrapped = self.dist.wrap(loss, s.train.parallel)
+
         def adamw(module: torch.nn.Module) -> torch.optim.Optimizer:
             o = s.optim
-            return build_optimizer(module, o.learning_rate, o.weight_decay, (o.beta1, o.beta2), o.adam_eps, rt.device.type)
+            return build_optimizer(
+                module, o.learning_rate, o.weight_decay, (o.beta1, o.beta2), o.adam_eps, rt.device.type, kernel=kernels.adamw_kernel
+            )
 
         self.optimizer = build_muon(self.model, adamw, s.optim) if s.optim.optimizer == "muon" else adamw(self.model)
         if state is not None:

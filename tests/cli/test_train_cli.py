@@ -128,3 +128,50 @@ def test_demo_runs_and_learns(tmp_path: Path, monkeypatch):
     losses = [row["loss"] for row in rows if "loss" in row]
     assert losses[-1] < losses[0] < 8.0  # ln(2048) = 7.6 at init, and it falls
     assert (run_dir / "latest.pt").is_file()
+
+
+def test_kernel_flags_train_and_are_recorded_and_inspected(tiny_overrides):
+    """`--no-fp32-weight-grad --no-stacked-qkv` (bf16 autocast on CPU, where both would run):
+    the run trains, and settings.yaml, the checkpoint and `lmkit ckpt inspect` record them."""
+    import torch
+
+    from lmkit.training.checkpoint import load_checkpoint
+
+    args = flags(dict(tiny_overrides, max_iters=4, lr_decay_iters=4, checkpoint_interval=4, dtype="bfloat16"))
+    r = runner.invoke(app, ["train", *args, "--no-fp32-weight-grad", "--no_stacked_qkv"])
+    assert r.exit_code == 0, r.output
+    run_dir = Path(tiny_overrides["checkpoint_dir"])
+    saved = yaml.safe_load((run_dir / "settings.yaml").read_text())["kernels"]
+    assert saved["fp32_weight_grad"] is False and saved["stacked_qkv"] is False and saved["ce_kernel"] is True
+    state = load_checkpoint(run_dir / "latest.pt")
+    assert state["settings"]["kernels"] == saved
+    assert all(t.dtype == torch.float32 for t in state["model"].values())
+    shown = runner.invoke(app, ["ckpt", "inspect", str(run_dir / "latest.pt")])
+    assert shown.exit_code == 0 and "off: fp32_weight_grad, stacked_qkv" in shown.stdout, shown.output
+
+
+def test_train_help_lists_the_training_kernels_only():
+    text = runner.invoke(app, ["train", "--help"], terminal_width=200).stdout
+    for flag in ("--fp32-weight-grad", "--stacked-qkv", "--ce-kernel", "--adamw-kernel", "--no-ce-kernel --no-stacked-qkv"):
+        assert flag in text, flag
+    assert "--decode-tuning" not in text and "--decode-steps-per-replay" not in text
+
+
+def test_a_checkpoint_without_kernel_settings_resumes_with_the_defaults(tiny_overrides):
+    """Checkpoints written before the `kernels` section: resumed with its defaults, and inspect says so."""
+    import torch
+
+    from lmkit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir = Path(tiny_overrides["checkpoint_dir"])
+    args = flags(dict(tiny_overrides, max_iters=4, lr_decay_iters=8, checkpoint_interval=4))
+    assert runner.invoke(app, ["train", *args]).exit_code == 0
+    state = load_checkpoint(run_dir / "latest.pt")
+    del state["settings"]["kernels"]
+    save_checkpoint(state, run_dir / "latest.pt")
+    shown = runner.invoke(app, ["ckpt", "inspect", str(run_dir / "latest.pt")])
+    assert "defaults (not recorded" in shown.stdout, shown.output
+    r = runner.invoke(app, ["train", *flags(dict(tiny_overrides, max_iters=8, lr_decay_iters=8, checkpoint_interval=4))])
+    assert r.exit_code == 0, r.output
+    assert "resuming from" in r.output
+    assert load_checkpoint(run_dir / "latest.pt")["iter"] == 8 and torch.is_tensor(load_checkpoint(run_dir / "latest.pt")["model"]["lm_head.weight"])

@@ -256,3 +256,19 @@ def test_temperature_below_the_floor_is_greedy(model: TransformerLM, temperature
 def test_any_int_seed_works(model: TransformerLM, seed: int) -> None:
     out = run(model, [1, 2], 5, temperature=1.0, seed=seed)
     assert torch.equal(out, run(model, [1, 2], 5, temperature=1.0, seed=seed % 2**64))
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_decode_kernels_plan_gives_the_full_forward_tokens(model: TransformerLM, stacked: bool) -> None:
+    """With the stacked decode weights on (the default) or off, greedy tokens are the full
+    forward's, and the model is left with its plain layers and no stacked copies."""
+    from lmkit.kernels import KernelPlan
+    from lmkit.model import CausalSelfAttention, SwiGLU
+
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    plan = KernelPlan(stacked_decode_weights=stacked)
+    got = torch.stack(list(generate(model, prompt, 8, temperature=0.0, kernels=plan)), dim=1)
+    torch.testing.assert_close(got, greedy_by_full_forward(model, prompt, 8))
+    block = model.blocks[0]
+    assert type(block.attn) is CausalSelfAttention and type(block.ffn) is SwiGLU
+    assert not hasattr(block.attn, "qkv_weight") and not model.has_cache

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmkit.generation import NonFiniteLogitsError, generate
-from lmkit.generation.cuda_graph import _decoders
+from lmkit.generation.cuda_graph import _addresses, _decoders
+from lmkit.kernels import KernelPlan
 from lmkit.model import ModelConfig, TransformerLM
 
 pytestmark = [
@@ -70,7 +71,7 @@ def test_captured_decoder_follows_weight_changes(model: TransformerLM) -> None:
     model = model.to(torch.bfloat16)
     out = tokens(model, prompt, 15, temperature=0.0, compile_decode=True)
     assert out.shape == (1, 15) and int(out.max()) < 256
-    assert [key[0] for key in _decoders[model]] == [model.cache_version]
+    assert [key[0] for key in _decoders[model]] == [_addresses(model)]
     model.clear_cache()
 
 
@@ -90,20 +91,18 @@ def test_captured_decoder_stops_and_closes_early(model: TransformerLM) -> None:
 def test_multi_step_replays_match_eager_to_the_context_end(model: TransformerLM, steps: int) -> None:
     """Several decode steps per replay: token counts that are not a multiple of the steps, a
     generation that runs to the last context position, and sampling draws in eager's order."""
-    from lmkit.generation import cuda_graph
-
-    old, cuda_graph.STEPS_PER_REPLAY = cuda_graph.STEPS_PER_REPLAY, steps
+    plan = KernelPlan(decode_steps_per_replay=steps)
     try:
         _decoders.clear()
         prompt = torch.randint(0, 256, (2, 9))
         full = SMALL["context_length"] - 9 + 1  # every position the context allows
         for n in (1, 2, 8, full):
-            torch.testing.assert_close(tokens(model, prompt, n, temperature=0.0, compile_decode=True),
+            torch.testing.assert_close(tokens(model, prompt, n, temperature=0.0, compile_decode=True, kernels=plan),
                                        tokens(model, prompt, n, temperature=0.0))
         kw = dict(temperature=0.8, top_k=40, seed=5)
-        torch.testing.assert_close(tokens(model, prompt, 13, compile_decode=True, **kw), tokens(model, prompt, 13, **kw))
+        torch.testing.assert_close(tokens(model, prompt, 13, compile_decode=True, kernels=plan, **kw), tokens(model, prompt, 13, **kw))
+        assert {key[-2] for key in _decoders[model]} == {steps}
     finally:
-        cuda_graph.STEPS_PER_REPLAY = old
         _decoders.clear()
         model.clear_cache()
 
@@ -113,20 +112,17 @@ def test_compiled_decode_slides_like_eager(model: TransformerLM, steps: int) -> 
     """The CPU oracle's GPU twin (test_generate.py checks eager sliding against full forwards):
     several slides of a context of 64 (a re-prefill every 16 tokens), a prompt longer than the
     context, replays of several steps between re-prefills, and sampling draws in eager's order."""
-    from lmkit.generation import cuda_graph
-
-    old, cuda_graph.STEPS_PER_REPLAY = cuda_graph.STEPS_PER_REPLAY, steps
+    plan = KernelPlan(decode_steps_per_replay=steps)
     try:
         _decoders.clear()
         n = 3 * SMALL["context_length"] + 5
         for prompt in (torch.randint(0, 256, (2, 9)), torch.randint(0, 256, (2, 80))):
-            torch.testing.assert_close(tokens(model, prompt, n, temperature=0.0, compile_decode=True),
+            torch.testing.assert_close(tokens(model, prompt, n, temperature=0.0, compile_decode=True, kernels=plan),
                                        tokens(model, prompt, n, temperature=0.0))
         kw = dict(temperature=0.8, top_k=40, seed=5)
         prompt = torch.randint(0, 256, (2, 9))
-        torch.testing.assert_close(tokens(model, prompt, n, compile_decode=True, **kw), tokens(model, prompt, n, **kw))
+        torch.testing.assert_close(tokens(model, prompt, n, compile_decode=True, kernels=plan, **kw), tokens(model, prompt, n, **kw))
     finally:
-        cuda_graph.STEPS_PER_REPLAY = old
         _decoders.clear()
         model.clear_cache()
 
@@ -138,6 +134,23 @@ def test_compiled_decode_refuses_non_finite_scores(model: TransformerLM, stop_id
     try:
         with pytest.raises(NonFiniteLogitsError):
             tokens(model, torch.randint(0, 256, (2, 5)), 100, temperature=0.0, stop_ids=stop_ids, compile_decode=True)
+    finally:
+        _decoders.clear()
+        model.clear_cache()
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [KernelPlan(decode_attention_kernel=False), KernelPlan(stacked_decode_weights=False), KernelPlan(decode_tuning=False)],
+    ids=["no-decode-kernel", "no-stacked-weights", "no-tuning"],
+)
+@pytest.mark.parametrize("compile_decode", [False, True])
+def test_each_decode_path_off_gives_the_same_tokens(model: TransformerLM, plan: KernelPlan, compile_decode: bool) -> None:
+    """Every decode fast path is a twin of the plain code: switched off, greedy tokens stay the same."""
+    prompt = torch.randint(0, 256, (2, 7))
+    try:
+        torch.testing.assert_close(tokens(model, prompt, 20, temperature=0.0, compile_decode=compile_decode, kernels=plan),
+                                   tokens(model, prompt, 20, temperature=0.0))
     finally:
         _decoders.clear()
         model.clear_cache()

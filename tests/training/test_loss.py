@@ -47,8 +47,9 @@ def test_no_grad_path_gives_same_loss():
 
 
 def test_lm_loss_under_autocast_same_as_fp32_hidden_states():
-    """lm_loss hands the LM head bf16 hidden states under autocast (it multiplies in bf16
-    anyway): the loss and every gradient are exactly those of the fp32 hidden states."""
+    """lm_loss given the run's compute dtype hands the LM head bf16 hidden states (it multiplies
+    in bf16 anyway): the loss and every gradient are exactly those of the fp32 hidden states
+    multiplied in bf16. (The dtype is passed, not read from autocast: changed with #22.)"""
     from lmkit.model import ModelConfig, TransformerLM
     from lmkit.training.loss import lm_loss
 
@@ -63,8 +64,11 @@ def test_lm_loss_under_autocast_same_as_fp32_hidden_states():
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
-    loss, grads = run(lambda: lm_loss(model, x, y, chunk_rows=20))
-    ref_loss, ref_grads = run(lambda: fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, 20))
+    loss, grads = run(lambda: lm_loss(model, x, y, chunk_rows=20, compute_dtype=torch.bfloat16))
+    ref_loss, ref_grads = run(lambda: fused_linear_cross_entropy(model.hidden(x), model.lm_head.weight, y, 20,
+                                                                 compute_dtype=torch.bfloat16))
+    fp32_loss, _ = run(lambda: lm_loss(model, x, y, chunk_rows=20))  # no compute dtype: h's, fp32
+    assert fp32_loss != loss
     assert model.hidden(x).dtype == torch.float32  # the reference really had fp32 states
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
     for g, r in zip(grads, ref_grads):

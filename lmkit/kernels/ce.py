@@ -4,14 +4,15 @@ Notation: n rows in the chunk, V = vocab_size.
 
 The fused LM-head loss (loss.py) computes a chunk's logits (n, V) and then needs, per row, the
 loss ``logsumexp(x) - x[target]`` and the gradient ``softmax(x) - onehot(target)``. Inductor's
-compiled version of that took 0.52 ms for GPT-2 small's 4096 x 50304 bf16 chunk on an H200
-(1.6 TB/s counting one read and one write) and wrote the gradient to a second (n, V) buffer.
+compiled version of that reaches well under the memory bandwidth and writes the gradient to a
+second (n, V) buffer.
 Here one program owns a row: an online max / sum-of-exponentials over it, then the gradient over
-the same row, written over the logits: 0.30 ms (2.8 TB/s), no second chunk-sized buffer
-(benchmarks/ce_chunk.py; -0.6 ms a training step at GPT-2 small, batch 16).
+the same row, written over the logits: near the memory bandwidth, and no second chunk-sized
+buffer (benchmarks/ce_chunk.py measures both).
 
-Used by the fused loss on CUDA when Triton is importable, compiled or not (``ENABLED`` switches it
-off); elsewhere the loss keeps ``loss._ce_chunk_grad``, which this must equal (tests).
+Used by the fused loss (training/loss.py) where ``kernels.ce_kernel`` is on and ``supported``
+holds, compiled or not; otherwise the loss runs ``loss._ce_chunk_grad``, its torch reference,
+which this must equal (tests).
 """
 
 from __future__ import annotations
@@ -21,23 +22,22 @@ from collections.abc import Callable
 
 import torch
 
-from lmkit.model.triton_support import triton_available
+from lmkit.kernels.triton_support import triton_device
 
-# Off: the fused loss uses the compiled torch version (loss._ce_chunk_grad) instead.
-ENABLED = True
-# Columns per loop iteration and warps per row: read at launch, so benchmarks/ce_chunk.py can sweep
-# them. Fastest on an H200 (4096 x 50304 bf16): 0.296 ms, 1.74x Inductor's version. (Fewer
-# programs walking the rows, so that pass 2 would find its row in L2, measured slower at every
-# size tried: 0.32-0.46 ms, too little memory traffic in flight; benchmarks/NOTES.md, session 5.)
+# Columns per loop iteration and warps per row: the fastest at GPT-2 small's chunk on an H200
+# (benchmarks/ce_chunk.py sweeps them through ce_loss_and_grad_'s arguments). One program per
+# row keeps the most memory traffic in flight; fewer programs walking several rows, so that the
+# second pass would find its row in L2, were slower at every size tried.
 BLOCK = 16384
 NUM_WARPS = 16
 
 
 def supported(logits: torch.Tensor) -> bool:
-    """Whether the kernel can take these logits: a CUDA (n, V) tensor with unit column stride."""
-    if not ENABLED or not logits.is_cuda or logits.dim() != 2 or logits.stride(1) != 1:
+    """Whether the kernel can take these logits: an (n, V) tensor with unit column stride on a
+    device Triton runs on."""
+    if logits.dim() != 2 or logits.stride(1) != 1:
         return False
-    return triton_available()
+    return triton_device(logits.device)
 
 
 @functools.cache
@@ -80,7 +80,8 @@ def _kernel() -> Callable:
     return ce_grad_inplace
 
 
-def ce_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:
+def ce_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, scale: float, block: int = BLOCK,
+                      num_warps: int = NUM_WARPS) -> torch.Tensor:
     """Summed cross-entropy of a chunk; its logits are overwritten with ``scale *`` the gradient.
 
     Args:
@@ -88,11 +89,12 @@ def ce_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, scale: float)
             in the same dtype (softmax in fp32).
         targets: (n,) int64 in [0, V).
         scale: the gradient's factor (1/N for a mean over N rows).
+        block, num_warps: launch parameters; the defaults are the tuned ones (benchmarks sweep them).
 
     Returns:
         fp32 scalar: the sum over the rows of ``logsumexp(row) - row[target]``.
     """
     n, V = logits.shape
     losses = torch.empty(n, dtype=torch.float32, device=logits.device)  # (n,)
-    _kernel()[(n,)](logits, logits.stride(0), targets, losses, scale, V, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    _kernel()[(n,)](logits, logits.stride(0), targets, losses, scale, V, BLOCK=block, num_warps=num_warps)
     return losses.sum()

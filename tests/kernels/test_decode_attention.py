@@ -1,4 +1,4 @@
-"""The one-token decode attention kernel (lmkit/model/decode_attention.py).
+"""The one-token decode attention kernel (lmkit/kernels/decode_attention.py) and its layer.
 
 On CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, which must be set
 before triton is imported, hence a subprocess); the GPU tests run the compiled kernel.
@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_interpreter import constants, requires_triton, run_interpreted
+from triton_interpreter import requires_triton, run_interpreted
 
-from lmkit.model import ModelConfig, TransformerLM, decode_attention
+from lmkit.kernels import decode_attention
+from lmkit.kernels.decode import DecodeAttention, apply_decode, remove_decode
+from lmkit.model import ModelConfig, TransformerLM
 from lmkit.model.rope import apply_rope, precompute_rope
 
 
@@ -30,9 +32,8 @@ def reference(qkv, cos, sin, k_cache, v_cache, pos):
     return y.transpose(1, 2).reshape(B, 1, D).to(qkv.dtype)
 
 
-def small_splits(split: int = 16, block: int = 8):
-    """Shrink the kernel's split and loop block so that short test caches span several splits."""
-    return constants(decode_attention, SPLIT=split, BLOCK_N=block)
+# The kernel's split and loop block shrunk, so that short test caches span several splits.
+SMALL_SPLIT, SMALL_BLOCK = 16, 8
 
 
 def kernel_matches_reference(device: str, dtype: torch.dtype, cache_dtype: torch.dtype, atol: float) -> None:
@@ -45,25 +46,24 @@ def kernel_matches_reference(device: str, dtype: torch.dtype, cache_dtype: torch
     B, H, hd = 2, 3, 16
     # (fp32: an FMA-sized difference; half: one rounding step, or that FMA difference near zero)
     cache_tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-5, rtol=2**-7)
-    with small_splits():
-        split, S = decode_attention.SPLIT, 3 * decode_attention.SPLIT + 5  # four splits at the end
-        cos_t, sin_t = precompute_rope(hd, S, device=device)
-        op = decode_attention.decode_attention_op()
-        for pos in (0, 1, split - 1, split, split + 1, 2 * split + 3, S - 1):
-            k_cache = torch.randn(B, H, S, hd, device=device).to(cache_dtype)
-            v_cache = torch.randn(B, H, S, hd, device=device).to(cache_dtype)
-            arrivals = torch.zeros(B, H, dtype=torch.int32, device=device)
-            k_ref, v_ref = k_cache.clone(), v_cache.clone()
-            qkv = torch.randn(B, 1, 3 * H * hd, device=device).to(dtype)
-            p = torch.tensor([pos], device=device)
-            out = op(qkv, cos_t[p], sin_t[p], k_cache, v_cache, arrivals, p)
-            expected = reference(qkv, cos_t[p], sin_t[p], k_ref, v_ref, p)
-            assert out.shape == (B, 1, H * hd) and out.dtype == dtype
-            torch.testing.assert_close(out.float(), expected.float(), atol=atol, rtol=0, msg=lambda m: f"output at pos {pos}: {m}")
-            # The new key and value are written at pos; every other slot is left as it was.
-            torch.testing.assert_close(k_cache, k_ref, **cache_tol, msg=lambda m: f"keys at pos {pos}: {m}")
-            torch.testing.assert_close(v_cache, v_ref, atol=0, rtol=0, msg=lambda m: f"values at pos {pos}: {m}")
-            assert not arrivals.any(), "the kernel must leave its counters at zero"
+    split, S = SMALL_SPLIT, 3 * SMALL_SPLIT + 5  # four splits at the end
+    cos_t, sin_t = precompute_rope(hd, S, device=device)
+    op = decode_attention.decode_attention_op(SMALL_SPLIT, SMALL_BLOCK)
+    for pos in (0, 1, split - 1, split, split + 1, 2 * split + 3, S - 1):
+        k_cache = torch.randn(B, H, S, hd, device=device).to(cache_dtype)
+        v_cache = torch.randn(B, H, S, hd, device=device).to(cache_dtype)
+        arrivals = torch.zeros(B, H, dtype=torch.int32, device=device)
+        k_ref, v_ref = k_cache.clone(), v_cache.clone()
+        qkv = torch.randn(B, 1, 3 * H * hd, device=device).to(dtype)
+        p = torch.tensor([pos], device=device)
+        out = op(qkv, cos_t[p], sin_t[p], k_cache, v_cache, arrivals, p)
+        expected = reference(qkv, cos_t[p], sin_t[p], k_ref, v_ref, p)
+        assert out.shape == (B, 1, H * hd) and out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected.float(), atol=atol, rtol=0, msg=lambda m: f"output at pos {pos}: {m}")
+        # The new key and value are written at pos; every other slot is left as it was.
+        torch.testing.assert_close(k_cache, k_ref, **cache_tol, msg=lambda m: f"keys at pos {pos}: {m}")
+        torch.testing.assert_close(v_cache, v_ref, atol=0, rtol=0, msg=lambda m: f"values at pos {pos}: {m}")
+        assert not arrivals.any(), "the kernel must leave its counters at zero"
 
 
 def cached_decoding_matches_forward(device: str, dtype: torch.dtype, atol: float, compile: bool = False) -> None:
@@ -72,13 +72,14 @@ def cached_decoding_matches_forward(device: str, dtype: torch.dtype, atol: float
     cfg = ModelConfig(vocab_size=97, context_length=36, d_model=32, num_layers=1, num_heads=2, d_ff=64)
     model = TransformerLM(cfg).to(device=device, dtype=dtype).eval()
     idx = torch.randint(0, cfg.vocab_size, (2, cfg.context_length), device=device)
-    with torch.no_grad(), small_splits():  # 16-slot splits: the decoded tokens cross one split edge
+    with torch.no_grad():
         full = model(idx)  # (B, T, V)
         model.setup_cache(batch_size=2)
-        if device == "cpu":  # the interpreter's run: setup_cache only picks the kernel on CUDA
-            for block in model.blocks:
-                block.attn.decode_kernel = decode_attention.decode_attention_op()
-        assert model.blocks[0].attn.decode_kernel is not None
+        apply_decode(model, stacked_weights=True, kernel=True)
+        assert isinstance(model.blocks[0].attn, DecodeAttention) and model.blocks[0].attn.attention_op is not None
+        # 16-slot splits: the decoded tokens cross one split edge
+        for block in model.blocks:
+            block.attn.attention_op = decode_attention.decode_attention_op(SMALL_SPLIT, SMALL_BLOCK)
         step = torch.compile(model, fullgraph=True) if compile else model
         prompt = 29
         logits = [model(idx[:, :prompt], torch.arange(prompt, device=device))]
@@ -89,7 +90,7 @@ def cached_decoding_matches_forward(device: str, dtype: torch.dtype, atol: float
 
 _INTERPRETED_CHECKS = """
 import torch
-from tests.model.test_decode_attention import kernel_matches_reference, cached_decoding_matches_forward
+from tests.kernels.test_decode_attention import kernel_matches_reference, cached_decoding_matches_forward
 kernel_matches_reference("cpu", torch.float32, torch.float32, atol=1e-5)
 kernel_matches_reference("cpu", torch.bfloat16, torch.float32, atol=2e-2)  # autocast: bf16 activations, fp32 cache
 cached_decoding_matches_forward("cpu", torch.float32, atol=1e-4)
@@ -111,9 +112,10 @@ def test_supported_only_on_cuda_with_power_of_two_heads():
 def test_cpu_cache_uses_the_sdpa_path():
     model = TransformerLM(ModelConfig(vocab_size=32, context_length=8, d_model=32, num_layers=1, num_heads=2, d_ff=64))
     model.setup_cache(batch_size=1)
-    assert model.blocks[0].attn.decode_kernel is None
-    model.clear_cache()
-    assert model.blocks[0].attn.decode_kernel is None
+    apply_decode(model, stacked_weights=True, kernel=True)
+    assert model.blocks[0].attn.attention_op is None
+    remove_decode(model)
+    assert type(model.blocks[0].attn).__name__ == "CausalSelfAttention"
 
 
 gpu = pytest.mark.gpu

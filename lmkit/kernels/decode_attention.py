@@ -13,12 +13,13 @@ launch and tail. Here one kernel does all of it: each program takes a (sequence,
 split of up to SPLIT cache slots among those written so far (0..pos, not all S), rotates q (and
 k, in the split that holds pos, which also writes the new key and value), and runs an online
 softmax over its slots; with several splits, the last program to finish merges them
-(flash-decoding's reduction without a second launch). GPT-2 small on an H200: 3.3-5.3 us a layer
-instead of 8.6 (benchmarks/GENERATE.md).
+(flash-decoding's reduction without a second launch).
 
-Used by ``CausalSelfAttention`` for one-token steps on CUDA (``decode_attention_op``); everything
-else (prefill, CPU, head dims that are not a power of two) takes the SDPA path. Triton is imported
-only when a CUDA cache is set up, so importing lmkit stays light.
+Used by the decode attention layer (kernels/decode.py) for one-token steps where
+``kernels.decode_attention_kernel`` is on and ``supported`` holds; everything else (prefill,
+CPU, head dims that are not a power of two) takes the plain model's SDPA path over the masked
+cache, its reference. Triton is imported only when the op is first built, so importing lmkit
+stays light.
 """
 
 from __future__ import annotations
@@ -29,24 +30,30 @@ from collections.abc import Callable
 
 import torch
 
-from lmkit.model.triton_support import triton_available
+from lmkit.kernels.triton_support import triton_device
 
 LOG2E = 1.4426950408889634
-# Off: every decode step takes the SDPA path (benchmarks/generate.py --sdpa-too times both).
-# Read by TransformerLM.setup_cache.
-ENABLED = True
+# Cache slots per program (a split), slots per loop iteration and warps per program: the
+# fastest at GPT-2-small shape on an H200 (benchmarks/decode_attention.py sweeps them through
+# decode_attention_op's arguments).
+SPLIT = 128
+BLOCK_N = 128
+NUM_WARPS = 4
 
 
 def supported(head_dim: int, device: torch.device) -> bool:
     """Whether the kernel can serve this model's decode steps on ``device``."""
-    if device.type != "cuda" or head_dim < 16 or head_dim & (head_dim - 1):
+    if head_dim < 16 or head_dim & (head_dim - 1):
         return False  # tl.arange needs a power-of-two half head width
-    return triton_available()
+    return triton_device(device)
 
 
-@functools.lru_cache(maxsize=1)
-def decode_attention_op() -> Callable[..., torch.Tensor]:
+@functools.cache
+def decode_attention_op(split: int = SPLIT, block_n: int = BLOCK_N, num_warps: int = NUM_WARPS) -> Callable[..., torch.Tensor]:
     """The kernel registered as the custom op ``lmkit::decode_attention`` (once per process).
+
+    The launch parameters are the tuned constants unless a benchmark asks for others (each set
+    its own op, ``lmkit::decode_attention_<split>_<block_n>_<num_warps>``).
 
     As a ``torch.library.triton_op`` it runs eagerly, and ``torch.compile`` sees it as one node
     that writes the caches in place (no copies of them).
@@ -172,7 +179,10 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
                     tl.store(out + HALF + d, out2.to(out_ty))
                     tl.store(arrivals_ptr + bh, 0)  # ready for the next call
 
-    @triton_op("lmkit::decode_attention", mutates_args={"k_cache", "v_cache", "arrivals"})
+    tuned = (split, block_n, num_warps) == (SPLIT, BLOCK_N, NUM_WARPS)
+    name = "lmkit::decode_attention" if tuned else f"lmkit::decode_attention_{split}_{block_n}_{num_warps}"
+
+    @triton_op(name, mutates_args={"k_cache", "v_cache", "arrivals"})
     def decode_attention(
         qkv: torch.Tensor,
         cos: torch.Tensor,
@@ -188,7 +198,7 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
         D = three_d // 3
         qkv = qkv.contiguous()
         cos, sin = cos.contiguous(), sin.contiguous()
-        splits = triton.cdiv(S, SPLIT)
+        splits = triton.cdiv(S, split)
         out = qkv.new_empty(B, 1, D)  # (B, 1, D): heads concatenated, o_proj's input
         part_acc = qkv.new_empty(B, H, splits, hd, dtype=torch.float32)  # per split: values
         part_stat = qkv.new_empty(B, H, splits, 2, dtype=torch.float32)  # per split: max, sum
@@ -197,16 +207,9 @@ def decode_attention_op() -> Callable[..., torch.Tensor]:
             qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0),
             D=D, H=H, QK_SCALE=LOG2E / math.sqrt(hd),
             NUM_SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits),
-            HALF=hd // 2, SPLIT=SPLIT, BLOCK_N=min(BLOCK_N, SPLIT), num_warps=NUM_WARPS,
+            HALF=hd // 2, SPLIT=split, BLOCK_N=min(block_n, split), num_warps=num_warps,
         )
         return out
 
     return decode_attention
 
-
-# Cache slots per program (a split), slots per loop iteration and warps per program: tuned on
-# an H200 at GPT-2-small shape (benchmarks/decode_attention.py, GENERATE.md). Read at each
-# call, so a benchmark can change them.
-SPLIT = 128
-BLOCK_N = 128
-NUM_WARPS = 4

@@ -12,10 +12,14 @@ import weakref
 
 import pytest
 import torch
-from triton_interpreter import constants, requires_triton, run_interpreted
+from triton_interpreter import requires_triton, run_interpreted
 
-from lmkit.training import adamw_kernel
-from lmkit.training.optim import AdamW, build_optimizer, clip_gradients, param_groups
+from lmkit.kernels import adamw as adamw_kernel
+from lmkit.kernels.adamw import AdamW
+from lmkit.training.optim import build_optimizer, clip_gradients, param_groups
+
+# Launch parameters the helpers give lmkit's AdamW (the interpreted run shrinks the block).
+LAUNCH: dict = {}
 
 
 def _model(device: str, sizes=(8, 300, 7)) -> torch.nn.Module:
@@ -50,7 +54,7 @@ def kernel_step_matches_torch(device: str, fused_ref: bool = False) -> None:
     moved between the two optimizers) leave the same parameters as torch's AdamW."""
     hyper = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     ours, ref = _model(device), _model(device)
-    opt = AdamW(param_groups(ours, 0.1), **hyper)
+    opt = AdamW(param_groups(ours, 0.1), **hyper, **LAUNCH)
     opt_ref = torch.optim.AdamW(param_groups(ref, 0.1), **hyper, fused=fused_ref, foreach=False if not fused_ref else None)
     _train(ours, opt, device, range(3), ref=False)
     _train(ref, opt_ref, device, range(3), ref=True)
@@ -59,7 +63,7 @@ def kernel_step_matches_torch(device: str, fused_ref: bool = False) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # Resume each from the other's state dict: the two formats are one.
     state, state_ref = opt.state_dict(), opt_ref.state_dict()
-    opt, opt_ref = AdamW(param_groups(ours, 0.1), **hyper), torch.optim.AdamW(param_groups(ref, 0.1), **hyper)
+    opt, opt_ref = AdamW(param_groups(ours, 0.1), **hyper, **LAUNCH), torch.optim.AdamW(param_groups(ref, 0.1), **hyper)
     opt.load_state_dict(state_ref)
     opt_ref.load_state_dict(state)
     # Its fallback step is torch's unfused one, even after loading a fused optimizer's groups.
@@ -75,7 +79,7 @@ def keeps_no_gradient_alive(device: str) -> None:
     """After ``step`` and ``zero_grad`` nothing of the optimizer holds a gradient: under CUDA
     graphs the gradients are graph outputs, which the next replay overwrites."""
     model = _model(device)
-    opt = AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt = AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **LAUNCH)
     for _ in range(2):
         model(torch.randn(4, 8, device=device)).sum().backward()
         grads = [weakref.ref(p.grad) for p in model.parameters()]
@@ -93,13 +97,13 @@ def resumes_through_distributed_checkpoint(device: str) -> None:
 
     hyper = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     model = _model(device)
-    opt = AdamW(param_groups(model, 0.1), **hyper)
+    opt = AdamW(param_groups(model, 0.1), **hyper, **LAUNCH)
     _train(model, opt, device, range(2), ref=False)
     options = StateDictOptions(full_state_dict=True)
     # A copy, as a checkpoint file gives: the state dict holds the optimizer's own moment tensors.
     state = copy.deepcopy(get_optimizer_state_dict(model, opt, options=options))
     resumed = copy.deepcopy(model)
-    opt_resumed = AdamW(param_groups(resumed, 0.1), **hyper)
+    opt_resumed = AdamW(param_groups(resumed, 0.1), **hyper, **LAUNCH)
     set_optimizer_state_dict(resumed, opt_resumed, state, options=options)
     _train(model, opt, device, range(2, 4), ref=False)
     _train(resumed, opt_resumed, device, range(2, 4), ref=False)
@@ -108,10 +112,9 @@ def resumes_through_distributed_checkpoint(device: str) -> None:
 
 
 _INTERPRETED_CHECKS = """
-from lmkit.training import adamw_kernel
-from tests.training.test_adamw_kernel import keeps_no_gradient_alive, kernel_step_matches_torch, resumes_through_distributed_checkpoint
-adamw_kernel.DEVICES = ("cuda", "cpu")  # the interpreter runs on CPU tensors
-adamw_kernel.BLOCK = 256  # several programs per tensor, the last one masked
+from tests.kernels import test_adamw
+from tests.kernels.test_adamw import keeps_no_gradient_alive, kernel_step_matches_torch, resumes_through_distributed_checkpoint
+test_adamw.LAUNCH["block"] = 256  # several programs per tensor, the last one masked
 kernel_step_matches_torch("cpu")
 kernel_step_matches_torch("cpu", fused_ref=True)
 keeps_no_gradient_alive("cpu")
@@ -130,16 +133,18 @@ def test_build_optimizer_picks_the_kernel_only_where_it_runs() -> None:
     assert type(build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")) is torch.optim.AdamW
     assert not adamw_kernel.supported(list(model.parameters()))  # CPU tensors
     assert not adamw_kernel.supported([torch.zeros(3, dtype=torch.bfloat16, device="meta")])
-    with constants(adamw_kernel, ENABLED=False):
-        assert not adamw_kernel.supported(list(model.parameters()))
-    # What would break its 16-byte vectors: a size not a multiple of 4, an unaligned or strided view.
-    with constants(adamw_kernel, DEVICES=("cpu",)):
-        assert adamw_kernel.supported(list(model.parameters()))
-        base = torch.zeros(64)
-        assert not adamw_kernel.supported([torch.zeros(6)])
-        assert not adamw_kernel.supported([base[1:9]])
-        assert not adamw_kernel.supported([base.view(8, 8)[:, :4]])
-        assert adamw_kernel.supported([base[4:12]])
+
+
+def test_supported_needs_aligned_plain_fp32_tensors(monkeypatch) -> None:
+    """What would break its 16-byte vectors: a size not a multiple of 4, an unaligned or strided view."""
+    monkeypatch.setattr(adamw_kernel, "triton_device", lambda device: True)  # as under the interpreter
+    model = _model("cpu")
+    assert adamw_kernel.supported(list(model.parameters()))
+    base = torch.zeros(64)
+    assert not adamw_kernel.supported([torch.zeros(6)])
+    assert not adamw_kernel.supported([base[1:9]])
+    assert not adamw_kernel.supported([base.view(8, 8)[:, :4]])
+    assert adamw_kernel.supported([base[4:12]])
 
 
 @pytest.mark.gpu
