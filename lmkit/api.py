@@ -11,6 +11,7 @@ The whole pipeline, as the README's "From Python" section runs it::
     api.plot_metrics(result.run_dir / "metrics.jsonl")
     print(api.generate(api.load_trained(result.run_dir), "The", max_new_tokens=50))
     api.evaluate(result.run_dir, "data/val.bin").bits_per_byte
+    api.evaluate_tasks(result.run_dir, ["arc_easy"], limit=100).scores   # needs the eval extra
 
 Everything here is either a re-export of the function that does the work or a thin wrapper that
 fills in what the CLI would (the tokenizer directory an encode records, the sinks a run writes).
@@ -25,6 +26,7 @@ from pathlib import Path
 from lmkit.data.corpus import encode_corpus
 from lmkit.evaluation import EvalResult
 from lmkit.evaluation import evaluate_checkpoint as evaluate
+from lmkit.harness import TaskResults, evaluate_tasks
 from lmkit.inference import Trained, load_trained, stream
 from lmkit.inference import generate_text as generate
 from lmkit.observe.base import MultiSink
@@ -34,8 +36,8 @@ from lmkit.tokenizer import Tokenizer, train_bpe
 from lmkit.training.trainer import Trainer, TrainResult
 
 __all__ = [
-    "EvalResult", "Settings", "Tokenizer", "TrainResult", "Trained",
-    "encode", "evaluate", "generate", "load_trained", "plot_metrics", "resolve_settings",
+    "EvalResult", "Settings", "TaskResults", "Tokenizer", "TrainResult", "Trained",
+    "encode", "evaluate", "evaluate_tasks", "generate", "load_trained", "plot_metrics", "resolve_settings",
     "settings_to_yaml", "stream", "train", "train_tokenizer",
 ]
 

@@ -100,6 +100,18 @@ class LmkitLM(TemplateLM):
                     checkpoint=str(trained.path))
 
     @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> LmkitLM:
+        """Build from ``--model_args`` (a dict), which win over the harness's own ``--device`` and
+        ``--batch_size`` (its CLI sends ``device=cuda:0`` unless told otherwise)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> LmkitLM:
+        """Build from ``--model_args checkpoint=...,device=cpu``; see ``create_from_arg_obj``."""
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
     def from_model(
         cls,
         model: TransformerLM,
