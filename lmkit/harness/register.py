@@ -16,7 +16,7 @@ from types import ModuleType
 
 from lmkit.errors import ConfigError
 
-INSTALL_HINT = "uv sync --extra eval, or pip install 'lmkit[eval]'"
+INSTALL_HINT = "uv sync --extra eval, or pip install -e '.[eval]' in a clone"
 MODEL_NAME = "lmkit"
 _TARGET = "lmkit.harness.model:LmkitLM"
 

@@ -122,7 +122,7 @@ def test_without_lm_eval_says_how_to_install(run, tasks, monkeypatch) -> None:
     result = _eval("-k", str(run.checkpoint), "--tasks", "tiny_mc", "--include-path", str(tasks))
     assert result.exit_code == 2
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmkit: error:")]
-    assert "uv sync --extra eval" in line and "pip install 'lmkit[eval]'" in line
+    assert "uv sync --extra eval" in line and "pip install -e '.[eval]'" in line
 
 
 @pytest.mark.parametrize("args, message", [

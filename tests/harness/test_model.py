@@ -127,3 +127,43 @@ def test_harness_command_line_renders_lmkit_errors(tasks, tmp_path) -> None:
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "lmkit: error:" in proc.stderr and "none.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _Req:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_generate_until_equals_lmkit_generate(run) -> None:
+    """Greedy continuations cut at the task's stop strings, as ``lmkit generate --temperature 0 --stop`` gives."""
+    from lmkit.api import generate, load_trained
+
+    lm = _cpu_lm(run)
+    reqs = [_Req("The cat sat", {"until": ["."], "max_gen_toks": 12}), _Req("A bird", {"until": ["\n", "cat"], "max_gen_toks": 12}),
+            _Req("The dog", {"until": ["."], "max_gen_toks": 12})]
+    got = lm.generate_until(reqs)
+    trained = load_trained(run.checkpoint, "cpu", "float32", compile=False)
+    want = [generate(trained, r.args[0], max_new_tokens=12, temperature=0, stop=r.args[1]["until"]) for r in reqs]
+    assert got == want and any(got)
+
+
+def test_bad_model_args(run) -> None:
+    from lmkit.errors import ConfigError
+    from lmkit.harness.model import LmkitLM
+
+    with pytest.raises(ConfigError, match="unknown argument"):
+        LmkitLM(run.checkpoint, device="cpu", temprature=1)
+    with pytest.raises(ConfigError, match="give the checkpoint"):
+        LmkitLM(device="cpu")
+    with pytest.raises(ConfigError, match="max_length=64: must be in 1..32"):
+        LmkitLM(run.checkpoint, device="cpu", max_length=64)
+    with pytest.raises(ConfigError, match="batch_size"):
+        LmkitLM(run.checkpoint, device="cpu", batch_size="zero")
+    assert LmkitLM(run.checkpoint, device="cpu", batch_size="auto").batch_size >= 1
+
+
+def _cpu_lm(run):
+    """``LmkitLM`` as the harness builds it, with its CLI defaults (device=cuda:0) overridden by model_args."""
+    from lmkit.harness.model import LmkitLM
+
+    return LmkitLM.create_from_arg_string(f"checkpoint={run.checkpoint},device=cpu,dtype=float32", {"device": "cuda:0", "batch_size": 2})
