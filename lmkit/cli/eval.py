@@ -77,8 +77,8 @@ class _Progress:
         "\b\nExamples:\n"
         "  lmkit eval -k runs/demo --data data/val.bin --max-tokens 100000\n"
         "  lmkit eval -k ckpt.pt --data val.bin --json | jq .bits_per_byte\n"
-        "  lmkit eval -k runs/demo --tasks hellaswag,arc_easy --limit 500 --output results.json\n"
-        "  lmkit eval -k runs/demo --tasks my_task --include-path tasks/ --num-fewshot 5 --batch-size 64"
+        "  lmkit eval -k runs/demo --tasks hellaswag,arc_easy --limit 500 -o res.json\n"
+        "  lmkit eval -k runs/demo --tasks my_task --include-path tasks/ --limit 50"
     ),
 )
 def eval_cmd(
