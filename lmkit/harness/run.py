@@ -103,12 +103,13 @@ def evaluate_tasks(
     with offline_hub(), quiet_harness():
         manager = task_manager(names, include_path)
         check_task_names(manager, names)
+        loaded = load_tasks(manager, names)  # before the model: missing data fail in a second
         lm = LmkitLM(checkpoint, device=device, dtype=dtype, batch_size=batch_size, tokenizer=tokenizer_dir)
-        loaded = load_tasks(manager, names)
         result = run_loaded(lm, loaded, limit=limit, num_fewshot=num_fewshot, seed=seed)
     result.tasks = names
     result.results.setdefault("config", {}).update({"model": "lmkit", "model_args": f"checkpoint={lm.checkpoint}",
-                                                    "batch_size": lm.batch_size, "limit": limit})
+                                                    **lm.get_model_info(), "batch_size": lm.batch_size, "limit": limit,
+                                                    "num_fewshot": num_fewshot, "fewshot_seed": seed})
     if output is not None:
         result.output = write_results(result.results, Path(output))
     return result
@@ -125,6 +126,10 @@ def run_loaded(lm: Any, loaded: dict[str, Any], *, limit: int | None = None, num
 
     Returns:
         ``TaskResults`` (without ``output``).
+
+    Standard errors of metrics that are not means (the harness bootstraps those) use 1,000
+    resamples instead of the harness's 100,000: the same estimate, a little noisier, in a
+    fraction of the time. Means (accuracies) get the closed-form error either way.
     """
     from lm_eval.evaluator import evaluate
 
