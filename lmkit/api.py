@@ -11,6 +11,7 @@ The whole pipeline, as the README's "From Python" section runs it::
     api.plot_metrics(result.run_dir / "metrics.jsonl")
     print(api.generate(api.load(result.run_dir), "The", max_new_tokens=50))
     api.evaluate(result.run_dir, "data/val.bin").bits_per_byte
+    api.evaluate_tasks(result.run_dir, ["arc_easy"], limit=100).scores   # needs the eval extra
 
 Everything here is either a name of the function that does the work or a thin wrapper that
 fills in what the CLI would (the tokenizer directory an encode records, the sinks a run writes).
@@ -77,6 +78,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TrainResult": ("lmkit.training.trainer", "TrainResult"),
     "Launch": ("lmkit.training.runtime", "Launch"),
     "launch": ("lmkit.training.runtime", "launch"),
+    "TaskResults": ("lmkit.harness", "TaskResults"),
+    "evaluate_tasks": ("lmkit.harness", "evaluate_tasks"),
 }
 
 __all__ = sorted([*_LAZY, "Settings", "encode", "resolve_settings", "settings_to_yaml", "train", "train_tokenizer"])

@@ -235,6 +235,24 @@ class TrainSettings(Section):
         description="Recompute each block's activations in backward instead of keeping them: about a third more compute per step for much less activation memory, for models or batches that would not fit.",
     )
 
+    # In-loop downstream evaluation (lmkit.harness): a few hundred documents of a task or two tell
+    # whether the scores people compare models by move, at a fraction of a full evaluation's cost.
+    eval_tasks: list[str] = Field(
+        [], examples=["arc_easy,hellaswag"],
+        description="lm-evaluation-harness tasks scored during training, on rank 0 (comma-separated; needs the eval extra and the run's tokenizer); logged as tasks/<task>/<metric>. Empty: none.",
+    )
+    eval_tasks_limit: int | None = Field(200, gt=0, le=10**7, examples=[50], description="Documents per task at each in-loop task evaluation (none: every document).")
+    eval_tasks_interval: int | None = Field(None, gt=0, le=MAX_STEPS, examples=[1000], description="Steps between in-loop task evaluations (none: eval_interval); the last step always runs them.")
+    eval_tasks_include_path: list[Path] = Field([], examples=["tasks/"], description="Directories of local YAML tasks that eval_tasks may name (comma-separated).")
+
+    @field_validator("eval_tasks", "eval_tasks_include_path", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        # Flags and LMKIT_* variables give one string; YAML may give a list.
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
     @model_validator(mode="after")
     def _accum_divides_batch(self) -> TrainSettings:
         if self.batch_size % self.grad_accum_steps:

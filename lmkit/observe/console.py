@@ -28,6 +28,7 @@ from lmkit.observe.text import (
     fmt_lr,
     fmt_percent,
     fmt_sources,
+    fmt_task_scores,
 )
 
 # Keys that make a "train" line; a log call holding only val_loss/best_val_loss is an eval line.
@@ -116,6 +117,8 @@ class ConsoleSink:
         if "val_loss" in metrics:
             self._best_val = best_of(self._best_val, metrics)
             self._write(format_eval_line(step, max_iters, metrics))
+        if tasks := fmt_task_scores(metrics):
+            self._write(f"step {step}/{max_iters} | tasks {tasks}")
 
     def event(self, message: str, kind: str = "info") -> None:
         """The message, naming its kind once (``describe_event``)."""

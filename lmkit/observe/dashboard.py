@@ -57,6 +57,7 @@ from lmkit.observe.text import (
     fmt_lr,
     fmt_percent,
     fmt_sources,
+    fmt_task_scores,
     sparkline,
 )
 
@@ -318,6 +319,8 @@ class Dashboard:
         yield _Pairs(pairs)
         if m.get("tokens_by_source"):  # a mixture: one line, whatever the number of sources
             yield _cell(f"sources   {fmt_sources(m['tokens_by_source'])}")
+        if tasks := fmt_task_scores(m):  # train.eval_tasks: the latest scores
+            yield _cell(f"tasks     {tasks}")
 
     def _event_rows(self) -> Iterator[RenderableType]:
         if self._last_checkpoint is not None:

@@ -29,6 +29,16 @@ def fmt_sources(tokens_by_source: dict[str, float]) -> str:
     return " · ".join(f"{name} {fmt_count(n)} ({100 * n / total:.0f}%)" for name, n in tokens_by_source.items())
 
 
+def fmt_task_scores(metrics: dict[str, float]) -> str:
+    """In-loop task scores (``tasks/<task>/<metric>`` keys) on one line, '' when there are none.
+
+    Example: ``{"tasks/arc_easy/acc": 0.3125}`` gives ``arc_easy acc 0.3125``.
+    """
+    parts = [f"{key[len('tasks/'):].replace('/', ' ', 1)} {value:.4f}" for key, value in metrics.items()
+             if key.startswith("tasks/") and isinstance(value, (int, float))]
+    return " · ".join(parts)
+
+
 def fmt_duration(seconds: float) -> str:
     """``h:mm:ss`` (``fmt_duration(3725) == "1:02:05"``); ``--:--`` when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:

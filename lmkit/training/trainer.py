@@ -193,6 +193,13 @@ class Trainer:
         if state is not None:
             self.loader.load_state_dict(state.get("sampler"))  # tokens seen per source so far
         self.tokens_per_step = s.train.batch_size * s.model.context_length
+        self.task_eval = None  # train.eval_tasks: built now, so a task that cannot run stops the run before step 1
+        if s.train.eval_tasks and rt.is_main:
+            from lmkit.harness.in_loop import task_evaluator_for
+
+            meta = self.train_data.meta
+            record = {"dir": meta.tokenizer_dir, "hash": meta.tokenizer_hash, "vocab_size": meta.vocab_size}
+            self.task_eval = task_evaluator_for(s, record, self.run_dir, world_size=rt.world_size, parallel=s.train.parallel)
 
     def _restore_counters(self, state: dict[str, Any]) -> None:
         self._resumed_identity = {"run_id": state.get("run_id"), "segment": state.get("segment")}
@@ -449,6 +456,10 @@ class Trainer:
                         self.best_val_loss = val
                     self.sinks.log(self.step, {"val_loss": val, "best_val_loss": self.best_val_loss})
                 t_window = time.time()  # keep eval time out of tokens/s
+            if self.task_eval is not None and (self.step % (s.train.eval_tasks_interval or s.train.eval_interval) == 0 or last):
+                # Rank 0 only (the others wait at their next all-reduce); the model unwrapped, as trained.
+                self.sinks.log(self.step, self.task_eval(self.model, rt.dtype if rt.dtype != torch.float32 else None))
+                t_window = time.time()
             if self.step % s.checkpoint.checkpoint_interval == 0 or last:
                 if float(bad_acc) > 0:
                     self._nonfinite_stop(self.step, float(step_loss), float(grad_norm))

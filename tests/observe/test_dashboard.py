@@ -174,3 +174,20 @@ def test_a_mixture_shows_tokens_per_source_on_one_line(dashboard, make_info, tra
     assert "sources web 7.0M (70%) · code 2.5M (25%) · books 500.0k (5%)" in format_train_line(10, 100, {"tokens_by_source": sources})
     dashboard.log(20, {**train_metrics, "tokens_by_source": {}})
     assert not any("sources" in line for line in snapshot(dashboard, width))
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_in_loop_task_scores_show_on_one_line(dashboard, make_info, train_metrics, width):
+    from lmkit.observe.text import fmt_task_scores
+
+    dashboard.start(make_info())
+    dashboard.log(10, train_metrics)
+    assert not any("tasks" in line for line in snapshot(dashboard, width))
+    scores = {"tasks/arc_easy/acc": 0.3125, "tasks/arc_easy/acc_norm": 0.25, "tasks_s": 4.0}
+    dashboard.log(10, scores)
+    lines = snapshot(dashboard, width)
+    assert_fits(lines, width)
+    rows = [line for line in lines if "tasks" in line]
+    assert len(rows) == 1 and "arc_easy acc 0.3125" in rows[0], lines
+    assert fmt_task_scores(scores) == "arc_easy acc 0.3125 · arc_easy acc_norm 0.2500"
+    assert fmt_task_scores({"loss": 1.0}) == ""
