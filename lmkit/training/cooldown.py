@@ -18,9 +18,9 @@ from typing import Any
 
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.settings import SECTIONS, Settings, validate_tree
-from lmkit.training.checkpoint import file_digest, load_checkpoint
+from lmkit.training.checkpoint import checkpoint_file, file_digest, open_checkpoint
 from lmkit.training.checkpoint_state import validate_resume_state
-from lmkit.training.init_from import init_file, same_source
+from lmkit.training.init_from import same_source
 from lmkit.training.schedule import decay_start
 
 # What the cooldown sets; a value given for one of these is refused rather than ignored.
@@ -100,14 +100,14 @@ def load_cooldown_source(settings: Settings, notice: Callable[[str], None]) -> C
         ConfigError: see ``cooldown_settings``.
     """
     given = Path(settings.checkpoint.cooldown_from)
-    path = init_file(given)
+    path = checkpoint_file(given)
     run_dir = Path(settings.checkpoint.checkpoint_dir)
     if path.resolve().parent == run_dir.resolve():
         raise CheckpointError(f"{given}: --cooldown-from names a checkpoint of this run's own --checkpoint-dir {run_dir}; "
                               "a cooldown is a new run: pick another --checkpoint-dir")
     if not path.exists():
         raise CheckpointError(f"{given}: --cooldown-from checkpoint not found; pass a checkpoint file or a run directory holding latest.pt")
-    state = load_checkpoint(path)
+    state = open_checkpoint(path).state  # the one loader: verified, fields checked
     validate_resume_state(state, path)
     start = int(state["iter"])
     new = cooldown_settings(settings, state.get("settings") or {}, start, f"the --cooldown-from checkpoint {path}")
