@@ -119,9 +119,21 @@ def eval_cmd(
     typer.echo(f"tokens      {result.tokens:,} ({result.windows:,} windows of {result.context_length}) on {result.device}, {result.dtype}")
 
 
+# Bounds on the task options (no task has more documents; prompts of more examples cannot fit).
+MAX_LIMIT = 10**9
+MAX_FEWSHOT = 1000
+
+
 def _check_modes(data: Path | None, tasks: str | None, max_tokens: int | None, limit: int | None,
                  num_fewshot: int | None, include_path: list[Path] | None, output: Path | None) -> None:
     """Exactly one of --data and --tasks, and each one's options only with it."""
+    # Values first: a bad number is named as such whichever mode it came with.
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1 (documents per task), got {limit}; leave it out to evaluate every document")
+    if limit is not None and limit > MAX_LIMIT:
+        raise ConfigError(f"--limit must be <= {MAX_LIMIT:,} (documents per task), got {limit}; leave it out to evaluate every document")
+    if num_fewshot is not None and not 0 <= num_fewshot <= MAX_FEWSHOT:
+        raise ConfigError(f"--num-fewshot must be in 0..{MAX_FEWSHOT}, got {num_fewshot}")
     if (data is None) == (tasks is None):
         raise ConfigError("give --data FILE (loss over a token file) or --tasks a,b (harness task scores), not "
                           + ("both" if data is not None else "neither"))
