@@ -31,6 +31,12 @@ def _compiled_step(step_fn: StepFn, tuning: bool) -> StepFn:
     # Coordinate-descent tuning (kernels.decode_tuning) of the small matrix-vector and reduction
     # kernels gives faster tokens than Inductor's defaults. No CUDA graphs here: the whole step
     # is captured below.
+    # One process may decode from many models, shapes and kernel plans (a notebook, a test run):
+    # each compiles this same step function again, and past Dynamo's default of 8 recompiles
+    # a fullgraph compile fails outright. Each recompile here is a real new configuration.
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
     return torch.compile(step_fn, fullgraph=True, options={"coordinate_descent_tuning": tuning})
 
 

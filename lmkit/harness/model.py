@@ -212,8 +212,12 @@ class LmkitLM(TemplateLM):
                 "model_dtype": str(self.autocast_dtype or next(self.model.parameters()).dtype).removeprefix("torch.")}
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        """Token ids of ``string`` (lmkit adds no special tokens; one in the text becomes its id)."""
-        return self.lmkit_tokenizer.encode(string)
+        """Token ids of ``string`` (lmkit adds no special tokens; one in the text becomes its id).
+
+        Through the tiktoken-core engine where it gives exactly ``Tokenizer.encode``'s ids (it is
+        tested to), since the harness encodes every context and continuation of every request.
+        """
+        return self.lmkit_tokenizer.encode_array(string).tolist()
 
     def tok_decode(self, tokens: list[int], **kwargs: Any) -> str:
         """Text of ``tokens``."""

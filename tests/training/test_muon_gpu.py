@@ -76,10 +76,16 @@ def test_muon_clip_on_cuda_matches_clipping_the_gradients():
         p.grad, q.grad = g.clone(), g.clone()
     clip_gradients(a, pa, 1.0)
     torch.nn.utils.clip_grad_norm_(pb, 1.0)
+    before = [p.detach().clone() for p in pa]
     a.step()
     b.step()
-    for p, q in zip(pa, pb):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    # Newton-Schulz runs in bf16 on CUDA: one fp32 ulp of difference in the scaled gradient
+    # (divided by the clip factor vs multiplied by its inverse) can flip a bf16 rounding, which
+    # the iterations carry on. So compare the two updates to within a few % of the update itself.
+    for p, q, p0 in zip(pa, pb, before):
+        da, db = p - p0, q - p0
+        assert db.abs().max() > 0
+        assert (da - db).abs().max() <= 0.05 * db.abs().max(), (da - db).abs().max() / db.abs().max()
 
 
 class _Holder(nn.Module):
