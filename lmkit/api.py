@@ -79,6 +79,17 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Launch": ("lmkit.training.runtime", "Launch"),
     "launch": ("lmkit.training.runtime", "launch"),
     "TaskResults": ("lmkit.harness", "TaskResults"),
+    # What `lmkit tokenize` needs beyond train_tokenizer/encode: the pieces it reports with.
+    "train_and_save_tokenizer": ("lmkit.tokenizer.train", "train_and_save"),
+    "encode_corpus": ("lmkit.data.corpus", "encode_corpus"),
+    "import_ids": ("lmkit.data.corpus", "import_ids"),
+    "decode_token_file": ("lmkit.data.corpus", "decode_token_file"),
+    "parse_ids": ("lmkit.data.corpus", "parse_ids"),
+    "check_layout_options": ("lmkit.data.encode", "check_layout_options"),
+    "skipped_summary": ("lmkit.data.sources", "skipped_summary"),
+    "read_manifest": ("lmkit.data.manifest", "read_manifest"),
+    "read_meta": ("lmkit.data.tokens", "read_meta"),
+    "open_dataset": ("lmkit.data.dataset", "open_dataset"),
     "evaluate_tasks": ("lmkit.harness", "evaluate_tasks"),
 }
 

@@ -108,8 +108,8 @@ def test_importing_the_api_costs_no_torch_import():
 
 
 # The commands that build a model call only the API (plus the CLI's own modules, errors and the
-# settings tree it builds flags from); cli/tokenize.py still reaches into lmkit.data directly.
-_THIN_COMMANDS = ["ckpt", "eval", "generate", "train", "plot", "options", "app"]
+# settings tree it builds flags from).
+_THIN_COMMANDS = ["ckpt", "eval", "generate", "train", "plot", "tokenize", "options", "app"]
 
 
 @pytest.mark.parametrize("module", _THIN_COMMANDS)

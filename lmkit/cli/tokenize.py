@@ -111,15 +111,15 @@ class Progress:
 
 def _load_tokenizer(tokenizer: Optional[Path], vocab: Optional[Path], merges: Optional[Path],
                     special_tokens: Optional[list[str]]):
-    from lmkit.tokenizer import Tokenizer
+    from lmkit import api
 
     specials = special_tokens or None
     if tokenizer is not None and (vocab or merges):
         raise TokenizerError("give either --tokenizer DIR or --vocab and --merges, not both")
     if tokenizer is not None:
-        return Tokenizer.from_dir(tokenizer, specials)
+        return api.Tokenizer.from_dir(tokenizer, specials)
     if vocab is not None and merges is not None:
-        return Tokenizer.from_files(vocab, merges, specials)
+        return api.Tokenizer.from_files(vocab, merges, specials)
     raise TokenizerError("no tokenizer given: pass --tokenizer DIR, or --vocab vocab.json --merges merges.txt")
 
 
@@ -146,10 +146,10 @@ def train(
 
     Example: lmkit tokenize train --input 'corpus/**/*.jsonl.gz' --text-key text --vocab-size 32000 --special-token '<|endoftext|>' --output tok/
     """
-    from lmkit.tokenizer.train import train_and_save
+    from lmkit import api
 
     with Progress() as progress:
-        tok = train_and_save(input, vocab_size, output, special_token or [], force=force, workers=workers,
+        tok = api.train_and_save_tokenizer(input, vocab_size, output, special_token or [], force=force, workers=workers,
                              errors=errors.value, text_key=text_key, skip_bad_lines=skip_bad_lines,
                              progress=progress, warn=lambda line: typer.echo(line, err=True))
     typer.echo(f"wrote {output}/ (vocab size {tok.vocab_size}, {len(tok.merges)} merges, hash {tok.hash})")
@@ -192,25 +192,23 @@ def encode(
 
     Example: lmkit tokenize encode -t tok/ -i 'corpus/*.jsonl.gz' -o data/ --name web --val-fraction 0.01
     """
-    from lmkit.data.corpus import encode_corpus
-    from lmkit.data.encode import check_layout_options
-    from lmkit.data.sources import skipped_summary
+    from lmkit import api
 
     if no_eot and eot is not None:
         raise LmkitError("give --eot TEXT or --no-eot, not both")
-    check_layout_options(shard_tokens, val_fraction, val_docs)  # before the tokenizer is loaded
+    api.check_layout_options(shard_tokens, val_fraction, val_docs)  # before the tokenizer is loaded
     tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
     tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
     skipped: dict = {}
     with Progress() as progress:
-        outputs = encode_corpus(tok, input, output, name=name, tokenizer_dir=tok_dir, text_key=text_key,
+        outputs = api.encode_corpus(tok, input, output, name=name, tokenizer_dir=tok_dir, text_key=text_key,
                                 eot=False if no_eot else (eot if eot is not None else True), doc_separator=doc_separator,
                                 shard_tokens=shard_tokens, val_fraction=val_fraction, val_docs=val_docs,
                                 skip_bad_lines=skip_bad_lines, create_stats=create_stats, errors=errors.value,
                                 threads=threads, progress=progress, skipped=skipped, parallel=parallel.value)
     _report(outputs, create_stats)
     for path, counter in skipped.items():
-        if line := skipped_summary(path, counter):
+        if line := api.skipped_summary(path, counter):
             typer.echo(line)
 
 
@@ -219,15 +217,14 @@ def _count(n: int, noun: str) -> str:
 
 
 def _report(outputs: list[Path], create_stats: bool) -> None:
-    from lmkit.data.manifest import read_manifest
-    from lmkit.data.tokens import read_meta
+    from lmkit import api
 
     for out in outputs:
         if out.suffix == ".json":
-            m = read_manifest(out)
+            m = api.read_manifest(out)
             stats, what = m.stats, f"{m.num_tokens:,} tokens ({m.dtype}), {_count(m.num_documents, 'document')}, {len(m.shards)} shards"
         else:
-            meta = read_meta(out)
+            meta = api.read_meta(out)
             stats, what = meta.stats, f"{meta.num_tokens:,} tokens ({meta.dtype})"
             if meta.num_documents is not None:
                 what += f", {_count(meta.num_documents, 'document')}, 1 shard"
@@ -248,10 +245,10 @@ def import_ids(
 
     Example: lmkit tokenize import-ids --input data/tokens.txt --output data/ --vocab-size 50257
     """
-    from lmkit.data import corpus
+    from lmkit import api
 
     with Progress() as progress:
-        outputs = corpus.import_ids(input, output, vocab_size=vocab_size, progress=progress)
+        outputs = api.import_ids(input, output, vocab_size=vocab_size, progress=progress)
     _report(outputs, False)
 
 
@@ -266,10 +263,10 @@ def verify(
 
     Example: lmkit tokenize verify --input data/web-train.json --input data/web-val.json
     """
-    from lmkit.data.dataset import open_dataset
+    from lmkit import api
 
     for path in input:
-        data = open_dataset(path)
+        data = api.open_dataset(path)
         total = sum(s.path.stat().st_size for s in data.shards if s.sha256)
         done = 0
         with Progress() as progress:
@@ -296,18 +293,18 @@ def decode(
     Example: lmkit tokenize decode --tokenizer tok/ --input data/train.bin > train.txt
     Example: echo 15496 995 | lmkit tokenize decode --vocab vocab.json --merges merges.txt
     """
-    from lmkit.data.corpus import decode_token_file, parse_ids
+    from lmkit import api
 
     tok = _load_tokenizer(tokenizer, vocab, merges, None)
     # A closed stdin or stdout (`<&-`, `>&-`) is None in Python, not an empty stream.
     if sys.stdout is None:
         raise LmkitError("stdout is closed, so there is nowhere to write the text; redirect it, e.g. > text.txt")
     if input is not None:
-        pieces = decode_token_file(tok, input)
+        pieces = api.decode_token_file(tok, input)
     elif sys.stdin is None or sys.stdin.closed:
         raise LmkitError("stdin is closed, so there are no ids to decode; pipe ids in (echo 15496 995 | lmkit tokenize decode ...) or pass --input FILE.bin")
     else:
-        pieces = tok.decode_chunks(parse_ids(sys.stdin, "<stdin>", tok.vocab_size))
+        pieces = tok.decode_chunks(api.parse_ids(sys.stdin, "<stdin>", tok.vocab_size))
     # Bytes, not text: stdout's encoding may not cover every character (LANG=C).
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     for piece in pieces:
