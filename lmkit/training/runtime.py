@@ -87,12 +87,19 @@ class Runtime:
         """The dtype the model's weights are held in."""
         return self.dtype if self.weights == "compute" else torch.float32
 
-    def autocast(self):
-        """Autocast to ``dtype`` around float32 weights; a no-op in float32 or when the weights
-        are already in ``dtype``."""
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype autocast runs matmuls in around float32 weights; None where there is no
+        autocast (float32, or the weights already in ``dtype``)."""
         if self.dtype == torch.float32 or self.weights == "compute":
+            return None
+        return self.dtype
+
+    def autocast(self):
+        """Autocast to ``autocast_dtype``; a no-op where that is None."""
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @property
     def dtype_name(self) -> str:

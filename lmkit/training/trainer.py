@@ -167,8 +167,7 @@ class Trainer:
         apply_training(self.model, kernels, rt.dtype)
         if plan.regional:
             self.model.compile_blocks()
-        compute_dtype = None if rt.dtype == torch.float32 else rt.dtype
-        loss = LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile, compute_dtype=compute_dtype, ce_kernel=kernels.ce_kernel)
+        loss = LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile, compute_dtype=rt.autocast_dtype, ce_kernel=kernels.ce_kernel)
         # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
         self.wrapped = self.dist.wrap(loss, s.train.parallel)
 
@@ -458,7 +457,7 @@ class Trainer:
                 t_window = time.time()  # keep eval time out of tokens/s
             if self.task_eval is not None and (self.step % (s.train.eval_tasks_interval or s.train.eval_interval) == 0 or last):
                 # Rank 0 only (the others wait at their next all-reduce); the model unwrapped, as trained.
-                self.sinks.log(self.step, self.task_eval(self.model, rt.dtype if rt.dtype != torch.float32 else None))
+                self.sinks.log(self.step, self.task_eval(self.model, rt.autocast_dtype))
                 t_window = time.time()
             if self.step % s.checkpoint.checkpoint_interval == 0 or last:
                 if float(bad_acc) > 0:
