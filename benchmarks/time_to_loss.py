@@ -20,6 +20,11 @@ The corpus: .py/.md/.rst/.txt/.h/.c/.cpp/.cu files under sys.prefix, sys.path, /
 and the system's include folders (documents = files, up to 1 MB each, in sorted order), as JSON Lines; 1 % of the documents (by a
 hash of the path) are the validation split. Built once into --work and reused.
 
+Before the timed runs, one short run of lmkit and one of HF (--warmup-steps, both at once) fill
+torch.compile's caches, so every timed command compiles from warm caches, as a user's second run
+on a machine does, whatever order the contenders run in; the warm-ups' wall times (cold caches)
+are kept in the results as the first-run-on-a-fresh-machine cost.
+
 Results accumulate in --results (JSON, one entry per contender and seed; finished ones are
 skipped, so the run can be split over several calls) and the table is rewritten each time.
 
@@ -54,6 +59,11 @@ CONTENDERS = {
     "lmkit-muon-wsd": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "schedule": "wsd", "decay_fraction": 0.2},
     "lmkit-muon-wsd-aligned": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "schedule": "wsd", "decay_fraction": 0.2,
                                "align_documents": True},
+    # Muon with the AdamW part (embeddings, LM head, gains) at 3.3x today's LR: Muon's recipes
+    # run those tensors far hotter than an all-AdamW model's.
+    "lmkit-muon-cosine-hot": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2e-3, "min_lr": 2e-4},
+    "lmkit-muon-wsd-hot": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2e-3, "min_lr": 2e-4,
+                           "schedule": "wsd", "decay_fraction": 0.2},
     "hf-llama": TODAY,
 }
 BASELINE, REFERENCE = "hf-llama", "lmkit-adamw-cosine"
@@ -154,15 +164,62 @@ def run_contender(name: str, seed: int, a, shape: dict, train: Path, val: Path) 
              "log_interval": a.log_interval, "device": a.device})]
     else:
         cmd = lmkit_command(CONTENDERS[name], shape, a, seed, train, val, run_dir)
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} (seed {seed}) failed with exit {proc.returncode}:\n{proc.stderr[-3000:]}")
+    t0, wall = timed_command(cmd, run_dir / "command.log", f"{name} (seed {seed})")
     evals, rates = read_curve(run_dir / "metrics.jsonl", t0)
     steady = statistics.median(rates[2:] or rates) if rates else None  # after compile and warm-up windows
-    return {"contender": name, "seed": seed, "wall_s": wall, "tokens_per_s": steady, "evals": evals,
+    # Start-up: the command's time before its first step, from the first logged window.
+    first = next((json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "tokens_per_s" in line), None)
+    startup = first["time"] - t0 - first["step"] * a.batch_size * shape["context_length"] / steady if first and steady else None
+    return {"contender": name, "seed": seed, "wall_s": wall, "startup_s": startup, "tokens_per_s": steady, "evals": evals,
             "final_val_loss": evals[-1]["val_loss"] if evals else None, "command": cmd if name != BASELINE else "hf-worker"}
+
+
+def timed_command(cmd: list[str], log: Path, what: str) -> tuple[float, float]:
+    """Run ``cmd``; its output goes to ``log``, each line stamped with seconds since launch (where
+    start-up goes). Returns (launch time, wall seconds)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail: list[str] = []
+    with open(log, "w") as out:
+        for line in proc.stdout:
+            out.write(f"[{time.time() - t0:7.2f}] {line}")
+            tail = (tail + [line])[-40:]
+    code = proc.wait()
+    wall = time.time() - t0
+    if code != 0:
+        raise SystemExit(f"{what} failed with exit {code}:\n{''.join(tail)}")
+    return t0, wall
+
+
+def warm_up(a, shape: dict, train: Path, val: Path) -> dict:
+    """One short run of each model family (lmkit's, HF's) at once, so the timed runs find
+    torch.compile's caches warm, as a user's second run does. Returns their wall times: the
+    cold-cache start-up a first run on a fresh machine pays."""
+    short = argparse.Namespace(**{**vars(a), "steps": a.warmup_steps, "eval_interval": a.warmup_steps, "eval_iters": 2,
+                                  "log_interval": a.warmup_steps})
+    out: dict[str, float] = {}
+
+    def one(name: str) -> None:
+        run_dir = a.work / "warmup" / name
+        if name == BASELINE:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--hf-worker", json.dumps(
+                {"shape": shape, "recipe": CONTENDERS[name], "seed": 0, "train": str(train), "val": str(val), "run_dir": str(run_dir),
+                 "steps": short.steps, "batch_size": a.batch_size, "eval_interval": short.eval_interval, "eval_iters": 2,
+                 "log_interval": short.log_interval, "device": a.device})]
+        else:
+            cmd = lmkit_command(CONTENDERS[name], shape, short, 0, train, val, run_dir)
+        out[name] = timed_command(cmd, run_dir / "command.log", f"warm-up {name}")[1]
+
+    import threading
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in (REFERENCE, BASELINE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"warm-up (both at once, cold caches): {out}", file=sys.stderr, flush=True)
+    return out
 
 
 def hf_worker(spec: dict) -> None:
@@ -267,16 +324,19 @@ def report(results: dict, table: Path) -> str:
         "# Time to loss (benchmarks/time_to_loss.py)", "",
         f"{results['config']}", "",
         "Mean ± half the range over seeds. Times are seconds since the command started (start-up and compile included).", "",
-        f"| contender | seeds | wall s | steady tok/s | final val loss | t to {BASELINE} final ({base and round(base, 4)}) "
+        f"| contender | seeds | wall s | start-up s | steady tok/s | final val loss | t to {BASELINE} final ({base and round(base, 4)}) "
         f"| t to {REFERENCE} final ({ref and round(ref, 4)}) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rs in by.items():
         if not rs:
             continue
-        lines.append(f"| {name} | {len(rs)} | {_mean_spread([r['wall_s'] for r in rs])} | {_mean_spread([r['tokens_per_s'] for r in rs])} "
+        lines.append(f"| {name} | {len(rs)} | {_mean_spread([r['wall_s'] for r in rs])} | {_mean_spread([r.get('startup_s') for r in rs])} "
+                     f"| {_mean_spread([r['tokens_per_s'] for r in rs])} "
                      f"| {_mean_spread([r['final_val_loss'] for r in rs])} | {_mean_spread([first_time_at(r['evals'], base) for r in rs])} "
                      f"| {_mean_spread([first_time_at(r['evals'], ref) for r in rs])} |")
+    for w in results.get("warmups", []):
+        lines.append(f"\nCold-cache warm-up runs ({', '.join(f'{k} {v:.0f} s' for k, v in w.items())}), both at once.")
     lines += ["", "Validation loss at each evaluation (seed 0 or the first seed run): step: loss @ seconds", ""]
     for name, rs in by.items():
         if rs:
@@ -314,6 +374,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "time_to_loss.json")
     p.add_argument("--table", type=Path, default=None, help="markdown table (default: beside --results, .md)")
     p.add_argument("--force", action="store_true", help="run contender/seed pairs already in --results again")
+    p.add_argument("--warmup-steps", type=int, default=20,
+                   help="steps of the untimed warm-up runs that fill the compile caches first (0: none, every run starts cold)")
     a = p.parse_args()
     if a.tiny:
         a.steps = 30 if a.steps == 2000 else a.steps
@@ -337,6 +399,9 @@ def main() -> None:
               f"device {a.device}")
     results = json.loads(a.results.read_text()) if a.results.is_file() else {"runs": {}}
     results["config"] = config
+    todo = [(int(sd), n) for sd in a.seeds.split(",") for n in names if a.force or f"{n}/s{int(sd)}" not in results["runs"]]
+    if todo and a.warmup_steps:
+        results.setdefault("warmups", []).append(warm_up(a, shape, train, val))
     for seed in [int(s) for s in a.seeds.split(",")]:
         for name in names:
             key = f"{name}/s{seed}"
