@@ -31,7 +31,7 @@ HOOKS = {
     "lmkit.tokenizer.tokenizer": ["Tokenizer.from_dir", "Tokenizer.from_files", "Tokenizer.hash"],
     "lmkit.tokenizer.fast": ["FastEncoder.build", "_live_ranks", "_cached_live_ranks", "explicit_pattern"],
     "lmkit.data.encode": ["encode_corpus"],
-    "lmkit.data.parallel": ["run_processes", "_init_worker", "_encode_task", "_count_task"],
+    "lmkit.data.parallel": ["run_processes", "_init_worker", "_receive_state", "_encode_task", "_count_task"],
     "lmkit.data.shards": ["DatasetWriter.write_docs", "DatasetWriter.finish", "DatasetWriter.close"],
 }
 
@@ -130,7 +130,9 @@ def summarize(trace: Path, launch: float, first: float, wall: float, main_pid: i
     workers = [p for p in procs if p != main and any(n == "_init_worker" for n, _, _ in procs[p])]
     if workers:
         starts = [rel(procs[p][0][1]) for p in workers]
-        ready = [rel(t1) for p in workers for n, _, t1 in procs[p] if n == "_init_worker"]
+        # The state is taken at the first encode task (older lmkit: in _init_worker).
+        ready = [rel(min((t1 for n, _, t1 in procs[p] if n == "_receive_state"), default=t1_init))
+                 for p in workers for n, _, t1_init in procs[p] if n == "_init_worker"]
         tasks = [(rel(t0), rel(t1)) for p in workers for n, t0, t1 in procs[p] if n == "_encode_task"]
         counts = [(rel(t0), rel(t1)) for p in workers for n, t0, t1 in procs[p] if n == "_count_task"]
         busy = [sum(t1 - t0 for n, t0, t1 in procs[p] if n == "_encode_task") for p in workers]
