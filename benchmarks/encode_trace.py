@@ -29,9 +29,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Functions timed in whichever process runs them: module -> names ("Class.method" for methods).
 HOOKS = {
     "lmkit.tokenizer.tokenizer": ["Tokenizer.from_dir", "Tokenizer.from_files", "Tokenizer.hash"],
-    "lmkit.tokenizer.fast": ["FastEncoder.build", "_live_ranks", "explicit_pattern"],
+    "lmkit.tokenizer.fast": ["FastEncoder.build", "_live_ranks", "_cached_live_ranks", "explicit_pattern"],
     "lmkit.data.encode": ["encode_corpus"],
-    "lmkit.data.parallel": ["run_processes", "_init_worker", "_encode_task", "_count_task"],
+    "lmkit.data.parallel": ["run_processes", "_init_worker", "_receive_state", "_encode_task", "_count_task"],
     "lmkit.data.shards": ["DatasetWriter.write_docs", "DatasetWriter.finish", "DatasetWriter.close"],
 }
 
@@ -118,7 +118,7 @@ def summarize(trace: Path, launch: float, first: float, wall: float, main_pid: i
     for name, t0, t1 in procs[main]:
         by[name].append((t0, t1))
     lines.append(f"main process up (sitecustomize) at {rel(by['process'][0][0]):.2f} s")
-    for name in ("Tokenizer.from_dir", "Tokenizer.from_files", "Tokenizer.hash", "encode_corpus", "FastEncoder.build", "_live_ranks",
+    for name in ("Tokenizer.from_dir", "Tokenizer.from_files", "Tokenizer.hash", "encode_corpus", "FastEncoder.build", "_cached_live_ranks", "_live_ranks",
                  "explicit_pattern", "run_processes", "DatasetWriter.finish", "DatasetWriter.close"):
         for t0, t1 in by.get(name, []):
             lines.append(f"  main {name:26s} {rel(t0):6.2f} -> {rel(t1):6.2f}  ({t1 - t0:.3f} s)")
@@ -130,7 +130,9 @@ def summarize(trace: Path, launch: float, first: float, wall: float, main_pid: i
     workers = [p for p in procs if p != main and any(n == "_init_worker" for n, _, _ in procs[p])]
     if workers:
         starts = [rel(procs[p][0][1]) for p in workers]
-        ready = [rel(t1) for p in workers for n, _, t1 in procs[p] if n == "_init_worker"]
+        # The state is taken at the first encode task (older lmkit: in _init_worker).
+        ready = [rel(min((t1 for n, _, t1 in procs[p] if n == "_receive_state"), default=t1_init))
+                 for p in workers for n, _, t1_init in procs[p] if n == "_init_worker"]
         tasks = [(rel(t0), rel(t1)) for p in workers for n, t0, t1 in procs[p] if n == "_encode_task"]
         counts = [(rel(t0), rel(t1)) for p in workers for n, t0, t1 in procs[p] if n == "_count_task"]
         busy = [sum(t1 - t0 for n, t0, t1 in procs[p] if n == "_encode_task") for p in workers]

@@ -86,6 +86,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "decode_token_file": ("lmkit.data.corpus", "decode_token_file"),
     "parse_ids": ("lmkit.data.corpus", "parse_ids"),
     "check_layout_options": ("lmkit.data.encode", "check_layout_options"),
+    "start_encode_workers": ("lmkit.data.encode", "start_workers"),
     "skipped_summary": ("lmkit.data.sources", "skipped_summary"),
     "read_manifest": ("lmkit.data.manifest", "read_manifest"),
     "read_meta": ("lmkit.data.tokens", "read_meta"),

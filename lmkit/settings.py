@@ -426,7 +426,7 @@ _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 # LMKIT_* variables that lmkit reads for other purposes than settings, so not typos of one.
 OTHER_ENV_VARS: dict[str, str] = {
-    "LMKIT_CACHE_DIR": "where `lmkit train --demo` caches its corpus (lmkit/app/demo.py)",
+    "LMKIT_CACHE_DIR": "lmkit's user cache: the demo corpus (lmkit/app/demo.py), the fast encoder's live merges (lmkit/tokenizer/live_cache.py)",
     "LMKIT_DASH_TEXT": "the text the dashboard-capture test script trains on (tests/observe/fixtures)",
     "LMKIT_DASH_SLOW": "how much longer the dashboard-capture test script waits on a busy machine (tests/observe/fixtures)",
 }

@@ -17,6 +17,21 @@ allow_bytecode_once()
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Point lmkit's user cache (LMKIT_CACHE_DIR: the fast encoder's live-merge tables, the demo
+    corpus) at a folder of this session, so tests never write into the user's ~/.cache."""
+    import os
+
+    saved = os.environ.get("LMKIT_CACHE_DIR")
+    os.environ["LMKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("lmkit-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("LMKIT_CACHE_DIR", None)
+    else:
+        os.environ["LMKIT_CACHE_DIR"] = saved
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The ../shared/data folder (real text and GPT-2 tokenizer files); skips when absent."""

@@ -6,6 +6,7 @@ results go to stdout, progress and diagnostics to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from enum import Enum
@@ -197,15 +198,19 @@ def encode(
     if no_eot and eot is not None:
         raise LmkitError("give --eot TEXT or --no-eot, not both")
     api.check_layout_options(shard_tokens, val_fraction, val_docs)  # before the tokenizer is loaded
-    tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
-    tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
-    skipped: dict = {}
-    with Progress() as progress:
-        outputs = api.encode_corpus(tok, input, output, name=name, tokenizer_dir=tok_dir, text_key=text_key,
-                                eot=False if no_eot else (eot if eot is not None else True), doc_separator=doc_separator,
-                                shard_tokens=shard_tokens, val_fraction=val_fraction, val_docs=val_docs,
-                                skip_bad_lines=skip_bad_lines, create_stats=create_stats, errors=errors.value,
-                                threads=threads, progress=progress, skipped=skipped, parallel=parallel.value)
+    # Worker processes (where they will encode) start now and import while the tokenizer loads.
+    pool = api.start_encode_workers(input, threads=threads, parallel=parallel.value)
+    with pool or contextlib.nullcontext():
+        tok = _load_tokenizer(tokenizer, vocab, merges, special_token)
+        tok_dir = tokenizer if tokenizer is not None else (vocab.parent if vocab is not None else None)
+        skipped: dict = {}
+        with Progress() as progress:
+            outputs = api.encode_corpus(tok, input, output, name=name, tokenizer_dir=tok_dir, text_key=text_key,
+                                    eot=False if no_eot else (eot if eot is not None else True), doc_separator=doc_separator,
+                                    shard_tokens=shard_tokens, val_fraction=val_fraction, val_docs=val_docs,
+                                    skip_bad_lines=skip_bad_lines, create_stats=create_stats, errors=errors.value,
+                                    threads=threads, progress=progress, skipped=skipped, parallel=parallel.value,
+                                    pool=pool)
     _report(outputs, create_stats)
     for path, counter in skipped.items():
         if line := api.skipped_summary(path, counter):

@@ -25,6 +25,7 @@ restarts reading at the earliest cursor of the datasets (``read_blocks(start_doc
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkit.data.parallel import processes_pay, remove_stale_parts, run_processes
+from lmkit.data.parallel import WorkerPool, plan_size, processes_pay, remove_stale_parts, run_processes
 from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
 from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
@@ -165,10 +166,8 @@ def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], th
 
     tiktoken's core (``FastEncoder``) releases the GIL, so threads encode in parallel and start
     at once; only a tokenizer it cannot express falls back to worker processes (spawned, not
-    forked: the caller may hold threads, a progress bar, that fork would copy mid-lock).
-    Processes with a FastEncoder each were tried for the fast path too and lost: 200 MB of JSON
-    Lines took 11.4-13.2 s with 16 processes and 4.8 s with 16 threads on the H200 machine's 16
-    cores, with the tokenizer pickled once for all workers (so not from pickling it per worker).
+    forked: the caller may hold threads, a progress bar, that fork would copy mid-lock). Workers
+    that also read and parse their own input are the other path (``lmkit.data.parallel``).
     """
     fast = tokenizer.fast_encoder()  # built once per tokenizer, cached on it
     processes = big and threads > 1 and fast is None
@@ -237,6 +236,7 @@ def encode_corpus(
     progress: ProgressFn | None = None,
     skipped: dict[Path, Counter] | None = None,
     parallel: str = "auto",
+    pool: WorkerPool | None = None,
 ) -> list[Path]:
     """Encode text files, JSON Lines, parquet or saved datasets into one dataset (or train + val).
 
@@ -269,6 +269,9 @@ def encode_corpus(
             their own part of the input (``lmkit.data.parallel``); ``"threads"``: one thread
             reads and parses, ``threads`` threads encode; ``"auto"`` (default): processes for
             4 MB of input or more on 3 threads or more, else threads. The output is the same.
+        pool: Worker processes started ahead (``start_workers``), used where processes encode,
+            and closed once the outputs are locked, used or not (a caller holds it in a ``with``
+            for the errors raised before that: bad options or inputs).
 
     Returns:
         One path per dataset written (``NAME.bin`` for one shard, else the manifest
@@ -309,7 +312,7 @@ def encode_corpus(
                              num_sources=len(sources), count_ids=c.add if c else None,
                              eot_bytes=len(eot_text.encode("utf-8")) if eot_text else 0)
                for n, c in zip(names, counters)]
-    with locked_outputs([output_dir / f"{n}.bin" for n in names]), stop_on_signals():
+    with locked_outputs([output_dir / f"{n}.bin" for n in names]), stop_on_signals(), pool or contextlib.nullcontext():
         if progress:
             progress(stage, 0, total)  # at once: the first line must not wait for the encoder to build
         for n in names:
@@ -324,8 +327,9 @@ def encode_corpus(
             if start < writers[0].end:
                 chosen = choose_val_docs(sources, rel, opts, specials, val_docs, progress) if val_docs else None
                 router = SplitRouter(rel, val_fraction, chosen)
-                if parallel == "processes" or (parallel == "auto" and processes_pay(threads, total, PARALLEL_MIN_BYTES)):
-                    run_processes(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
+                if _use_processes(parallel, threads, total):
+                    run_processes(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress,
+                                  skipped, pool)
                 else:
                     log.info("encoding on %d threads, the input read and parsed by one", threads)
                     _run(tokenizer, sources, opts, specials, start, router, writers, threads, stage, progress, skipped)
@@ -336,6 +340,32 @@ def encode_corpus(
             for w in writers:  # the shard being written goes; finished shards stay for a rerun
                 w.discard()
             raise
+
+
+def _use_processes(parallel: str, threads: int, total: int) -> bool:
+    return parallel == "processes" or (parallel == "auto" and processes_pay(threads, total, PARALLEL_MIN_BYTES))
+
+
+def start_workers(inputs: str | Path | Sequence[str | Path], *, threads: int | None = None, workers: int | None = None,
+                  parallel: str = "auto") -> WorkerPool | None:
+    """Start the worker processes ``encode_corpus(inputs, threads=..., parallel=...)`` will use.
+
+    For a caller with the tokenizer still to load: the workers start (import, their slow part)
+    meanwhile. Pass it to ``encode_corpus(..., pool=pool)``, in a ``with pool:`` for earlier errors.
+
+    Returns:
+        The pool; ``None`` where threads will encode or the inputs do not resolve (that error
+        stays ``encode_corpus``'s to raise, after the tokenizer's own).
+    """
+    try:
+        sources = resolve_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    except (DataError, OSError):
+        return None
+    threads = threads or workers or _usable_cores()
+    total = sum(s.size for s in sources)
+    if parallel not in PARALLEL_MODES or not _use_processes(parallel, threads, total):
+        return None
+    return WorkerPool(max(1, min(threads, plan_size(sources, threads))))
 
 
 def _verify_progress(directory: Path, names: list[str], progress: ProgressFn | None) -> Callable[[int], None] | None:

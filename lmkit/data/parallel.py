@@ -71,6 +71,12 @@ class Task:
     disk_bytes: int = 0  # for progress
 
 
+def plan_size(sources: list[SourceFile], workers: int) -> int:
+    """At least as many tasks as ``plan_tasks`` makes of these sources, counted without reading them."""
+    step = range_bytes(sum(s.size for s in sources), workers)
+    return sum(-(-s.size // step) if s.kind == "jsonl" and s.compression is None and s.size > step else 1 for s in sources)
+
+
 def range_bytes(total: int, workers: int) -> int:
     """How many bytes a range holds: about ``TASKS_PER_WORKER`` per worker, within bounds."""
     return max(MIN_RANGE, min(MAX_RANGE, total // max(1, workers * TASKS_PER_WORKER)))
@@ -144,16 +150,22 @@ class _WorkerState:
     part_dir: Path
 
 
-_state: _WorkerState | None = None
+_state: tuple[Path, _WorkerState] | None = None  # where it was read from, and the state
 
 
-def _init_worker(queue: multiprocessing.SimpleQueue) -> None:
+def _init_worker() -> None:
     # Ctrl-C reaches the whole process group; the main process handles it and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _receive_state(path: Path) -> _WorkerState:
+    # Read at the first encode task, not at start-up: until then a worker can start and count
+    # newlines while the main process still loads the tokenizer and builds the engine. A file
+    # (in the parts folder), not a pipe: a pipe's writer blocks until every worker reads.
     global _state
-    # The state (the encoder's tables among it) arrives once the main process has built it,
-    # while this process was starting: the two overlap.
-    _state = pickle.loads(queue.get())
+    if _state is None or _state[0] != path:
+        _state = path, pickle.loads(path.read_bytes())
+    return _state[1]
 
 
 class _Part:
@@ -200,16 +212,17 @@ class _Part:
 
 
 def _ready() -> None:
-    """A task that only makes its process start (and then wait for its state)."""
+    """A task that only makes its process start (importing what encoding needs)."""
+    import tiktoken  # noqa: F401  (unpickling the engine needs it: imported while nothing waits)
 
 
 def _count_task(path: Path, lo: int, hi: int) -> int:
     return count_newlines(path, lo, hi)
 
 
-def _encode_task(task: Task, start_doc: int) -> tuple[list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], Counter]:
+def _encode_task(task: Task, start_doc: int, state: Path) -> tuple[list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], Counter]:
     """Read, encode and route one task's documents; their ids go to part files."""
-    st = _state
+    st = _receive_state(state)
     src = st.sources[task.source]
     if isinstance(st.encoder, Tokenizer):  # no exact fast engine (the main process found none)
         tokenizer = st.encoder
@@ -235,10 +248,56 @@ def _encode_task(task: Task, start_doc: int) -> tuple[list[tuple[int, np.ndarray
 # --- the main side -------------------------------------------------------------------------------
 
 
+class WorkerPool:
+    """Spawned worker processes, started before the state they will encode with exists.
+
+    A worker's start (a fresh interpreter importing numpy and lmkit) is the slow part of it, so a
+    caller that knows it will encode on processes starts them first and loads the tokenizer
+    meanwhile (``lmkit tokenize encode`` does, through ``encode.start_workers``). A pool serves
+    one ``run_processes`` call, which closes it; ``close`` ends it unused. Workers get their
+    state (the engine's tables among it) from a file that call writes.
+
+    Args:
+        workers: How many processes.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a progress bar)
+        self.executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+        # One task per worker starts every process now: each submit starts one while none is
+        # idle, and none is before it has started, which takes far longer than this loop.
+        with _bare_main():
+            for _ in range(workers):
+                self.executor.submit(_ready)
+        self.closed = False
+
+    def close(self, finished: bool = False) -> None:
+        """End the workers: after their work (``finished``), or at once (an error, an interruption,
+        or a pool never used), without waiting for their tasks."""
+        if self.closed:
+            return
+        self.closed = True
+        if not finished:
+            for p in list((self.executor._processes or {}).values()):
+                p.terminate()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, specials: list[str],
                   start: Cursor, router: Callable[[int, int], int], writers: list[DatasetWriter], workers: int,
-                  stage: str, progress: ProgressFn | None, skipped: dict[Path, Counter] | None) -> None:
+                  stage: str, progress: ProgressFn | None, skipped: dict[Path, Counter] | None,
+                  pool: WorkerPool | None = None) -> None:
     """Encode the corpus from ``start`` on ``workers`` processes into ``writers`` (see the module doc).
+
+    ``pool``: processes already started (``WorkerPool``), used instead of starting ``workers``
+    new ones, and closed at the end.
 
     Raises:
         DataError: what reading a source raises (the first one in corpus order), as the
@@ -247,26 +306,19 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
     total = sum(s.size for s in sources)
     tasks = plan_tasks(sources, start.source, range_bytes(total - sum(s.size for s in sources[:start.source]), workers))
     ranged = [t for t in tasks if t.lo is not None]
-    workers = max(1, min(workers, len(tasks)))  # a process without a task would only cost its start
-    part_dir = Path(tempfile.mkdtemp(prefix=f"{_PARTS_PREFIX}{writers[0].name}-", dir=writers[0].dir))
-    ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a progress bar)
-    queue = ctx.SimpleQueue()
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+    part_dir = None
     finished = False
     try:
-        # One task per worker starts every process now (each submit starts one while none is
-        # idle, and none is until its state arrives): they import while the encoder is built.
-        with _bare_main():
-            ready = [pool.submit(_ready) for _ in range(workers)]
-        counts = [pool.submit(_count_task, sources[t.source].path, t.lo, t.hi) for t in ranged]
+        # They import while the encoder is built (a pool given was started earlier still).
+        pool = pool or WorkerPool(max(1, min(workers, len(tasks))))  # a process without a task would only cost its start
+        workers, executor = pool.workers, pool.executor
+        part_dir = Path(tempfile.mkdtemp(prefix=f"{_PARTS_PREFIX}{writers[0].name}-", dir=writers[0].dir))
+        counts = [executor.submit(_count_task, sources[t.source].path, t.lo, t.hi) for t in ranged]
         encoder = tokenizer.fast_encoder() or tokenizer
         dtype = "<" + writers[0].dtype.str[1:]
         state = _WorkerState(encoder, sources, opts, specials, router, len(writers), dtype, writers[0].eot_id, part_dir)
-        blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        for _ in range(workers):
-            queue.put(blob)
-        for fut in ready:
-            fut.result()
+        state_path = part_dir / "state.pickle"  # pickled once for every worker
+        state_path.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
         lines: dict[tuple[int, int], int] = {}
         before = 0
         for t, fut in zip(ranged, counts):
@@ -280,14 +332,14 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
         in_flight: collections.deque = collections.deque()
         todo = iter(tasks)
         for t in todo:
-            in_flight.append((t, pool.submit(_encode_task, t, start.doc if t.source == start.source else 0)))
+            in_flight.append((t, executor.submit(_encode_task, t, start.doc if t.source == start.source else 0, state_path)))
             if len(in_flight) >= 2 * workers:
                 break
         while in_flight:
             t, fut = in_flight.popleft()
             tables, bad = fut.result()
             if (nxt := next(todo, None)) is not None:
-                in_flight.append((nxt, pool.submit(_encode_task, nxt, start.doc if nxt.source == start.source else 0)))
+                in_flight.append((nxt, executor.submit(_encode_task, nxt, start.doc if nxt.source == start.source else 0, state_path)))
             for d, (n, lengths, nbytes, docs) in enumerate(tables):
                 path = part_dir / f"{t.k:07d}-{d}.bin"
                 if n:
@@ -303,11 +355,10 @@ def run_processes(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOpt
                 progress(stage, min(done, total), total)
         finished = True
     finally:
-        if not finished:  # an error or an interruption: the workers' tasks are not waited for
-            for p in list((pool._processes or {}).values()):
-                p.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(part_dir, ignore_errors=True)
+        if pool is not None:  # not finished (an error, an interruption): ended without waiting for their tasks
+            pool.close(finished)
+        if part_dir is not None:
+            shutil.rmtree(part_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

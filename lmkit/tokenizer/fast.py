@@ -36,7 +36,8 @@ a run of the reference per token otherwise.
 Pretokens. tiktoken's Rust regex and Python's ``regex`` module may ship different Unicode
 versions (letters assigned recently are ``\\p{L}`` in one and not the other). The pattern given
 to tiktoken is GPT-2's with ``\\p{L}``, ``\\p{N}`` and ``\\s`` spelled out as the code point
-ranges Python's ``regex`` gives them, so both split text at the same places.
+ranges Python's ``regex`` gives them, so both split text at the same places
+(``pretokenize.explicit_pattern``).
 
 Special tokens are split out in Python with the reference's own splitter (longest first),
 then each plain segment is one call into the engine, whose output comes back as a numpy buffer
@@ -45,7 +46,6 @@ then each plain segment is one call into the engine, whose output comes back as 
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -53,9 +53,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
-import regex
 
-from lmkit.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
+from lmkit.tokenizer import live_cache
+from lmkit.tokenizer.pretokenize import explicit_pattern, special_splitter
 
 if TYPE_CHECKING:
     import tiktoken
@@ -68,8 +68,9 @@ class Tokenizer(Protocol):
     module names only the tables it reads (the merge ranks and the id of each byte string).
     """
 
-    merges: list[tuple[int, int]]
+    merges: list[tuple[bytes, bytes]]
     special_tokens: list[str]
+    hash: str
     _id_of: dict[bytes, int]
     _rank_of: dict[tuple[int, int], int]
 
@@ -86,6 +87,9 @@ T = TypeVar("T")
 # steps through the text one character at a time rejecting those matches. One special that is
 # never allowed is searched for at full speed and never emitted: text holding it stays text.
 _UNUSED_SPECIAL = "<|lmkit: never allowed|>"
+# The version of _live_ranks's answer that the cache (lmkit.tokenizer.live_cache) holds: raise
+# it whenever a change could make _live_ranks keep other merges, so older caches are not read.
+LIVE_VERSION = 1
 
 
 class FastEncoder:
@@ -103,7 +107,7 @@ class FastEncoder:
         self._special_ids = special_ids
 
     @classmethod
-    def build(cls, tokenizer: Tokenizer) -> FastEncoder | None:
+    def build(cls, tokenizer: Tokenizer, *, cache: bool = True) -> FastEncoder | None:
         """The engine for ``tokenizer``, or ``None`` where it cannot give exactly its ids.
 
         ``None`` when tiktoken is not installed or two different merges give one token (the
@@ -112,6 +116,9 @@ class FastEncoder:
 
         Args:
             tokenizer: Any lmkit ``Tokenizer`` (lmkit-trained ids, GPT-2's ids, ...).
+            cache: Read (and after computing, write) which merges are live in the user's cache
+                directory (``lmkit.tokenizer.live_cache``), keyed by the tokenizer's hash; a
+                missing, stale or damaged cache file is recomputed and replaced.
 
         Returns:
             The encoder, or ``None``.
@@ -121,7 +128,7 @@ class FastEncoder:
         except ImportError:
             log.debug("fast encoder unavailable: tiktoken is not installed (pip install tiktoken)")
             return None
-        ranks = _live_ranks(tokenizer)
+        ranks = _cached_live_ranks(tokenizer) if cache else _live_ranks(tokenizer)
         if ranks is None:
             return None
         id_of = tokenizer._id_of
@@ -263,6 +270,27 @@ def _finished(item: tuple[list[T], Future]) -> Iterator[tuple[T, np.ndarray]]:
         yield block, ids
 
 
+def _cached_live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
+    # _live_ranks through the cache (lmkit.tokenizer.live_cache), which holds one flag per merge.
+    n, key = len(tokenizer.merges), tokenizer.hash
+    flags = live_cache.load(key, n, LIVE_VERSION)
+    if flags is not None:
+        ranks = {bytes([b]): b for b in range(256)}
+        merges = tokenizer.merges
+        for i in np.flatnonzero(flags).tolist():
+            left, right = merges[i]
+            ranks[left + right] = 256 + i
+        if len(ranks) == 256 + int(flags.sum()):  # else two live merges make one token: not ours
+            return ranks
+        log.debug("fast encoder cache for %s is inconsistent; rebuilding it", key)
+    ranks = _live_ranks(tokenizer)
+    if ranks is not None:  # a tokenizer without an exact engine is not cached: it encodes slowly anyway
+        flags = np.zeros(n, dtype=bool)
+        flags[np.fromiter(ranks.values(), dtype=np.int64, count=len(ranks))[256:] - 256] = True
+        live_cache.store(key, n, LIVE_VERSION, flags)
+    return ranks
+
+
 def _live_ranks(tokenizer: Tokenizer) -> dict[bytes, int] | None:
     # tiktoken's mergeable ranks: bytes 0..255, then each live merge result at 256 + its index.
     id_of, merges = tokenizer._id_of, tokenizer.merges
@@ -340,36 +368,3 @@ def _crosses_border(
             if m + 1 == len(right) or k <= right[m + 1][0]:
                 return True
     return False
-
-
-@functools.cache
-def explicit_pattern() -> str:
-    """GPT-2's pattern with its character classes spelled out as Python ``regex``'s code points.
-
-    Returns:
-        A pattern for tiktoken's Rust regex that splits text exactly as ``PRETOKEN_RE`` does.
-    """
-    # Every code point except surrogates (which str.encode refuses), as one string.
-    points = np.concatenate([np.arange(0xD800, dtype=np.uint32), np.arange(0xE000, 0x110000, dtype=np.uint32)])
-    everything = points.tobytes().decode("utf-32-le")
-
-    def ranges(cls: str) -> str:
-        found = np.frombuffer("".join(regex.findall(cls + "+", everything)).encode("utf-32-le"), dtype=np.uint32)
-        breaks = np.flatnonzero(np.diff(found) != 1)
-        starts = np.concatenate([found[:1], found[breaks + 1]])
-        ends = np.concatenate([found[breaks], found[-1:]])
-        # \UXXXXXXXX: the one code point escape both Rust's regex and Python's regex read.
-        return "".join(f"\\U{a:08X}" if a == b else f"\\U{a:08X}-\\U{b:08X}" for a, b in zip(starts, ends))
-
-    letters, numbers, space = ranges(r"\p{L}"), ranges(r"\p{N}"), ranges(r"\s")
-    pattern = (
-        GPT2_PATTERN.replace(r"[^\s\p{L}\p{N}]", f"[^{space}{letters}{numbers}]")
-        .replace(r"\p{L}", f"[{letters}]")
-        .replace(r"\p{N}", f"[{numbers}]")
-        .replace(r"\S", f"[^{space}]")
-        .replace(r"\s", f"[{space}]")
-    )
-    # The substitutions above assume GPT-2's pattern as written; a changed pattern must fail loudly.
-    if "\\p{" in pattern or "\\s" in pattern or "\\S" in pattern:
-        raise RuntimeError("explicit_pattern: GPT2_PATTERN has a class this function does not spell out")
-    return pattern

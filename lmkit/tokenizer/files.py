@@ -70,12 +70,22 @@ def token_to_str(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+@functools.cache
+def _to_latin1() -> dict[int, str]:
+    # str.translate table: each mapped character -> the one with its byte's code point, so that
+    # latin-1 encoding gives the bytes (one C call per token, not a Python step per character).
+    # Code points below 256 that are not in the map (a space, a newline) go to one above 255,
+    # which latin-1 refuses, as does any other unmapped character: both read as "outside".
+    table = {b: "\U0010ffff" for b in range(256)}
+    table.update({ord(c): chr(b) for c, b in unicode_to_byte().items()})
+    return table
+
+
 def str_to_token(text: str) -> bytes | None:
     """Read a GPT-2-mapped string back into bytes; ``None`` if a character is outside the map."""
-    table = unicode_to_byte()
     try:
-        return bytes(table[c] for c in text)
-    except KeyError:
+        return text.translate(_to_latin1()).encode("latin-1")
+    except UnicodeEncodeError:
         return None
 
 
@@ -147,9 +157,20 @@ def parse_vocab(data: bytes, path: Path) -> dict[int, bytes]:
     if not isinstance(pairs, _Pairs) or not pairs:
         got = "an empty object" if isinstance(pairs, _Pairs) else f"a JSON {_json_type(pairs)}"
         raise TokenizerError(f"{path}: expected a JSON object mapping tokens to ids, got {got}; {hint}")
+    n = len(pairs)
+    # The common case at C speed: every id an int, dense and distinct, every token mapped and
+    # distinct. Anything else falls through to the loop below, which names the first bad entry.
+    ids = [idx for _, idx in pairs]
+    if all(type(idx) is int for idx in ids) and len(set(ids)) == n and min(ids) >= 0 and max(ids) < n:
+        table = _to_latin1()
+        try:
+            tokens = [key.translate(table).encode("latin-1") for key, _ in pairs]
+        except UnicodeEncodeError:
+            tokens = []
+        if len(tokens) == n and len(set(tokens)) == n and b"" not in tokens:
+            return dict(zip(ids, tokens))
     vocab: dict[int, bytes] = {}
     seen: dict[bytes, int] = {}
-    n = len(pairs)
     for entry, (key, idx) in enumerate(pairs, 1):
         token = str_to_token(key)
         if not isinstance(idx, int) or isinstance(idx, bool):
@@ -211,6 +232,7 @@ def parse_merges(data: bytes, path: Path) -> tuple[list[tuple[bytes, bytes]], li
     lines = _decode(data, path, "merges.txt").split("\n")
     merges: list[tuple[bytes, bytes]] = []
     line_numbers: list[int] = []
+    table = _to_latin1()  # str_to_token, inlined: this loop runs once per merge at every load
     for lineno, line in enumerate(lines, 1):
         line = line.rstrip("\r")
         if not line or (lineno == 1 and line.startswith("#version")):
@@ -218,10 +240,10 @@ def parse_merges(data: bytes, path: Path) -> tuple[list[tuple[bytes, bytes]], li
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise TokenizerError(f"{path}:{lineno}: expected two tokens separated by one space, got {_short(line)}")
-        left, right = str_to_token(parts[0]), str_to_token(parts[1])
-        if left is None or right is None:
-            raise TokenizerError(f"{path}:{lineno}: {_short(line)} has characters outside GPT-2's byte-to-unicode map")
-        merges.append((left, right))
+        try:
+            merges.append((parts[0].translate(table).encode("latin-1"), parts[1].translate(table).encode("latin-1")))
+        except UnicodeEncodeError:
+            raise TokenizerError(f"{path}:{lineno}: {_short(line)} has characters outside GPT-2's byte-to-unicode map") from None
         line_numbers.append(lineno)
     return merges, line_numbers
 

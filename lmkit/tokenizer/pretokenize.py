@@ -8,6 +8,7 @@ pretokens as the whole text would.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import re
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import regex
 
 from lmkit.errors import DataError
@@ -255,3 +257,36 @@ def count_pretokens(
             if progress:
                 progress("pretokenize", done, total)
     return counts
+
+
+@functools.cache
+def explicit_pattern() -> str:
+    """GPT-2's pattern with its character classes spelled out as Python ``regex``'s code points.
+
+    Returns:
+        A pattern for tiktoken's Rust regex that splits text exactly as ``PRETOKEN_RE`` does.
+    """
+    # Every code point except surrogates (which str.encode refuses), as one string.
+    points = np.concatenate([np.arange(0xD800, dtype=np.uint32), np.arange(0xE000, 0x110000, dtype=np.uint32)])
+    everything = points.tobytes().decode("utf-32-le")
+
+    def ranges(cls: str) -> str:
+        found = np.frombuffer("".join(regex.findall(cls + "+", everything)).encode("utf-32-le"), dtype=np.uint32)
+        breaks = np.flatnonzero(np.diff(found) != 1)
+        starts = np.concatenate([found[:1], found[breaks + 1]])
+        ends = np.concatenate([found[breaks], found[-1:]])
+        # \UXXXXXXXX: the one code point escape both Rust's regex and Python's regex read.
+        return "".join(f"\\U{a:08X}" if a == b else f"\\U{a:08X}-\\U{b:08X}" for a, b in zip(starts, ends))
+
+    letters, numbers, space = ranges(r"\p{L}"), ranges(r"\p{N}"), ranges(r"\s")
+    pattern = (
+        GPT2_PATTERN.replace(r"[^\s\p{L}\p{N}]", f"[^{space}{letters}{numbers}]")
+        .replace(r"\p{L}", f"[{letters}]")
+        .replace(r"\p{N}", f"[{numbers}]")
+        .replace(r"\S", f"[^{space}]")
+        .replace(r"\s", f"[{space}]")
+    )
+    # The substitutions above assume GPT-2's pattern as written; a changed pattern must fail loudly.
+    if "\\p{" in pattern or "\\s" in pattern or "\\S" in pattern:
+        raise RuntimeError("explicit_pattern: GPT2_PATTERN has a class this function does not spell out")
+    return pattern

@@ -66,32 +66,31 @@ class Tokenizer:
         self.merges = list(merges)
         _check_dense(self.vocab)
         where = merge_location or (lambda i: f"merge {i + 1}")
-        self._id_of: dict[bytes, int] = {}
-        for idx, token in self.vocab.items():
-            if token in self._id_of:
-                raise TokenizerError(f"vocabulary holds {token!r} twice (ids {self._id_of[token]} and {idx})")
-            self._id_of[token] = idx
-        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
+        self._id_of: dict[bytes, int] = {token: idx for idx, token in self.vocab.items()}
+        if len(self._id_of) < len(self.vocab):
+            _raise_duplicate(self.vocab)
+        id_of = self._id_of
+        missing = [b for b in range(256) if bytes([b]) not in id_of]
         if missing:
             raise TokenizerError(f"vocabulary lacks {len(missing)} of the 256 single bytes (first: {missing[0]:#04x})")
-        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+        self._byte_ids = [id_of[bytes([b])] for b in range(256)]
         # (left id, right id) -> rank, and rank -> merged id: what the encoder looks up per pair.
-        self._rank_of: dict[tuple[int, int], int] = {}
-        self._merged: list[int] = []
-        for rank, (left, right) in enumerate(self.merges):
-            for part in (left, right):
-                if part not in self._id_of:
-                    raise TokenizerError(f"{where(rank)}: {files.token_to_str(part)!r} is not in the vocabulary")
-            merged = self._id_of.get(left + right)
-            if merged is None:
-                raise TokenizerError(
-                    f"{where(rank)}: the result {files.token_to_str(left + right)!r} is not in the vocabulary"
-                )
-            self._rank_of.setdefault((self._id_of[left], self._id_of[right]), rank)
-            self._merged.append(merged)
+        # Built by comprehensions (GPT-2 has 50,000 merges and this runs at every load); the
+        # loop in _check_merges runs only to name a bad merge.
+        try:
+            pairs = [(id_of[left], id_of[right]) for left, right in self.merges]
+            self._merged: list[int] = [id_of[left + right] for left, right in self.merges]
+        except KeyError:
+            _check_merges(self.merges, id_of, where)
+            raise  # unreachable: _check_merges raised; kept for type checkers
+        self._rank_of: dict[tuple[int, int], int] = dict(zip(pairs, range(len(pairs))))
+        if len(self._rank_of) < len(pairs):  # a pair listed twice: the first rank is the one used
+            self._rank_of = {}
+            for rank, pair in enumerate(pairs):
+                self._rank_of.setdefault(pair, rank)
 
-        reachable = {bytes([b]) for b in range(256)} | {a + b for a, b in self.merges}
-        self.vocab_specials = sorted(t.decode("utf-8", "replace") for t in self.vocab.values() if t not in reachable)
+        reachable = set(self._byte_ids).union(self._merged)  # ids of single bytes and merge results
+        self.vocab_specials = sorted(t.decode("utf-8", "replace") for i, t in self.vocab.items() if i not in reachable)
         if special_tokens is None:
             special_tokens = self.vocab_specials
         self.special_tokens: list[str] = list(dict.fromkeys(special_tokens))
@@ -104,6 +103,9 @@ class Tokenizer:
         self._special_bytes = [s.encode("utf-8") for s in self.special_tokens]
         self._cache: dict[str, list[int]] = {}
         self._fast: FastEncoder | None | bool = False  # False: not built yet
+        # content_hash by set of specials: vocab and merges do not change after construction
+        # (the tables above are built from them once), so neither does their hash.
+        self._hashes: dict[frozenset[str], str] = {}
 
     # --- loading and saving -----------------------------------------------------------------
 
@@ -192,7 +194,15 @@ class Tokenizer:
         The specials part is every special the vocabulary holds, so choosing which of them to
         recognise in text (``special_tokens=[...]``) does not change the hash.
         """
-        return content_hash(self.vocab, self.merges, set(self.special_tokens) | set(self.vocab_specials))
+        return self._content_hash(set(self.special_tokens) | set(self.vocab_specials))
+
+    def _content_hash(self, specials: set[str]) -> str:
+        # Computed once per set of specials (a walk over the whole vocabulary): from_dir's check
+        # and every later use of .hash share it.
+        key = frozenset(specials)
+        if key not in self._hashes:
+            self._hashes[key] = content_hash(self.vocab, self.merges, key)
+        return self._hashes[key]
 
     def token_id(self, special: str) -> int:
         """The id of a registered special token, e.g. ``token_id("<|endoftext|>")``."""
@@ -347,13 +357,39 @@ class Tokenizer:
 
 def content_hash(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], specials: Iterable[str]) -> str:
     """The hash ``Tokenizer.hash`` gives for this vocab, merges and set of special tokens."""
-    content = {
-        "vocab": [[i, vocab[i].hex()] for i in sorted(vocab)],
-        "merges": [[a.hex(), b.hex()] for a, b in merges],
-        "special_tokens": sorted(set(specials)),
-    }
-    digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+    # The compact JSON of {"vocab": [[id, hex], ...], "merges": [[hex, hex], ...],
+    # "special_tokens": [...]}, written out directly: hex digits and integer ids need no escaping,
+    # and joining f-strings is several times quicker than json.dumps over 100,000 small lists.
+    # The bytes are json.dumps's (test_tokenizer pins them), so recorded hashes stay valid.
+    if not all(type(i) is int for i in vocab):  # not from a Tokenizer (its ids are checked ints)
+        content = {"vocab": [[i, vocab[i].hex()] for i in sorted(vocab)], "merges": [[a.hex(), b.hex()] for a, b in merges],
+                   "special_tokens": sorted(set(specials))}
+        return "sha256:" + hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()[:16]
+    vocab_part = ",".join([f'[{i},"{vocab[i].hex()}"]' for i in sorted(vocab)])
+    merges_part = ",".join([f'["{a.hex()}","{b.hex()}"]' for a, b in merges])
+    specials_part = json.dumps(sorted(set(specials)), separators=(",", ":"))
+    text = f'{{"vocab":[{vocab_part}],"merges":[{merges_part}],"special_tokens":{specials_part}}}'
+    digest = hashlib.sha256(text.encode()).hexdigest()
     return f"sha256:{digest[:16]}"
+
+
+def _raise_duplicate(vocab: dict[int, bytes]) -> None:
+    # Only called when two ids share token bytes: name the first such pair, in id order seen.
+    seen: dict[bytes, int] = {}
+    for idx, token in vocab.items():
+        if token in seen:
+            raise TokenizerError(f"vocabulary holds {token!r} twice (ids {seen[token]} and {idx})")
+        seen[token] = idx
+
+
+def _check_merges(merges: list[tuple[bytes, bytes]], id_of: dict[bytes, int], where: Callable[[int], str]) -> None:
+    # Only called when some merge names bytes outside the vocabulary: raise for the first one.
+    for rank, (left, right) in enumerate(merges):
+        for part in (left, right):
+            if part not in id_of:
+                raise TokenizerError(f"{where(rank)}: {files.token_to_str(part)!r} is not in the vocabulary")
+        if left + right not in id_of:
+            raise TokenizerError(f"{where(rank)}: the result {files.token_to_str(left + right)!r} is not in the vocabulary")
 
 
 def _check_dense(vocab: dict[int, bytes]) -> None:
@@ -377,7 +413,7 @@ def _check_recorded(tok: Tokenizer, meta: dict, raw: dict[str, bytes | None], wh
     meta_path = where / files.META_FILE
     recorded = meta.get("hash")
     if recorded is not None:
-        actual = content_hash(tok.vocab, tok.merges, set(meta["special_tokens"]) | set(tok.vocab_specials))
+        actual = tok._content_hash(set(meta["special_tokens"]) | set(tok.vocab_specials))
         if actual != recorded:
             digests = meta.get("files") or {}
             changed = [n for n in (files.VOCAB_FILE, files.MERGES_FILE)

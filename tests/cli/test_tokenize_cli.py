@@ -362,3 +362,39 @@ def test_encode_parallel_modes_write_the_same_dataset(trained, tmp_path, mode, m
     assert outs["threads"] == outs[mode] and "in-train.json" in outs[mode]
     bad = run("tokenize", "encode", "-t", str(tok_dir), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--parallel", "fork")
     assert bad.exit_code == 2 and "--parallel" in bad.stderr
+
+
+def test_encode_starts_its_workers_before_loading_the_tokenizer(trained, tmp_path, monkeypatch):
+    from lmkit import api
+
+    tok_dir, _ = trained
+    src = _write(tmp_path / "in" / "a.jsonl", "".join(json.dumps({"text": f"story {i} café"}) + "\n" for i in range(50)))
+    events, pools = [], []
+    real_start, real_load, real_encode = api.start_encode_workers, api.Tokenizer.from_dir, api.encode_corpus
+
+    def start(*a, **k):
+        pools.append(real_start(*a, **k))
+        events.append("start")
+        return pools[-1]
+
+    def load(*a, **k):
+        events.append("load")
+        return real_load(*a, **k)
+
+    def encode(*a, pool=None, **k):
+        events.append(("encode", pool is pools[-1]))
+        return real_encode(*a, pool=pool, **k)
+
+    monkeypatch.setattr(api, "start_encode_workers", start)
+    monkeypatch.setattr(api.Tokenizer, "from_dir", load)
+    monkeypatch.setattr(api, "encode_corpus", encode)
+    argv = ["tokenize", "encode", "-i", str(src), "-o", str(tmp_path / "out"), "--threads", "3", "--parallel", "processes"]
+    result = run(*argv, "-t", str(tok_dir))
+    assert result.exit_code == 0, result.output
+    assert events == ["start", "load", ("encode", True)] and pools[-1].closed
+    # The tokenizer fails to load: the workers started for nothing are ended, and the error is the usual one.
+    failed = run(*argv, "-t", str(tmp_path / "no-such-tokenizer"))
+    assert failed.exit_code == 2 and "no-such-tokenizer" in failed.stderr and "Traceback" not in failed.output
+    assert events[-2:] == ["start", "load"] and pools[-1].closed and not pools[-1].executor._processes
+    # Threads encode: nothing is started.
+    assert run(*argv[:-1], "threads", "-t", str(tok_dir), "-o", str(tmp_path / "t")).exit_code == 0 and pools[-1] is None

@@ -246,3 +246,56 @@ def test_sigterm_stops_the_workers_and_keeps_complete_shards(tmp_path):
     encode_corpus(tok, src, tmp_path / "o", shard_tokens=500, parallel="processes", threads=3)  # the rerun finishes it
     encode_corpus(tok, src, tmp_path / "ref", shard_tokens=500, parallel="threads")
     assert _files(tmp_path / "o") == _files(tmp_path / "ref")
+
+
+# --- workers started ahead of the tokenizer (encode.start_workers) -------------------------------
+
+
+def test_workers_started_ahead_write_the_same_files(tok, tmp_path, monkeypatch):
+    from lmkit.data.encode import start_workers
+
+    inputs = _corpus(tmp_path)
+    ref = encode_corpus(tok, inputs, tmp_path / "threads", name="c", parallel="threads", shard_tokens=60)
+    pool = start_workers(inputs, threads=3, parallel="processes")
+    assert isinstance(pool, parallel.WorkerPool) and pool.workers == 3
+
+    def no_new_pool(*a, **k):
+        raise AssertionError("run_processes started a pool of its own although one was given")
+
+    monkeypatch.setattr(parallel, "WorkerPool", no_new_pool)
+    with pool:
+        out = encode_corpus(tok, inputs, tmp_path / "processes", name="c", parallel="processes", threads=3,
+                            shard_tokens=60, pool=pool)
+        assert pool.closed  # by encode_corpus, not only by the with
+    assert [p.name for p in out] == [p.name for p in ref]
+    assert _files(tmp_path / "threads") == _files(tmp_path / "processes")
+    assert not pool.executor._processes  # the processes are gone
+
+
+def test_start_workers_only_where_processes_will_encode(tok, tmp_path):
+    from lmkit.data import encode
+
+    src = _jsonl(tmp_path / "a.jsonl", DOCS)
+    assert encode.start_workers(src, threads=3, parallel="threads") is None
+    assert encode.start_workers(src, threads=3, parallel="auto") is None  # below PARALLEL_MIN_BYTES
+    assert encode.start_workers(src, threads=2, parallel="bogus") is None  # encode_corpus refuses it
+    assert encode.start_workers(tmp_path / "missing-*.jsonl", threads=3, parallel="processes") is None
+    # A pool is never larger than the tasks the inputs can make: a compressed file is one.
+    packed = [tmp_path / "b.jsonl.gz", tmp_path / "c.jsonl.gz"]
+    for p in packed:
+        p.write_bytes(gzip.compress(src.read_bytes()))
+    with encode.start_workers(packed, threads=8, parallel="processes") as two:
+        assert two.workers == 2
+
+
+def test_a_pool_encode_corpus_does_not_use_is_closed(tok, tmp_path):
+    from lmkit.data.encode import start_workers
+
+    src = _jsonl(tmp_path / "a.jsonl", DOCS)
+    pool = start_workers(src, threads=3, parallel="processes")
+    processes = list(pool.executor._processes.values()) if pool.executor._processes else []
+    encode_corpus(tok, src, tmp_path / "out", parallel="threads", threads=3, pool=pool)  # threads chosen after all
+    assert pool.closed and all(not p.is_alive() for p in processes)
+    with start_workers(src, threads=3, parallel="processes") as unused:  # e.g. the tokenizer failed to load
+        pass
+    assert unused.closed

@@ -161,3 +161,40 @@ def test_hash_ignores_which_specials_are_recognised(gpt2_files, gpt2):
     none_recognised = Tokenizer.from_files(*gpt2_files, special_tokens=[])
     assert none_recognised.hash == gpt2.hash
     assert none_recognised.encode("<|endoftext|>") != [50256]
+
+
+@pytest.mark.parametrize("specials", [[], ["<|endoftext|>"], ["é\"\\x", "\u2028", "<a>", "\U0001F600", "<a>"]])
+def test_content_hash_is_json_dumps_of_the_tables(specials):
+    # The hash is recorded in datasets and checkpoints: content_hash writes its JSON by hand for
+    # speed, and must give the bytes json.dumps gave (the original definition) for ever.
+    import hashlib
+
+    from lmkit.tokenizer.tokenizer import content_hash
+
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"abc", 258: "<a>".encode()}
+    merges = [(b"a", b"b"), (b"ab", b"c")]
+    content = {"vocab": [[i, vocab[i].hex()] for i in sorted(vocab)], "merges": [[a.hex(), b.hex()] for a, b in merges],
+               "special_tokens": sorted(set(specials))}
+    expected = "sha256:" + hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert content_hash(vocab, merges, specials) == expected
+    assert content_hash({0: b"a"}, [], specials) != content_hash({0: b"b"}, [], specials)
+
+
+def test_gpt2_hash_is_the_one_datasets_record(gpt2, gpt2_files, tmp_path):
+    # The value lmkit has always given GPT-2's files (with <|endoftext|>): a change to loading or
+    # hashing must not move it.
+    assert gpt2.hash == "sha256:3ef21765b6b18e1d"
+    gpt2.save(tmp_path / "tok")
+    loaded = Tokenizer.from_dir(tmp_path / "tok")
+    assert loaded.hash == gpt2.hash and loaded.vocab == gpt2.vocab and loaded.merges == gpt2.merges
+
+
+def test_token_strings_read_back_exactly():
+    from lmkit.tokenizer.files import str_to_token
+
+    for b in range(256):
+        assert str_to_token(token_to_str(bytes([b]))) == bytes([b])
+    assert str_to_token(token_to_str(bytes(range(256)))) == bytes(range(256))
+    # Characters outside GPT-2's map, below 256 (a raw space, a newline) or above it, and lone surrogates.
+    for bad in [" ", "a b", "\n", "\x00", "Ġ一", "\ud800", "\U0010ffff"]:
+        assert str_to_token(bad) is None, bad
