@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+T0 = time.time()
 SMALL = dict(vocab_size=50304, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=2048)
 TINY = dict(vocab_size=50304, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=192)
 # nanoGPT's GPT-2-small recipe, scaled to the step budget: the reference every recipe is judged against.
@@ -376,6 +377,8 @@ def main() -> None:
     p.add_argument("--force", action="store_true", help="run contender/seed pairs already in --results again")
     p.add_argument("--warmup-steps", type=int, default=20,
                    help="steps of the untimed warm-up runs that fill the compile caches first (0: none, every run starts cold)")
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="start a contender only if it should finish within this many seconds of the command's start (0: no limit)")
     a = p.parse_args()
     if a.tiny:
         a.steps = 30 if a.steps == 2000 else a.steps
@@ -400,12 +403,22 @@ def main() -> None:
     results = json.loads(a.results.read_text()) if a.results.is_file() else {"runs": {}}
     results["config"] = config
     todo = [(int(sd), n) for sd in a.seeds.split(",") for n in names if a.force or f"{n}/s{int(sd)}" not in results["runs"]]
-    if todo and a.warmup_steps:
+    warm_mark = a.work / "caches_warm.json"  # --work lives on this machine: so do the compile caches it vouches for
+    if todo and a.warmup_steps and not warm_mark.is_file():
         results.setdefault("warmups", []).append(warm_up(a, shape, train, val))
+        _atomic_write(warm_mark, json.dumps(results["warmups"][-1]) + "\n")
+    elif todo and a.warmup_steps:
+        print(f"compile caches already warm on this machine ({warm_mark}): no warm-up", file=sys.stderr, flush=True)
     for seed in [int(s) for s in a.seeds.split(",")]:
         for name in names:
             key = f"{name}/s{seed}"
             if key in results["runs"] and not a.force:
+                continue
+            # A run cut by the device's time limit is lost: start one only if it can finish.
+            walls = [r["wall_s"] for r in results["runs"].values() if r["contender"] == name]
+            need = 1.15 * max(walls) if walls else 160.0
+            if a.budget_s and time.time() - T0 + need > a.budget_s:
+                print(f"skipping {key}: ~{need:.0f} s needed, {a.budget_s - (time.time() - T0):.0f} s of --budget-s left", file=sys.stderr)
                 continue
             print(f"running {key} ...", file=sys.stderr, flush=True)
             results["runs"][key] = run_contender(name, seed, a, shape, train, val)
