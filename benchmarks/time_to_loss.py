@@ -65,6 +65,8 @@ CONTENDERS = {
     "lmkit-muon-cosine-hot": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2e-3, "min_lr": 2e-4},
     "lmkit-muon-wsd-hot": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2e-3, "min_lr": 2e-4,
                            "schedule": "wsd", "decay_fraction": 0.2},
+    "lmkit-muon-cosine-hot-aligned": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2e-3, "min_lr": 2e-4,
+                                      "align_documents": True},
     "hf-llama": TODAY,
 }
 BASELINE, REFERENCE = "hf-llama", "lmkit-adamw-cosine"

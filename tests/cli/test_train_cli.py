@@ -53,6 +53,11 @@ def test_shipped_example_configs_load():
     medium = yaml.safe_load(runner.invoke(app, ["train", "-c", str(root / "gpt2_medium.yaml"), "--print-config"]).stdout)
     m = medium["model"]
     assert (m["num_layers"], m["d_model"], m["num_heads"], m["d_ff"]) == (24, 1024, 16, 4096)
+    # The time-to-loss winner, as measured (benchmarks/TIME_TO_LOSS.md): Muon 0.02 with the AdamW part at 2e-3.
+    muon = yaml.safe_load(runner.invoke(app, ["train", "-c", str(root / "small_model_muon.yaml"), "--print-config"]).stdout)
+    o = muon["optim"]
+    assert (o["optimizer"], o["muon_lr"], o["learning_rate"], o["min_lr"], o["schedule"]) == ("muon", 0.02, 2e-3, 2e-4, "cosine")
+    assert (muon["train"]["batch_size"], muon["train"]["max_iters"], o["lr_decay_iters"]) == (16, 2000, 2000)
 
 
 @pytest.mark.parametrize(
