@@ -8,6 +8,7 @@ One command builds a real corpus from text already on the machine, encodes it wi
   lmkit-muon-cosine       Muon on the hidden matrices, cosine
   lmkit-muon-wsd          Muon, warmup-stable-decay
   lmkit-muon-wsd-aligned  Muon, wsd, windows starting at document starts
+  lmkit-muon-*-hot[-aligned]  Muon with the AdamW part at 2e-3 (cosine, wsd; document-aligned)
   hf-llama                HF LlamaForCausalLM of the same shape: torch's fused AdamW, cosine,
                           clipping, bf16 autocast, torch.compile (what a user would write)
 Every contender evaluates the same validation windows (lmkit's eval_batches) every

@@ -148,7 +148,7 @@ def test_import_pulls_in_only_torch() -> None:
     code = (
         "import sys, lmkit.model\n"
         "bad = [m for m in ('rich', 'wandb', 'typer') if m in sys.modules]\n"
-        "ok = ('lmkit', 'lmkit.model', 'lmkit.settings', 'lmkit.settings_mixture', 'lmkit.settings_sources', 'lmkit.errors')\n"
+        "ok = ('lmkit', 'lmkit.model', 'lmkit.settings', 'lmkit.settings_sections', 'lmkit.settings_mixture', 'lmkit.settings_sources', 'lmkit.errors')\n"
         "bad += [m for m in sys.modules if m.startswith('lmkit.') and not m.startswith('lmkit.model.') and m not in ok]\n"
         "import lmkit.api\n"
         "bad += [m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
