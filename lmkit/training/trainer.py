@@ -90,11 +90,13 @@ class Trainer:
         self.run_record: rundir.RunRecord | None = None  # this run's id, segment, checkpoints (rank 0)
         self._resumed_identity: dict[str, Any] | None = None  # run id/segment of the checkpoint resumed
         self._run_lock = self._claim_run_dir()
+        t_build = time.time()
         try:
             self._build()
         except BaseException:
             self.release_run_dir()
             raise
+        self.build_s = time.time() - t_build  # resume/data/model/optimizer set-up, said with the first step's time
 
     # ------------------------------------------------------------------ setup
     def _claim_run_dir(self) -> OutputLock | None:
@@ -391,7 +393,8 @@ class Trainer:
         bad_acc = torch.zeros((), device=dev)
         grad_norm = torch.zeros((), device=dev)
         steps_in_window = 0
-        t_window = time.time()
+        t_window = t_first = time.time()
+        first_step = rt.compile or self.cuda_graphs  # say how long compiling took (the first step of this process)
         stopping = False
         while self.step < s.train.max_iters and not stopping:
             step = self.step
@@ -423,6 +426,14 @@ class Trainer:
             bad_acc += bad.float() if s.train.on_nan == "stop" else 0.0
             steps_in_window += 1
             self.step = step + 1
+            if first_step:
+                first_step = False
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)  # once per run: the first step's true time, compile included
+                self.sinks.event(
+                    f"first step {time.time() - t_first:.1f} s (torch.compile{' and CUDA graphs' if self.cuda_graphs else ''}; "
+                    f"a second run on this machine reuses the compile cache), set-up before it {self.build_s:.1f} s"
+                )
 
             stopping = self._agree_stop()
             last = self.step == s.train.max_iters or stopping
@@ -448,12 +459,13 @@ class Trainer:
                 steps_in_window = 0
                 t_window = time.time()
             if self.step % s.train.eval_interval == 0 or last:
-                val = self.evaluate()
+                t_eval = time.time()
+                val = self.evaluate()  # a float: the device has finished when it returns
                 if val is not None:
                     self.last_val_loss = val
                     if math.isfinite(val) and (self.best_val_loss is None or val < self.best_val_loss):
                         self.best_val_loss = val
-                    self.sinks.log(self.step, {"val_loss": val, "best_val_loss": self.best_val_loss})
+                    self.sinks.log(self.step, {"val_loss": val, "best_val_loss": self.best_val_loss, "eval_s": time.time() - t_eval})
                 t_window = time.time()  # keep eval time out of tokens/s
             if self.task_eval is not None and (self.step % (s.train.eval_tasks_interval or s.train.eval_interval) == 0 or last):
                 # Rank 0 only (the others wait at their next all-reduce); the model unwrapped, as trained.

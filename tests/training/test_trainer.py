@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,22 @@ def test_trainer_refuses_a_held_run_dir_before_building(tiny_overrides, tmp_path
     trainer = Trainer(resolve_settings(overrides=tiny_overrides, environ={}))
     trainer.release_run_dir()  # built but never run: the directory can be let go of
     assert Trainer(resolve_settings(overrides=dict(tiny_overrides, max_iters=2), environ={})).run().step == 2
+
+
+def test_evaluations_log_their_duration(tiny_overrides):
+    rec = Recorder()
+    train(resolve_settings(overrides=dict(tiny_overrides, max_iters=10, eval_interval=5)), sinks=MultiSink([rec]))
+    evals = [(s, m) for s, m in rec.logs if "val_loss" in m]
+    assert [s for s, _ in evals] == [5, 10]
+    assert all(0 < m["eval_s"] < 60 for _, m in evals)
+    assert not any(e.startswith("first step") for e in rec.events)  # eager CPU: nothing compiled to report
+
+
+@pytest.mark.slow  # Inductor compiles the tiny model for the CPU: ~6 s with a warm compile cache, ~40 s cold
+def test_a_compiled_run_says_how_long_its_first_step_took(tiny_overrides):
+    rec = Recorder()
+    train(resolve_settings(overrides=dict(tiny_overrides, max_iters=2, eval_interval=2, compile=True)), sinks=MultiSink([rec]))
+    said = [e for e in rec.events if e.startswith("first step")]
+    assert len(said) == 1 and "torch.compile" in said[0] and "CUDA graphs" not in said[0]
+    first_s, setup_s = (float(x) for x in re.findall(r"(\d+\.\d) s", said[0]))
+    assert first_s > 0 and setup_s >= 0
