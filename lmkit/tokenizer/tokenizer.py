@@ -13,8 +13,6 @@ files keep GPT-2's own ids.
 from __future__ import annotations
 
 import codecs
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +21,7 @@ from lmkit.errors import TokenizerError
 from lmkit.tokenizer import directory as tokdir
 from lmkit.tokenizer import files
 from lmkit.tokenizer.pretokenize import PRETOKEN_RE, safe_cut, special_splitter
+from lmkit.tokenizer.tables import check_dense, check_merges, content_hash, raise_duplicate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,11 +63,11 @@ class Tokenizer:
     ):
         self.vocab = dict(vocab)
         self.merges = list(merges)
-        _check_dense(self.vocab)
+        check_dense(self.vocab)
         where = merge_location or (lambda i: f"merge {i + 1}")
         self._id_of: dict[bytes, int] = {token: idx for idx, token in self.vocab.items()}
         if len(self._id_of) < len(self.vocab):
-            _raise_duplicate(self.vocab)
+            raise_duplicate(self.vocab)
         id_of = self._id_of
         missing = [b for b in range(256) if bytes([b]) not in id_of]
         if missing:
@@ -81,7 +80,7 @@ class Tokenizer:
             pairs = [(id_of[left], id_of[right]) for left, right in self.merges]
             self._merged: list[int] = [id_of[left + right] for left, right in self.merges]
         except KeyError:
-            _check_merges(self.merges, id_of, where)
+            check_merges(self.merges, id_of, where)
             raise  # unreachable: _check_merges raised; kept for type checkers
         self._rank_of: dict[tuple[int, int], int] = dict(zip(pairs, range(len(pairs))))
         if len(self._rank_of) < len(pairs):  # a pair listed twice: the first rank is the one used
@@ -353,58 +352,6 @@ class Tokenizer:
         for chunk in id_chunks:
             yield decoder.decode(self.decode_bytes(chunk))
         yield decoder.decode(b"", final=True)
-
-
-def content_hash(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], specials: Iterable[str]) -> str:
-    """The hash ``Tokenizer.hash`` gives for this vocab, merges and set of special tokens."""
-    # The compact JSON of {"vocab": [[id, hex], ...], "merges": [[hex, hex], ...],
-    # "special_tokens": [...]}, written out directly: hex digits and integer ids need no escaping,
-    # and joining f-strings is several times quicker than json.dumps over 100,000 small lists.
-    # The bytes are json.dumps's (test_tokenizer pins them), so recorded hashes stay valid.
-    if not all(type(i) is int for i in vocab):  # not from a Tokenizer (its ids are checked ints)
-        content = {"vocab": [[i, vocab[i].hex()] for i in sorted(vocab)], "merges": [[a.hex(), b.hex()] for a, b in merges],
-                   "special_tokens": sorted(set(specials))}
-        return "sha256:" + hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()[:16]
-    vocab_part = ",".join([f'[{i},"{vocab[i].hex()}"]' for i in sorted(vocab)])
-    merges_part = ",".join([f'["{a.hex()}","{b.hex()}"]' for a, b in merges])
-    specials_part = json.dumps(sorted(set(specials)), separators=(",", ":"))
-    text = f'{{"vocab":[{vocab_part}],"merges":[{merges_part}],"special_tokens":{specials_part}}}'
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"sha256:{digest[:16]}"
-
-
-def _raise_duplicate(vocab: dict[int, bytes]) -> None:
-    # Only called when two ids share token bytes: name the first such pair, in id order seen.
-    seen: dict[bytes, int] = {}
-    for idx, token in vocab.items():
-        if token in seen:
-            raise TokenizerError(f"vocabulary holds {token!r} twice (ids {seen[token]} and {idx})")
-        seen[token] = idx
-
-
-def _check_merges(merges: list[tuple[bytes, bytes]], id_of: dict[bytes, int], where: Callable[[int], str]) -> None:
-    # Only called when some merge names bytes outside the vocabulary: raise for the first one.
-    for rank, (left, right) in enumerate(merges):
-        for part in (left, right):
-            if part not in id_of:
-                raise TokenizerError(f"{where(rank)}: {files.token_to_str(part)!r} is not in the vocabulary")
-        if left + right not in id_of:
-            raise TokenizerError(f"{where(rank)}: the result {files.token_to_str(left + right)!r} is not in the vocabulary")
-
-
-def _check_dense(vocab: dict[int, bytes]) -> None:
-    # The vocabulary size is max id + 1: models embed that many rows and statistics are sized by
-    # it, so an id of 10**9 among 300 tokens would cost gigabytes. Dense ids rule that out.
-    if not vocab:
-        raise TokenizerError("vocabulary is empty")
-    bad = next((i for i in vocab if not isinstance(i, int) or isinstance(i, bool)), None)
-    if bad is not None:
-        raise TokenizerError(f"vocabulary id {bad!r} is not an integer")
-    if min(vocab) != 0 or max(vocab) != len(vocab) - 1:
-        outside = next(i for i in sorted(vocab) if not 0 <= i < len(vocab))
-        raise TokenizerError(
-            f"vocabulary ids must be 0..{len(vocab) - 1} for its {len(vocab):,} tokens, but it holds id {outside}"
-        )
 
 
 def _check_recorded(tok: Tokenizer, meta: dict, raw: dict[str, bytes | None], where: Path) -> None:
