@@ -24,22 +24,23 @@ restarts reading at the earliest cursor of the datasets (``read_blocks(start_doc
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import pickle
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from lmkit.data.parallel import WorkerPool, plan_size, processes_pay, remove_stale_parts, run_processes
+from lmkit.data.batch_encode import encoded_batches
+from lmkit.data.parallel import (
+    WorkerPool,
+    plan_size,
+    processes_pay,
+    remove_stale_parts,
+    run_processes,
+)
 from lmkit.data.shard_files import Cursor, candidate_bytes, remove_shard_temps
 from lmkit.data.shards import DEFAULT_SHARD_TOKENS, DatasetWriter
 from lmkit.data.sources import ReadOptions, SourceFile, read_blocks, resolve_inputs
@@ -49,7 +50,6 @@ from lmkit.data.tokens import MAX_VOCAB, dtype_for_vocab
 from lmkit.data.writing import locked_outputs, prepare_output, stop_on_signals
 from lmkit.errors import DataError
 from lmkit.tokenizer import Tokenizer
-from lmkit.tokenizer.fast import FastEncoder
 from lmkit.tokenizer.pretokenize import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -132,73 +132,6 @@ def fingerprint(tokenizer_hash: str, specials: list[str], sources: list[SourceFi
     payload = {"version": 1, "tokenizer": tokenizer_hash, "specials": specials, "inputs": inputs,
                "read": [opts.text_key, opts.doc_separator, opts.eot, opts.errors, opts.skip_bad_lines], **options}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# Each worker process gets its tokenizer once, at start-up, not with every task. It is pickled
-# once here and the bytes are handed to every worker: the pool would otherwise pickle the
-# tokenizer again for each worker (0.3 s each for GPT-2's, serially, before any work starts).
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _init_worker(pickled: bytes) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = pickle.loads(pickled)
-
-
-# An encode task returns each text's ids and its UTF-8 size (for bits per byte): measured
-# there, in parallel, rather than in the thread that reads and writes.
-def _encode_in_worker(texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
-    return _encode_slow(_worker_tokenizer, texts, dtype)
-
-
-def _encode_slow(tokenizer: Tokenizer, texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
-    return [(np.asarray(tokenizer.encode(t), dtype=dtype), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
-
-
-def _encode_fast(encoder: FastEncoder, texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
-    # The cast to the dataset's dtype happens here too, off the thread that writes.
-    return [(encoder.encode(t).astype(dtype, copy=False), len(t.encode("utf-8", "surrogatepass"))) for t in texts]
-
-
-def _encoded(tokenizer: Tokenizer, batches: Iterator[tuple[list, list[str]]], threads: int,
-             big: bool, dtype: str) -> Iterator[tuple[list, list[tuple[np.ndarray, int]]]]:
-    """Encode batches of texts in order, a bounded number in flight.
-
-    tiktoken's core (``FastEncoder``) releases the GIL, so threads encode in parallel and start
-    at once; only a tokenizer it cannot express falls back to worker processes (spawned, not
-    forked: the caller may hold threads, a progress bar, that fork would copy mid-lock). Workers
-    that also read and parse their own input are the other path (``lmkit.data.parallel``).
-    """
-    fast = tokenizer.fast_encoder()  # built once per tokenizer, cached on it
-    processes = big and threads > 1 and fast is None
-    if not processes and (threads <= 1 or fast is None):
-        for tags, texts in batches:
-            yield tags, (_encode_fast(fast, texts, dtype) if fast is not None else _encode_slow(tokenizer, texts, dtype))
-        return
-    if not processes:
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="lmkit-encode")
-        submit = lambda texts: pool.submit(_encode_fast, fast, texts, dtype)  # noqa: E731
-        get = lambda fut: fut.result()  # noqa: E731
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(threads, _init_worker, (pickle.dumps(tokenizer),))
-        submit = lambda texts: pool.apply_async(_encode_in_worker, (texts, dtype))  # noqa: E731
-        get = lambda res: res.get()  # noqa: E731
-    try:
-        in_flight: collections.deque = collections.deque()
-        for tags, texts in batches:
-            in_flight.append((tags, submit(texts)))
-            if len(in_flight) >= 2 * threads:
-                tags0, fut = in_flight.popleft()
-                yield tags0, get(fut)
-        while in_flight:
-            tags0, fut = in_flight.popleft()
-            yield tags0, get(fut)
-    finally:
-        if isinstance(pool, ThreadPoolExecutor):
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            pool.terminate()
-            pool.join()
 
 
 def _batched(pieces: Iterator[tuple]) -> Iterator[tuple[list, list[str]]]:
@@ -425,6 +358,6 @@ def _run(tokenizer: Tokenizer, sources: list[SourceFile], opts: ReadOptions, spe
             report(done)
 
     dtype = "<" + writers[0].dtype.str[1:]  # little-endian, as the files hold it
-    for tags, arrays in _encoded(tokenizer, _batched(pieces()), threads, big, dtype):
+    for tags, arrays in encoded_batches(tokenizer, _batched(pieces()), threads, big, dtype):
         for (ds, i, doc, first, last), (ids, text_bytes) in zip(tags, arrays):
             writers[ds].write(ids, i, doc, first, last, text_bytes)
