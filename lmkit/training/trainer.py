@@ -96,7 +96,7 @@ class Trainer:
         except BaseException:
             self.release_run_dir()
             raise
-        self.build_s = time.time() - t_build  # resume/data/model/optimizer set-up, said with the first step's time
+        self.build_s = time.time() - t_build  # resume, data, model, optimizer: said beside the first step's time
 
     # ------------------------------------------------------------------ setup
     def _claim_run_dir(self) -> OutputLock | None:
@@ -432,7 +432,7 @@ class Trainer:
                     torch.cuda.synchronize(dev)  # once per run: the first step's true time, compile included
                 self.sinks.event(
                     f"first step {time.time() - t_first:.1f} s (torch.compile{' and CUDA graphs' if self.cuda_graphs else ''}; "
-                    f"a second run on this machine reuses the compile cache), set-up before it {self.build_s:.1f} s"
+                    f"a second run on this machine reuses the compile cache); building the run took {self.build_s:.1f} s"
                 )
 
             stopping = self._agree_stop()
