@@ -179,7 +179,10 @@ class Trainer:
                 module, o.learning_rate, o.weight_decay, (o.beta1, o.beta2), o.adam_eps, rt.device.type, kernel=kernels.adamw_kernel
             )
 
-        self.optimizer = build_muon(self.model, adamw, s.optim) if s.optim.optimizer == "muon" else adamw(self.model)
+        if s.optim.optimizer == "muon":
+            self.optimizer = build_muon(self.model, adamw, s.optim, rt.rank, rt.world_size)
+        else:
+            self.optimizer = adamw(self.model)
         if state is not None:
             self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
             self._restore_counters(state)

@@ -144,3 +144,18 @@ def test_fsdp_under_bf16_autocast_matches_one_process(tiny_overrides, tmp_path):
     assert got.keys() == ref.keys()
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=2e-2), step
+
+
+@pytest.mark.skipif(not hasattr(__import__("torch").optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_ddp_with_muon_matches_one_process(base, tmp_path):
+    """Under DDP each rank orthogonalises its share of the hidden matrices and the ranks gather
+    the rest: the same losses as one process, which orthogonalises them all. Three layers, so
+    one stack (the three SwiGLU output matrices) does not divide evenly between two ranks."""
+    base = dict(base, optimizer="muon", num_layers=3)
+    train(resolve_settings(overrides=dict(base, checkpoint_dir=str(tmp_path / "one")), environ={}), console_sinks=True, is_tty=False)
+    r = torchrun(dict(base, checkpoint_dir=str(tmp_path / "ddp")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(tmp_path / "one"), losses(tmp_path / "ddp")
+    assert got.keys() == ref.keys() and len(ref) == 6
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5), step
