@@ -42,6 +42,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,20 @@ def read_curve(metrics: Path, t0: float) -> tuple[list[dict], list[float]]:
     return evals, rates
 
 
+def read_startup(metrics: Path) -> dict:
+    """Where lmkit's start-up went, from its own metrics.jsonl: building the run and the first
+    (compiling) step, from the one-line event ``lmkit train`` writes, and each evaluation's time."""
+    out: dict = {}
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        said = re.match(r"first step ([\d.]+) s .*building the run took ([\d.]+) s", str(row.get("event", "")))
+        if said:
+            out["first_step_s"], out["build_s"] = float(said[1]), float(said[2])
+        if "eval_s" in row:
+            out.setdefault("eval_s", []).append(row["eval_s"])
+    return out
+
+
 def run_contender(name: str, seed: int, a, shape: dict, train: Path, val: Path) -> dict:
     run_dir = a.work / "runs" / f"{name}-s{seed}"
     if name == BASELINE:
@@ -175,7 +190,8 @@ def run_contender(name: str, seed: int, a, shape: dict, train: Path, val: Path) 
     first = next((json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "tokens_per_s" in line), None)
     startup = first["time"] - t0 - first["step"] * a.batch_size * shape["context_length"] / steady if first and steady else None
     return {"contender": name, "seed": seed, "wall_s": wall, "startup_s": startup, "tokens_per_s": steady, "evals": evals,
-            "final_val_loss": evals[-1]["val_loss"] if evals else None, "command": cmd if name != BASELINE else "hf-worker"}
+            "final_val_loss": evals[-1]["val_loss"] if evals else None, "command": cmd if name != BASELINE else "hf-worker",
+            **read_startup(run_dir / "metrics.jsonl")}
 
 
 def timed_command(cmd: list[str], log: Path, what: str) -> tuple[float, float]:
@@ -339,6 +355,11 @@ def report(results: dict, table: Path) -> str:
                      f"| {_mean_spread([r['tokens_per_s'] for r in rs])} "
                      f"| {_mean_spread([r['final_val_loss'] for r in rs])} | {_mean_spread([first_time_at(r['evals'], base) for r in rs])} "
                      f"| {_mean_spread([first_time_at(r['evals'], ref) for r in rs])} |")
+    parts = [(n, [r for r in rs if "first_step_s" in r]) for n, rs in by.items()]
+    for name, rs in [(n, rs) for n, rs in parts if rs]:
+        lines.append(f"\n{name} start-up: building the run {_mean_spread([r['build_s'] for r in rs])} s, first (compiling) step "
+                     f"{_mean_spread([r['first_step_s'] for r in rs])} s, first evaluation {_mean_spread([r['eval_s'][0] for r in rs])} s "
+                     f"(later ones {_mean_spread([statistics.median(r['eval_s'][1:]) for r in rs if len(r['eval_s']) > 1])} s).")
     for w in results.get("warmups", []):
         lines.append(f"\nCold-cache warm-up runs ({', '.join(f'{k} {v:.0f} s' for k, v in w.items())}), both at once.")
     lines += ["", "Validation loss at each evaluation (seed 0 or the first seed run): step: loss @ seconds", ""]
