@@ -16,28 +16,20 @@ from typing import Any
 
 import torch
 
-from lmkit.data.loader import BatchLoader, data_vocab_size, eval_batches, open_run_data
+from lmkit.data.loader import eval_batches
 from lmkit.data.tokens import atomic_write_bytes
 from lmkit.errors import LmkitError, TrainingError
 from lmkit.locking import OutputLock
-from lmkit.model import ModelConfig, TransformerLM
 from lmkit.observe.base import MultiSink, RunInfo
 from lmkit.observe.streams import say
 from lmkit.settings import Settings, settings_to_yaml
 from lmkit.training import checkpoint as ckpt
 from lmkit.training import rundir
-from lmkit.kernels import KernelPlan, apply_training
-from lmkit.training.compile_plan import plan_compile
-from lmkit.training.cooldown import load_cooldown_source, resume_cooldown
 from lmkit.training.distributed import Distributed
-from lmkit.training.init_from import check_init_tokenizer, load_init_source
-from lmkit.training.loss import LMLoss
-from lmkit.training.memory import check_training_memory
-from lmkit.training.muon import build_muon
-from lmkit.training.optim import build_optimizer, clip_gradients
-from lmkit.training.resume import load_resume_state, reconcile_settings
+from lmkit.training.optim import clip_gradients
 from lmkit.training.runtime import Runtime, resolve_runtime
 from lmkit.training.schedule import schedule_lr
+from lmkit.training.setup import build_run
 from lmkit.training.stopping import StopRequests, TrainingInterrupted, aborted, oom_error
 
 
@@ -126,84 +118,16 @@ class Trainer:
             lock.release()
 
     def _build(self) -> None:
-        s, rt = self.settings, self.rt
-        found = load_resume_state(s.checkpoint.resume, self.run_dir, self.notice)
-        state = init = cool = None
-        if found is not None:
-            resume_path, state = found
-            if s.checkpoint.cooldown_from is not None or state.get("cooldown"):  # a cooldown run, resumed: its settings derived again
-                s = resume_cooldown(s, state, resume_path)
-            self.settings = s = reconcile_settings(s, state, resume_path, self.notice)
-        elif s.checkpoint.cooldown_from is not None:  # a new run continuing a wsd checkpoint (see cooldown.py)
-            cool = load_cooldown_source(s, self.notice)
-            self.settings = s = cool.settings
-            state = cool.state
-        elif s.checkpoint.init_from is not None:  # a new run from trained weights (resume wins: above)
-            init = load_init_source(s, self.notice)
-            self.settings = s = init.settings
-        self.init_from = init.record if init is not None else (state or {}).get("init_from")
-        self.cooldown = cool.record if cool is not None else (state or {}).get("cooldown")
-        # Unset vocab_size: the data's tokenizer's (after resume/init, which fix the architecture).
-        self.settings = s = data_vocab_size(s, state, self.notice)
-        torch.manual_seed(s.runtime.seed)
-        self.train_data, self.val_data = open_run_data(s, self.notice)
-        if init is not None:
-            check_init_tokenizer(init, [self.train_data, self.val_data])
-        self.config = ModelConfig.from_settings(s.model)
-        plan = plan_compile(s, rt, self.notice)
-        # Before the first large allocation: a model or batch that cannot fit is refused in one
-        # line instead of being found out by the operating system killing the process.
-        check_training_memory(s, rt.device, rt.dtype, rt.compile, plan.fused_loss, rt.world_size)
-        model = TransformerLM(self.config)
-        if state is not None or init is not None:
-            model.load_state_dict(state["model"] if state is not None else init.weights)
-        model.set_activation_checkpointing(s.train.activation_checkpointing)
-        if not s.runtime.fp32_residual and rt.dtype != torch.float32:
-            # bf16 between blocks: faster (half the bytes the residual stream moves), and paired-seed
-            # runs showed no difference in validation loss (benchmarks/README.md).
-            model.set_residual_dtype(rt.dtype)
-        self.model = model.to(rt.device)
-        # The fast paths, resolved once against the device and precision, swapped into the plain
-        # model before it is compiled or wrapped; the state dict stays the plain model's.
-        self.kernels = kernels = KernelPlan.from_settings(s.kernels).for_training(rt.device, rt.dtype)
-        apply_training(self.model, kernels, rt.dtype)
-        if plan.regional:
-            self.model.compile_blocks()
-        loss = LMLoss(self.model, fused=plan.fused_loss, compiled=rt.compile, compute_dtype=rt.autocast_dtype, ce_kernel=kernels.ce_kernel)
-        # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
-        self.wrapped = self.dist.wrap(loss, s.train.parallel)
-
-        def adamw(module: torch.nn.Module) -> torch.optim.Optimizer:
-            o = s.optim
-            return build_optimizer(
-                module, o.learning_rate, o.weight_decay, (o.beta1, o.beta2), o.adam_eps, rt.device.type, kernel=kernels.adamw_kernel
-            )
-
-        if s.optim.optimizer == "muon":
-            self.optimizer = build_muon(self.model, adamw, s.optim, rt.rank, rt.world_size)
-        else:
-            self.optimizer = adamw(self.model)
-        if state is not None:
-            self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
-            self._restore_counters(state)
-            if cool is not None:
+        p = build_run(self.settings, self.rt, self.dist, self.run_dir, self.notice)
+        self.settings, self.init_from, self.cooldown = p.settings, p.init_from, p.cooldown
+        self.train_data, self.val_data, self.config, self.kernels = p.train_data, p.val_data, p.config, p.kernels
+        self.model, self.wrapped, self.optimizer, self.loader = p.model, p.wrapped, p.optimizer, p.loader
+        self.cuda_graphs, self.loss_fn, self.task_eval = p.cuda_graphs, p.loss_fn, p.task_eval
+        self.tokens_per_step = self.settings.train.batch_size * self.settings.model.context_length
+        if p.state is not None:
+            self._restore_counters(p.state)
+            if p.fresh_cooldown:
                 self._resumed_identity = None  # the cooldown is a run of its own (its own id in run.json)
-        self.cuda_graphs = plan.cuda_graphs
-        self.loss_fn = plan.apply(self.wrapped)
-        self.loader = BatchLoader(
-            self.train_data, s.train.batch_size, s.train.grad_accum_steps, rt.device, s.runtime.seed, rt.rank, rt.world_size,
-            align_documents=s.data.align_documents, notice=self.notice,
-        )
-        if state is not None:
-            self.loader.load_state_dict(state.get("sampler"))  # tokens seen per source so far
-        self.tokens_per_step = s.train.batch_size * s.model.context_length
-        self.task_eval = None  # train.eval_tasks: built now, so a task that cannot run stops the run before step 1
-        if s.train.eval_tasks and rt.is_main:
-            from lmkit.harness.in_loop import task_evaluator_for
-
-            meta = self.train_data.meta
-            record = {"dir": meta.tokenizer_dir, "hash": meta.tokenizer_hash, "vocab_size": meta.vocab_size}
-            self.task_eval = task_evaluator_for(s, record, self.run_dir, world_size=rt.world_size, parallel=s.train.parallel)
 
     def _restore_counters(self, state: dict[str, Any]) -> None:
         self._resumed_identity = {"run_id": state.get("run_id"), "segment": state.get("segment")}
