@@ -110,27 +110,27 @@ def orthogonalise(updates: torch.Tensor, steps: int, coefficients: tuple[float, 
     return x.mT if tall else x
 
 
-def orthogonalise_sharded(updates: torch.Tensor, steps: int, rank: int, world_size: int) -> torch.Tensor:
-    """``orthogonalise`` of a stack, each of ``world_size`` ranks doing its slice, then gathered.
+def orthogonalise_sharded(updates: list[torch.Tensor], steps: int, rank: int, world_size: int) -> torch.Tensor:
+    """``orthogonalise`` of same-shape matrices, each of ``world_size`` ranks doing its slice, then gathered.
 
-    Every rank passes the same stack (DDP's gradients are all-reduced) and gets the same result.
-    The stack is padded with zero matrices to a multiple of ``world_size`` (a zero matrix stays
-    zero: its norm is floored at ``eps``).
+    Every rank passes the same matrices (DDP's gradients are all-reduced) and gets the same result;
+    a rank stacks only its own slice, padded with zero matrices to the common slice size (a zero
+    matrix stays zero: its norm is floored at ``eps``).
 
     Args:
-        updates: (n, rows, cols), the same on every rank.
+        updates: n matrices of one shape (rows, cols), the same on every rank.
         steps: Newton-Schulz iterations.
         rank, world_size: this process's place in the default process group.
 
     Returns:
         (n, rows, cols) bf16.
     """
-    n = updates.size(0)
+    n = len(updates)
     per = -(-n // world_size)  # ceil: matrices per rank
-    if per * world_size != n:
-        updates = torch.cat([updates, updates.new_zeros(per * world_size - n, *updates.shape[1:])])
+    mats = updates[rank * per:(rank + 1) * per]  # the last rank's may be short, or empty
+    mats += [updates[0].new_zeros(updates[0].shape)] * (per - len(mats))
     # contiguous: a tall stack comes back transposed, and collectives want dense buffers.
-    mine = orthogonalise(updates[rank * per:(rank + 1) * per], steps).contiguous()  # (per, rows, cols)
+    mine = orthogonalise(torch.stack(mats), steps).contiguous()  # (per, rows, cols)
     parts = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(parts, mine)
     return torch.cat(parts)[:n]  # (n, rows, cols)
@@ -216,11 +216,11 @@ class MuonAdamW(torch.optim.Optimizer):
             by_shape[(tuple(p.shape), p.dtype, p.device)].append(i)
         lr = group["lr"]
         for (shape, _, _), idx in by_shape.items():
-            stack = torch.stack([updates[i] for i in idx])  # (n, rows, cols)
+            mats = [updates[i] for i in idx]
             if self.world_size > 1:
-                ortho = orthogonalise_sharded(stack, group["ns_steps"], self.rank, self.world_size)
+                ortho = orthogonalise_sharded(mats, group["ns_steps"], self.rank, self.world_size)
             else:
-                ortho = orthogonalise(stack, group["ns_steps"])  # (n, rows, cols) bf16
+                ortho = orthogonalise(torch.stack(mats), group["ns_steps"])  # (n, rows, cols) bf16
             mine = [params[i] for i in idx]
             if group["weight_decay"]:
                 torch._foreach_mul_(mine, 1 - lr * group["weight_decay"])
