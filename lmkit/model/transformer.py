@@ -162,13 +162,14 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             block.recompute = enabled
 
-    def compile_blocks(self, backend: str = "inductor") -> None:
+    def compile_blocks(self, backend: str = "inductor", options: dict[str, Any] | None = None) -> None:
         """``torch.compile`` each block's computation, not its call: hooks on the block's call
         (FSDP's parameter gathering) and activation checkpointing stay outside the compiled
         code, where a whole-model compile traced around FSDP's hooks and ran far slower.
-        Identical blocks share one compiled graph; the state dict is unchanged. Irreversible."""
+        Identical blocks share one compiled graph, so compiling costs one block's tracing, not
+        every block's; the state dict is unchanged. ``options``: Inductor's. Irreversible."""
         for block in self.blocks:
-            block._forward = torch.compile(block._forward, backend=backend)
+            block._forward = torch.compile(block._forward, backend=backend, options=options)
 
     def set_residual_dtype(self, dtype: torch.dtype | None) -> None:
         """Carry the residual stream between blocks in ``dtype`` (None: the embedding's dtype).

@@ -19,7 +19,7 @@ _ARCHITECTURE = ("model",)
 _SAFE_SECTIONS = ("optim", "checkpoint", "logging", "generate", "kernels")  # kernels: same numbers, other speed
 _SAFE_FIELDS = {
     "max_iters", "eval_interval", "eval_iters", "log_interval", "on_nan", "parallel", "grad_accum_steps",
-    "activation_checkpointing", "device", "dtype", "compile", "cuda_graphs", "fp32_residual", "val_data_path",
+    "activation_checkpointing", "device", "dtype", "compile", "compile_scope", "cuda_graphs", "fp32_residual", "val_data_path",
     "train_data_path", "tokenizer_dir",
 }
 # Fields of the safe sections that still cannot change: the optimizer's state is of its kind.

@@ -50,6 +50,7 @@ class RunParts:
     wrapped: torch.nn.Module  # the loss over the model, under DDP/FSDP when launched so
     optimizer: torch.optim.Optimizer  # its state loaded when continuing a checkpoint
     cuda_graphs: bool
+    regional: bool  # compiled block by block (runtime.compile_scope)
     loss_fn: Callable  # ``wrapped``, compiled as the plan says
     loader: BatchLoader  # its per-source counts restored when continuing
     task_eval: Callable | None  # train.eval_tasks on rank 0, built now so a task that cannot run fails before step 1
@@ -102,7 +103,7 @@ def build_run(settings: Settings, rt: Runtime, dist: Distributed, run_dir: Path,
     kernels = KernelPlan.from_settings(s.kernels).for_training(rt.device, rt.dtype)
     apply_training(model, kernels, rt.dtype)
     if plan.regional:
-        model.compile_blocks()
+        model.compile_blocks(options=plan.options)
     loss = LMLoss(model, fused=plan.fused_loss, compiled=rt.compile, compute_dtype=rt.autocast_dtype, ce_kernel=kernels.ce_kernel)
     # Wrap before building the optimizer: FSDP replaces the parameters with sharded ones.
     wrapped = dist.wrap(loss, s.train.parallel)
@@ -135,5 +136,6 @@ def build_run(settings: Settings, rt: Runtime, dist: Distributed, run_dir: Path,
     return RunParts(
         settings=s, state=state, fresh_cooldown=cool is not None, init_from=init_from, cooldown=cooldown,
         train_data=train_data, val_data=val_data, config=config, kernels=kernels, model=model, wrapped=wrapped,
-        optimizer=optimizer, cuda_graphs=plan.cuda_graphs, loss_fn=plan.apply(wrapped), loader=loader, task_eval=task_eval,
+        optimizer=optimizer, cuda_graphs=plan.cuda_graphs, regional=plan.regional, loss_fn=plan.apply(wrapped),
+        loader=loader, task_eval=task_eval,
     )

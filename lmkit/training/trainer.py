@@ -123,6 +123,7 @@ class Trainer:
         self.train_data, self.val_data, self.config, self.kernels = p.train_data, p.val_data, p.config, p.kernels
         self.model, self.wrapped, self.optimizer, self.loader = p.model, p.wrapped, p.optimizer, p.loader
         self.cuda_graphs, self.loss_fn, self.task_eval = p.cuda_graphs, p.loss_fn, p.task_eval
+        self.regional = p.regional
         self.tokens_per_step = self.settings.train.batch_size * self.settings.model.context_length
         if p.state is not None:
             self._restore_counters(p.state)
@@ -358,7 +359,8 @@ class Trainer:
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)  # once per run: the first step's true time, compile included
                 self.sinks.event(
-                    f"first step {time.time() - t_first:.1f} s (torch.compile{' and CUDA graphs' if self.cuda_graphs else ''}; "
+                    f"first step {time.time() - t_first:.1f} s (torch.compile{' block by block' if self.regional else ''}"
+                    f"{' and CUDA graphs' if self.cuda_graphs else ''}; "
                     f"a second run on this machine reuses the compile cache); building the run took {self.build_s:.1f} s"
                 )
 
