@@ -21,7 +21,8 @@ The corpus: .py/.md/.rst/.txt/.h/.c/.cpp/.cu files under sys.prefix, sys.path, /
 and the system's include folders (documents = files, up to 1 MB each, in sorted order), as JSON Lines; 1 % of the documents (by a
 hash of the path) are the validation split. Built once into --work and reused.
 
-Before the timed runs, one short run of lmkit and one of HF (--warmup-steps, both at once) fill
+Before the timed runs, one short run of each cache family not yet warm on this machine (HF's;
+lmkit's per compile scope; --warmup-steps, all at once) fills
 torch.compile's caches, so every timed command compiles from warm caches, as a user's second run
 on a machine does, whatever order the contenders run in; the warm-ups' wall times (cold caches)
 are kept in the results as the first-run-on-a-fresh-machine cost.
@@ -39,7 +40,6 @@ Usage (device machine; the GPT-2 files carried as .data/, pydantic/typer on PYTH
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -55,7 +55,7 @@ SMALL = dict(vocab_size=50304, context_length=1024, d_model=768, num_layers=12, 
 TINY = dict(vocab_size=50304, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=192)
 # nanoGPT's GPT-2-small recipe, scaled to the step budget: the reference every recipe is judged against.
 TODAY = {"optimizer": "adamw", "schedule": "cosine", "learning_rate": 6e-4, "min_lr": 6e-5, "weight_decay": 0.1, "grad_clip": 1.0}
-CONTENDERS = {
+_LMKIT = {
     "lmkit-adamw-cosine": TODAY,
     "lmkit-adamw-wsd": {**TODAY, "schedule": "wsd", "decay_fraction": 0.2},
     "lmkit-muon-cosine": {**TODAY, "optimizer": "muon", "muon_lr": 0.02},
@@ -69,6 +69,14 @@ CONTENDERS = {
                            "schedule": "wsd", "decay_fraction": 0.2},
     "lmkit-muon-cosine-hot-aligned": {**TODAY, "optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2e-3, "min_lr": 2e-4,
                                       "align_documents": True},
+}
+HOT = _LMKIT["lmkit-muon-cosine-hot"]
+CONTENDERS = {
+    # The results before runtime.compile_scope were all whole-model compiles: their names keep
+    # that meaning; "-blocks" compiles block by block (compile_scope auto's choice at 2,000 steps).
+    **{name: {**recipe, "compile_scope": "model"} for name, recipe in _LMKIT.items()},
+    "lmkit-adamw-cosine-blocks": {**TODAY, "compile_scope": "blocks"},
+    "lmkit-muon-cosine-hot-blocks": {**HOT, "compile_scope": "blocks"},
     "hf-llama": TODAY,
 }
 BASELINE, REFERENCE = "hf-llama", "lmkit-adamw-cosine"
@@ -212,10 +220,15 @@ def timed_command(cmd: list[str], log: Path, what: str) -> tuple[float, float]:
     return t0, wall
 
 
-def warm_up(a, shape: dict, train: Path, val: Path) -> dict:
-    """One short run of each model family (lmkit's, HF's) at once, so the timed runs find
-    torch.compile's caches warm, as a user's second run does. Returns their wall times: the
-    cold-cache start-up a first run on a fresh machine pays."""
+def cache_family(name: str) -> str:
+    """What a contender's compile cache is shared with: HF's model, or lmkit's per compile scope."""
+    return name if name == BASELINE else f"lmkit compile_scope {CONTENDERS[name]['compile_scope']}"
+
+
+def warm_up(a, shape: dict, train: Path, val: Path, names: list[str]) -> dict:
+    """One short run per cache family among ``names`` (see cache_family), all at once, so the
+    timed runs find torch.compile's caches warm, as a user's second run does. Returns their wall
+    times by family: the cold-cache start-up a first run on a fresh machine pays."""
     short = argparse.Namespace(**{**vars(a), "steps": a.warmup_steps, "eval_interval": a.warmup_steps, "eval_iters": 2,
                                   "log_interval": a.warmup_steps})
     out: dict[str, float] = {}
@@ -229,16 +242,17 @@ def warm_up(a, shape: dict, train: Path, val: Path) -> dict:
                  "log_interval": short.log_interval, "device": a.device})]
         else:
             cmd = lmkit_command(CONTENDERS[name], shape, short, 0, train, val, run_dir)
-        out[name] = timed_command(cmd, run_dir / "command.log", f"warm-up {name}")[1]
+        out[cache_family(name)] = timed_command(cmd, run_dir / "command.log", f"warm-up {name}")[1]
 
     import threading
 
-    threads = [threading.Thread(target=one, args=(n,)) for n in (REFERENCE, BASELINE)]
+    first = {cache_family(n): n for n in reversed(names)}  # one contender per family
+    threads = [threading.Thread(target=one, args=(n,)) for n in first.values()]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    print(f"warm-up (both at once, cold caches): {out}", file=sys.stderr, flush=True)
+    print(f"warm-up (all at once, cold caches): {out}", file=sys.stderr, flush=True)
     return out
 
 
@@ -361,7 +375,7 @@ def report(results: dict, table: Path) -> str:
                      f"{_mean_spread([r['first_step_s'] for r in rs])} s, first evaluation {_mean_spread([r['eval_s'][0] for r in rs])} s "
                      f"(later ones {_mean_spread([statistics.median(r['eval_s'][1:]) for r in rs if len(r['eval_s']) > 1])} s).")
     for w in results.get("warmups", []):
-        lines.append(f"\nCold-cache warm-up runs ({', '.join(f'{k} {v:.0f} s' for k, v in w.items())}), both at once.")
+        lines.append(f"\nCold-cache warm-up runs ({', '.join(f'{k} {v:.0f} s' for k, v in w.items())}), all at once.")
     lines += ["", "Validation loss at each evaluation (seed 0 or the first seed run): step: loss @ seconds", ""]
     for name, rs in by.items():
         if rs:
@@ -428,9 +442,11 @@ def main() -> None:
     results["config"] = config
     todo = [(int(sd), n) for sd in a.seeds.split(",") for n in names if a.force or f"{n}/s{int(sd)}" not in results["runs"]]
     warm_mark = a.work / "caches_warm.json"  # --work lives on this machine: so do the compile caches it vouches for
-    if todo and a.warmup_steps and not warm_mark.is_file():
-        results.setdefault("warmups", []).append(warm_up(a, shape, train, val))
-        _atomic_write(warm_mark, json.dumps(results["warmups"][-1]) + "\n")
+    warm = json.loads(warm_mark.read_text()) if warm_mark.is_file() else {}
+    cold = [n for n in dict.fromkeys(n for _, n in todo) if cache_family(n) not in warm]
+    if cold and a.warmup_steps:
+        results.setdefault("warmups", []).append(warm_up(a, shape, train, val, cold))
+        _atomic_write(warm_mark, json.dumps({**warm, **results["warmups"][-1]}) + "\n")
     elif todo and a.warmup_steps:
         print(f"compile caches already warm on this machine ({warm_mark}): no warm-up", file=sys.stderr, flush=True)
     for seed in [int(s) for s in a.seeds.split(",")]:
