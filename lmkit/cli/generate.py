@@ -53,7 +53,7 @@ def _note(message: str) -> None:
 )
 # Generation compiles and graphs its own decode step; the training step's graphs and residual
 # dtype do not apply (the checkpoint records the latter).
-@settings_flags("generate", "runtime", exclude=("cuda_graphs", "fp32_residual"))
+@settings_flags("generate", "runtime", exclude=("compile_scope", "cuda_graphs", "fp32_residual"))
 def generate_cmd(
     checkpoint: CheckpointOpt,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue. Example: --prompt 'Once upon a time'")] = None,

@@ -170,6 +170,9 @@ def test_real_subprocess(run, trained) -> None:
 def test_help_has_examples() -> None:
     result = invoke("generate", "--help")
     assert result.exit_code == 0 and "Example" in result.stdout and "--top-p" in result.stdout
+    # Training-only runtime settings are not offered where they do nothing.
+    for flag in ("--compile-scope", "--cuda-graphs", "--fp32-residual"):
+        assert flag not in result.stdout, flag
 
 
 def test_prompt_with_invalid_utf8_is_a_one_line_error(run):
